@@ -1,0 +1,145 @@
+//! The on-disk contract between the image builder and the booted host.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the ostree "OS" (stateroot) every Cairn deployment lives in.
+pub const OSNAME: &str = "cairn";
+/// Name of the ostree remote that updates come from.
+pub const REMOTE: &str = "cairn";
+/// GPT partition name and FAT volume label of the EFI System Partition.
+pub const ESP_LABEL: &str = "CAIRN-ESP";
+/// GPT partition name and ext4 label of the root partition (ostree sysroot).
+pub const ROOT_LABEL: &str = "cairn-root";
+/// GPT partition numbers (1-based, as the kernel and GRUB count them).
+pub const ESP_PARTNUM: u32 = 1;
+pub const ROOT_PARTNUM: u32 = 2;
+/// Where the GRUB environment block (boot counter) lives on the ESP.
+pub const GRUBENV_ESP_PATH: &str = "EFI/cairn/grubenv";
+/// Where the generated GRUB configuration lives, relative to the root partition.
+pub const GRUB_CFG_PATH: &str = "/boot/loader/grub.cfg";
+/// Where ostree's BLS paths are rooted when read from the root partition:
+/// `/boot` is a directory of the root filesystem, not a partition of its own.
+pub const BOOT_PREFIX: &str = "/boot";
+/// Where the GRUB config generator is installed in the image.
+pub const GRUB_MKCONFIG_PATH: &str = "/usr/libexec/cairn/grub-mkconfig";
+
+/// A CPU architecture Cairn builds for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+
+    /// The architecture of the machine this program runs on.
+    pub fn host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::X86_64),
+            "aarch64" => Some(Arch::Aarch64),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// Debian's name for the architecture.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    /// GRUB's platform directory and `grub-mkimage -O` target.
+    pub fn grub_target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-efi",
+            Arch::Aarch64 => "arm64-efi",
+        }
+    }
+
+    /// Debian package holding GRUB's EFI modules for this architecture.
+    pub fn grub_package(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "grub-efi-amd64-bin",
+            Arch::Aarch64 => "grub-efi-arm64-bin",
+        }
+    }
+
+    /// UEFI removable-media boot path on the ESP.
+    pub fn efi_boot_path(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "EFI/BOOT/BOOTX64.EFI",
+            Arch::Aarch64 => "EFI/BOOT/BOOTAA64.EFI",
+        }
+    }
+
+    /// Discoverable Partitions Specification type GUID of the root partition.
+    pub fn root_partition_type(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+            Arch::Aarch64 => "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+        }
+    }
+
+    /// Kernel console argument for the first serial port of the QEMU and
+    /// server machines Cairn targets.
+    pub fn serial_console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "console=ttyS0,115200",
+            Arch::Aarch64 => "console=ttyAMA0,115200",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "x86_64" | "amd64" => Ok(Arch::X86_64),
+            "aarch64" | "arm64" => Ok(Arch::Aarch64),
+            other => Err(format!("unknown architecture `{other}` (expected x86_64 or aarch64)")),
+        }
+    }
+}
+
+/// The ostree ref a Cairn image of this architecture and stream is committed to.
+pub fn ostree_ref(arch: Arch, stream: &str) -> String {
+    format!("cairn/{arch}/{stream}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_round_trips_through_both_naming_schemes() {
+        for arch in Arch::ALL {
+            assert_eq!(arch.as_str().parse::<Arch>().unwrap(), arch);
+            assert_eq!(arch.debian().parse::<Arch>().unwrap(), arch);
+        }
+        assert!("riscv64".parse::<Arch>().unwrap_err().contains("riscv64"));
+    }
+
+    #[test]
+    fn ref_names_arch_and_stream() {
+        assert_eq!(ostree_ref(Arch::Aarch64, "dev"), "cairn/aarch64/dev");
+    }
+}

@@ -1,0 +1,17 @@
+//! Shared model of Cairn: what the image builder writes and the on-host agent
+//! reads must agree byte for byte, so it is defined once, here.
+//!
+//! - [`layout`]: partition labels, type GUIDs and where the boot counter lives.
+//! - [`bootcfg`]: ostree's BLS entries to the GRUB configuration, with the
+//!   boot-counter header that makes GRUB fall back to the previous deployment.
+//! - [`grubenv`]: the GRUB environment block that holds the boot counter.
+//! - [`metadata`]: keys of the OSTree commit metadata.
+//! - [`process`]: the one way any Cairn program runs another program.
+//! - [`logging`]: the one way any Cairn program sets up tracing.
+
+pub mod bootcfg;
+pub mod grubenv;
+pub mod layout;
+pub mod logging;
+pub mod metadata;
+pub mod process;

@@ -1,0 +1,21 @@
+//! Tracing set-up shared by every Cairn binary.
+
+use tracing_subscriber::EnvFilter;
+
+/// Initialise tracing once: `RUST_LOG` filters (default `info`), output to
+/// stderr so stdout stays machine-readable, no timestamps under journald.
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let result = if under_journald {
+        builder.without_time().try_init()
+    } else {
+        builder.try_init()
+    };
+    // A second initialisation (tests) is harmless.
+    let _ = result;
+}

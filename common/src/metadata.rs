@@ -1,0 +1,16 @@
+//! Keys of the metadata the builder writes into every Cairn OSTree commit.
+
+/// Release version (ostree's own well-known key, shown by `ostree admin status`).
+pub const VERSION: &str = "version";
+/// Target architecture, as Cairn names it (`x86_64`, `aarch64`).
+pub const ARCH: &str = "cairn.arch";
+/// Image flavour (`dev`, `prod`).
+pub const FLAVOR: &str = "cairn.flavor";
+/// Image name from the manifest.
+pub const NAME: &str = "cairn.name";
+/// Every Debian package in the tree, as a `a{ss}` name → version dictionary.
+pub const PACKAGES: &str = "cairn.packages";
+/// Content key of the package layer the commit was built on.
+pub const BASE_KEY: &str = "cairn.base-key";
+/// Kernel release (`uname -r`) shipped in the commit.
+pub const KERNEL: &str = "cairn.kernel";

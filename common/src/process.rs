@@ -1,0 +1,275 @@
+//! The one way Cairn runs another program.
+//!
+//! Every external command goes through [`Cmd`]: it logs the argv, gives the
+//! child an empty stdin unless told otherwise, streams the child's output
+//! lines into tracing (so long steps show progress) and, on failure, puts the
+//! tail of stderr into the error so the cause is in front of the user.
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use anyhow::{anyhow, Context, Result};
+
+/// Lines of stderr kept for the error message of a failed command.
+const STDERR_TAIL_LINES: usize = 25;
+
+/// How the child's output lines reach the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// Each line at `info`: long steps whose progress the user wants to see.
+    Progress,
+    /// Each line at `debug` (default).
+    Quiet,
+}
+
+/// A command about to run. Build it like [`std::process::Command`].
+pub struct Cmd {
+    command: Command,
+    argv: Vec<OsString>,
+    stdin: Option<Vec<u8>>,
+    echo: Echo,
+}
+
+/// What a finished command printed.
+pub struct Output {
+    pub stdout: String,
+    pub stderr_tail: String,
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        Self {
+            command: Command::new(program.as_ref()),
+            argv: vec![program.as_ref().to_owned()],
+            stdin: None,
+            echo: Echo::Quiet,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.command.arg(arg.as_ref());
+        self.argv.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        for a in args {
+            self = self.arg(a);
+        }
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.command.current_dir(dir);
+        self
+    }
+
+    /// Feed these bytes to the child's stdin.
+    pub fn stdin_bytes(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// Show the child's output lines at `info`.
+    pub fn progress(mut self) -> Self {
+        self.echo = Echo::Progress;
+        self
+    }
+
+    /// The command line as the user would type it, for logs and errors.
+    pub fn display(&self) -> String {
+        self.argv
+            .iter()
+            .map(|a| {
+                let s = a.to_string_lossy();
+                if s.is_empty() || s.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+                    format!("'{}'", s.replace('\'', "'\\''"))
+                } else {
+                    s.into_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Run to completion; fail unless it exits 0.
+    pub fn run(self) -> Result<()> {
+        self.output().map(|_| ())
+    }
+
+    /// Run to completion and return its stdout; fail unless it exits 0.
+    pub fn output(self) -> Result<Output> {
+        let (status, output, shown) = self.run_capturing()?;
+        if status.success() {
+            Ok(output)
+        } else {
+            Err(failure(&shown, status, &output.stderr_tail))
+        }
+    }
+
+    /// Run to completion and return the exit status and output whatever it is,
+    /// for commands whose non-zero exit is an answer rather than a failure.
+    pub fn status_output(self) -> Result<(ExitStatus, Output)> {
+        let (status, output, _) = self.run_capturing()?;
+        Ok((status, output))
+    }
+
+    /// Start a long-running child with piped stdin/stdout and inherited
+    /// stderr; the caller owns its lifetime.
+    pub fn spawn_piped(mut self) -> Result<Child> {
+        let shown = self.display();
+        tracing::info!(command = %shown, "spawning");
+        self.command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting `{shown}`"))
+    }
+
+    /// Replace-like run for interactive children (a VM on the terminal):
+    /// stdio inherited, returns the exit status.
+    pub fn run_interactive(mut self) -> Result<ExitStatus> {
+        let shown = self.display();
+        tracing::info!(command = %shown, "running interactively");
+        self.command
+            .status()
+            .with_context(|| format!("running `{shown}`"))
+    }
+
+    fn run_capturing(mut self) -> Result<(ExitStatus, Output, String)> {
+        let shown = self.display();
+        tracing::info!(command = %shown, "running");
+        self.command
+            .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self
+            .command
+            .spawn()
+            .with_context(|| format!("starting `{shown}` (is it installed?)"))?;
+        let writer = child.stdin.take().zip(self.stdin.take()).map(|(mut pipe, bytes)| {
+            thread::spawn(move || {
+                // A child that exits without reading its input is not our error.
+                let _ = pipe.write_all(&bytes);
+            })
+        });
+        let echo = self.echo;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
+        let stderr_thread = {
+            let tail = Arc::clone(&tail);
+            thread::spawn(move || {
+                for line in lines(stderr) {
+                    log_line(echo, &line);
+                    let mut tail = tail.lock().expect("stderr tail lock");
+                    if tail.len() == STDERR_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            })
+        };
+        let mut captured = Vec::new();
+        let mut reader = BufReader::new(stdout);
+        if echo == Echo::Progress {
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line)? > 0 {
+                log_line(echo, String::from_utf8_lossy(&line).trim_end());
+                captured.extend_from_slice(&line);
+                line.clear();
+            }
+        } else {
+            reader.read_to_end(&mut captured)?;
+        }
+        let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
+        let _ = stderr_thread.join();
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+        let tail = tail.lock().expect("stderr tail lock");
+        let stderr_tail = tail.iter().cloned().collect::<Vec<_>>().join("\n");
+        tracing::debug!(command = %shown, %status, "finished");
+        Ok((
+            status,
+            Output {
+                stdout: String::from_utf8_lossy(&captured).into_owned(),
+                stderr_tail,
+            },
+            shown,
+        ))
+    }
+}
+
+fn lines(r: impl Read) -> impl Iterator<Item = String> {
+    BufReader::new(r)
+        .split(b'\n')
+        .map_while(Result::ok)
+        .map(|l| String::from_utf8_lossy(&l).trim_end().to_owned())
+}
+
+fn log_line(echo: Echo, line: &str) {
+    match echo {
+        Echo::Progress => tracing::info!("  {line}"),
+        Echo::Quiet => tracing::debug!("  {line}"),
+    }
+}
+
+fn failure(shown: &str, status: ExitStatus, stderr_tail: &str) -> anyhow::Error {
+    if stderr_tail.trim().is_empty() {
+        anyhow!("`{shown}` failed ({status})")
+    } else {
+        anyhow!("`{shown}` failed ({status}); its last output:\n{stderr_tail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_stdout_and_feeds_stdin() {
+        let out = Cmd::new("sh").args(["-c", "tr a-z A-Z"]).stdin_bytes("cairn").output().unwrap();
+        assert_eq!(out.stdout, "CAIRN");
+    }
+
+    #[test]
+    fn failure_names_command_and_stderr_tail() {
+        let err = Cmd::new("sh")
+            .args(["-c", "echo first >&2; echo 'the cause' >&2; exit 3"])
+            .run()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`sh -c 'echo first >&2; echo '\\''the cause'\\'' >&2; exit 3'` failed"), "{err}");
+        assert!(err.contains("exit status: 3"), "{err}");
+        assert!(err.ends_with("first\nthe cause"), "{err}");
+    }
+
+    #[test]
+    fn missing_program_is_a_clear_error() {
+        let err = Cmd::new("cairn-no-such-program").run().unwrap_err();
+        assert!(format!("{err:#}").contains("starting `cairn-no-such-program` (is it installed?)"));
+    }
+
+    #[test]
+    fn status_output_returns_non_zero_exit() {
+        let (status, out) = Cmd::new("sh").args(["-c", "echo no; exit 1"]).status_output().unwrap();
+        assert_eq!(status.code(), Some(1));
+        assert_eq!(out.stdout, "no\n");
+    }
+}
