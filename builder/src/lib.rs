@@ -1,0 +1,2 @@
+pub mod apt_sources;
+pub mod manifest;

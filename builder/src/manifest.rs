@@ -1,0 +1,564 @@
+//! The image manifest (`rootfs/image.toml`): parsing and validation.
+//!
+//! Parsing is pure (`&str` in, [`Manifest`] out) so every error path is unit
+//! tested. Every error names the file, line and column it is about.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use cairn_common::layout::Arch;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A manifest problem, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawManifest {
+    image: RawImage,
+    debian: RawDebian,
+    packages: BTreeMap<String, Vec<Spanned<String>>>,
+    kernel: RawKernel,
+    disk: RawDisk,
+    update: RawUpdate,
+    flavors: BTreeMap<String, Spanned<RawFlavor>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawImage {
+    name: Spanned<String>,
+    version: Spanned<String>,
+    stream: Spanned<String>,
+    #[serde(default)]
+    overlays: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDebian {
+    release: Spanned<String>,
+    mirror: Option<Spanned<String>>,
+    security_mirror: Option<Spanned<String>>,
+    suites: Vec<Spanned<String>>,
+    components: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawKernel {
+    flavour: Spanned<String>,
+    #[serde(default)]
+    args: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDisk {
+    esp_size: Spanned<String>,
+    root_size: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawUpdate {
+    url: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawFlavor {
+    package_sets: Vec<Spanned<String>>,
+    #[serde(default)]
+    overlays: Vec<Spanned<String>>,
+    #[serde(default)]
+    kernel_args: Vec<Spanned<String>>,
+}
+
+/// Kernel package flavour: Debian's cloud kernel (VMs) or its full kernel
+/// (bare metal, servers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFlavour {
+    Cloud,
+    Generic,
+}
+
+impl KernelFlavour {
+    /// The Debian meta-package of this flavour for an architecture.
+    pub fn package(self, arch: Arch) -> String {
+        match self {
+            KernelFlavour::Cloud => format!("linux-image-cloud-{}", arch.debian()),
+            KernelFlavour::Generic => format!("linux-image-{}", arch.debian()),
+        }
+    }
+}
+
+/// A package name together with where the manifest names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageRef {
+    pub name: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// A validated manifest, resolved for one flavour and architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    pub manifest_path: PathBuf,
+    pub name: String,
+    pub version: semver::Version,
+    pub stream: String,
+    pub flavor: String,
+    pub arch: Arch,
+    pub release: String,
+    pub mirror: Option<String>,
+    pub security_mirror: Option<String>,
+    pub suites: Vec<String>,
+    pub components: Vec<String>,
+    /// Every package to install, sorted, without duplicates, kernel included.
+    pub packages: Vec<PackageRef>,
+    pub kernel_package: String,
+    pub kernel_args: Vec<String>,
+    /// Overlay trees, absolute, applied in this order (later wins).
+    pub overlays: Vec<PathBuf>,
+    pub esp_size: u64,
+    pub root_size: u64,
+    pub update_url: String,
+}
+
+impl ImageSpec {
+    pub fn package_names(&self) -> Vec<String> {
+        self.packages.iter().map(|p| p.name.clone()).collect()
+    }
+}
+
+/// The parsed manifest file, before a flavour is chosen.
+pub struct Manifest {
+    path: PathBuf,
+    text: String,
+    raw: RawManifest,
+}
+
+impl Manifest {
+    /// Read and parse `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Manifest> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading manifest {}: {e}", path.display()))?;
+        Ok(Manifest::parse(path, &text)?)
+    }
+
+    /// Parse manifest text; `path` is used for error messages and to resolve
+    /// overlay directories.
+    pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            locate(path, text, span, e.message().to_owned())
+        })?;
+        Ok(Manifest {
+            path: path.to_owned(),
+            text: text.to_owned(),
+            raw,
+        })
+    }
+
+    pub fn flavors(&self) -> Vec<String> {
+        self.raw.flavors.keys().cloned().collect()
+    }
+
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ManifestError {
+        locate(&self.path, &self.text, span, message.into())
+    }
+
+    /// Validate everything and resolve the image for `flavor` on `arch`.
+    pub fn resolve(&self, flavor: &str, arch: Arch) -> Result<ImageSpec, ManifestError> {
+        let raw = &self.raw;
+        let flav = raw.flavors.get(flavor).ok_or_else(|| {
+            self.err(
+                0..0,
+                format!(
+                    "no flavor `{flavor}` (the manifest defines: {})",
+                    self.flavors().join(", ")
+                ),
+            )
+        })?;
+
+        let name = self.identifier(&raw.image.name, "image name")?;
+        let stream = self.identifier(&raw.image.stream, "stream")?;
+        let version = semver::Version::parse(raw.image.version.get_ref()).map_err(|e| {
+            self.err(raw.image.version.span(), format!("version is not semantic (x.y.z): {e}"))
+        })?;
+
+        let release = self.identifier(&raw.debian.release, "Debian release")?;
+        let mirror = raw.debian.mirror.as_ref().map(|m| self.url(m)).transpose()?;
+        let security_mirror = raw.debian.security_mirror.as_ref().map(|m| self.url(m)).transpose()?;
+        if raw.debian.suites.is_empty() {
+            return Err(self.err(raw.debian.release.span(), "`suites` is empty"));
+        }
+        let mut suites = Vec::new();
+        for s in &raw.debian.suites {
+            if s.get_ref() != &release && !s.get_ref().starts_with(&format!("{release}-")) {
+                return Err(self.err(
+                    s.span(),
+                    format!("suite `{}` is not `{release}` or one of its `{release}-*` suites", s.get_ref()),
+                ));
+            }
+            suites.push(s.get_ref().clone());
+        }
+        let components = raw
+            .debian
+            .components
+            .iter()
+            .map(|c| self.identifier(c, "component"))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let kernel_flavour = match raw.kernel.flavour.get_ref().as_str() {
+            "cloud" => KernelFlavour::Cloud,
+            "generic" => KernelFlavour::Generic,
+            other => {
+                return Err(self.err(
+                    raw.kernel.flavour.span(),
+                    format!("unknown kernel flavour `{other}` (expected `cloud` or `generic`)"),
+                ))
+            }
+        };
+        let kernel_package = kernel_flavour.package(arch);
+
+        let mut packages: BTreeMap<String, PackageRef> = BTreeMap::new();
+        for set in &flav.get_ref().package_sets {
+            let members = raw.packages.get(set.get_ref()).ok_or_else(|| {
+                self.err(
+                    set.span(),
+                    format!(
+                        "flavor `{flavor}` names package set `{}`, which [packages] does not define (defined: {})",
+                        set.get_ref(),
+                        raw.packages.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?;
+            for pkg in members {
+                if !is_debian_package_name(pkg.get_ref()) {
+                    return Err(self.err(pkg.span(), format!("`{}` is not a valid Debian package name", pkg.get_ref())));
+                }
+                let (line, column) = line_col(&self.text, pkg.span().start);
+                packages.entry(pkg.get_ref().clone()).or_insert(PackageRef {
+                    name: pkg.get_ref().clone(),
+                    line,
+                    column,
+                });
+            }
+        }
+        let (line, column) = line_col(&self.text, raw.kernel.flavour.span().start);
+        packages.entry(kernel_package.clone()).or_insert(PackageRef {
+            name: kernel_package.clone(),
+            line,
+            column,
+        });
+
+        let mut kernel_args = vec![arch.serial_console().to_owned()];
+        for arg in raw.kernel.args.iter().chain(&flav.get_ref().kernel_args) {
+            let a = arg.get_ref();
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "\"'$\\;{}".contains(c)) {
+                return Err(self.err(arg.span(), format!("kernel argument {a:?} must be one word without quotes or `$`")));
+            }
+            kernel_args.push(a.clone());
+        }
+
+        let mut overlays = Vec::new();
+        for o in raw.image.overlays.iter().chain(&flav.get_ref().overlays) {
+            overlays.push(self.overlay_dir(o)?);
+        }
+
+        let esp_size = self.size(&raw.disk.esp_size)?;
+        let root_size = self.size(&raw.disk.root_size)?;
+        const MIB: u64 = 1 << 20;
+        if esp_size < 33 * MIB {
+            return Err(self.err(raw.disk.esp_size.span(), "esp-size must be at least 33MiB (FAT32's minimum)"));
+        }
+        if root_size < 256 * MIB {
+            return Err(self.err(raw.disk.root_size.span(), "root-size must be at least 256MiB"));
+        }
+        if esp_size % MIB != 0 || root_size % MIB != 0 {
+            return Err(self.err(raw.disk.esp_size.span(), "partition sizes must be whole MiB"));
+        }
+        let update_url = self.url(&raw.update.url)?;
+
+        Ok(ImageSpec {
+            manifest_path: self.path.clone(),
+            name,
+            version,
+            stream,
+            flavor: flavor.to_owned(),
+            arch,
+            release,
+            mirror,
+            security_mirror,
+            suites,
+            components,
+            packages: packages.into_values().collect(),
+            kernel_package,
+            kernel_args,
+            overlays,
+            esp_size,
+            root_size,
+            update_url,
+        })
+    }
+
+    fn identifier(&self, v: &Spanned<String>, what: &str) -> Result<String, ManifestError> {
+        let s = v.get_ref();
+        let ok = !s.is_empty()
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        if ok {
+            Ok(s.clone())
+        } else {
+            Err(self.err(v.span(), format!("{what} `{s}` must be letters, digits, `-`, `_` or `.`")))
+        }
+    }
+
+    fn url(&self, v: &Spanned<String>) -> Result<String, ManifestError> {
+        let s = v.get_ref();
+        let ok = (s.starts_with("http://") || s.starts_with("https://") || s.starts_with("file:///"))
+            && !s.contains(char::is_whitespace);
+        if ok {
+            Ok(s.trim_end_matches('/').to_owned())
+        } else {
+            Err(self.err(v.span(), format!("`{s}` is not an http://, https:// or file:/// URL")))
+        }
+    }
+
+    fn size(&self, v: &Spanned<String>) -> Result<u64, ManifestError> {
+        parse_size(v.get_ref()).map_err(|m| self.err(v.span(), m))
+    }
+
+    /// An overlay directory: relative to the manifest's folder and inside it.
+    fn overlay_dir(&self, v: &Spanned<String>) -> Result<PathBuf, ManifestError> {
+        let rel = Path::new(v.get_ref());
+        if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(self.err(
+                v.span(),
+                format!("overlay `{}` escapes the manifest's folder: give a path inside it", v.get_ref()),
+            ));
+        }
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let dir = base.join(rel);
+        // Symlinks could still lead out: compare the real paths.
+        let real = dir.canonicalize().map_err(|e| {
+            self.err(v.span(), format!("overlay `{}` cannot be read: {e}", dir.display()))
+        })?;
+        let real_base = base.canonicalize().unwrap_or_else(|_| base.to_owned());
+        if !real.starts_with(&real_base) {
+            return Err(self.err(
+                v.span(),
+                format!("overlay `{}` resolves to {}, outside the manifest's folder", v.get_ref(), real.display()),
+            ));
+        }
+        if !real.is_dir() {
+            return Err(self.err(v.span(), format!("overlay `{}` is not a directory", v.get_ref())));
+        }
+        Ok(real)
+    }
+}
+
+fn locate(path: &Path, text: &str, span: Range<usize>, message: String) -> ManifestError {
+    let (line, column) = line_col(text, span.start);
+    ManifestError {
+        file: path.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Debian policy 5.6.1: lower case letters, digits, `+`, `-`, `.`; at least
+/// two characters; starting with a letter or digit.
+pub fn is_debian_package_name(name: &str) -> bool {
+    name.len() >= 2
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+}
+
+/// Parse sizes like `64MiB`, `2GiB`, `512M`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("size `{s}` does not start with a number"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        other => return Err(format!("size `{s}` has unknown unit `{other}` (use KiB, MiB, GiB or TiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size `{s}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[image]
+name = "cairn"
+version = "1.2.3"
+stream = "stable"
+overlays = ["overlay/base"]
+
+[debian]
+release = "bookworm"
+suites = ["bookworm", "bookworm-updates", "bookworm-security"]
+components = ["main"]
+
+[packages]
+base = ["systemd", "udev"]
+container = ["containerd", "runc", "systemd"]
+
+[kernel]
+flavour = "cloud"
+args = ["rw", "panic=10"]
+
+[disk]
+esp-size = "64MiB"
+root-size = "2GiB"
+
+[update]
+url = "http://10.0.2.100/repo/"
+
+[flavors.dev]
+package-sets = ["base", "container"]
+overlays = ["overlay/dev"]
+kernel-args = ["systemd.log_level=info"]
+
+[flavors.prod]
+package-sets = ["base"]
+"#;
+
+    fn fixture() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("overlay/base/etc")).unwrap();
+        std::fs::create_dir_all(dir.path().join("overlay/dev")).unwrap();
+        let path = dir.path().join("image.toml");
+        (dir, path)
+    }
+
+    fn parse_err(text: &str) -> ManifestError {
+        let (_d, path) = fixture();
+        match Manifest::parse(&path, text) {
+            Err(e) => e,
+            Ok(m) => m.resolve("dev", Arch::X86_64).unwrap_err(),
+        }
+    }
+
+    #[test]
+    fn resolves_dev_flavor() {
+        let (_d, path) = fixture();
+        let spec = Manifest::parse(&path, GOOD).unwrap().resolve("dev", Arch::X86_64).unwrap();
+        assert_eq!(spec.version, semver::Version::new(1, 2, 3));
+        assert_eq!(
+            spec.package_names(),
+            ["containerd", "linux-image-cloud-amd64", "runc", "systemd", "udev"]
+        );
+        assert_eq!(spec.kernel_args, ["console=ttyS0,115200", "rw", "panic=10", "systemd.log_level=info"]);
+        assert_eq!(spec.overlays.len(), 2);
+        assert_eq!(spec.esp_size, 64 << 20);
+        assert_eq!(spec.update_url, "http://10.0.2.100/repo");
+        let prod = Manifest::parse(&path, GOOD).unwrap().resolve("prod", Arch::Aarch64).unwrap();
+        assert_eq!(prod.package_names(), ["linux-image-cloud-arm64", "systemd", "udev"]);
+        assert_eq!(prod.kernel_args[0], "console=ttyAMA0,115200");
+    }
+
+    #[test]
+    fn malformed_toml_names_line_and_column() {
+        let text = GOOD.replace("stream = \"stable\"", "stream = \"stable");
+        let e = parse_err(&text);
+        assert_eq!((e.line, e.column), (5, 17), "{e}");
+        assert!(e.to_string().contains("image.toml:5:17: invalid basic string"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_where_it_stands() {
+        let text = GOOD.replace("[kernel]\n", "[kernel]\nflavor = \"cloud\"\n");
+        let e = parse_err(&text);
+        assert!(e.message.contains("unknown field `flavor`"), "{e}");
+        assert_eq!(e.line, 18, "{e}");
+    }
+
+    #[test]
+    fn bad_values_point_at_the_value() {
+        let e = parse_err(&GOOD.replace("\"1.2.3\"", "\"1.2\""));
+        assert_eq!((e.line, e.column), (4, 11), "{e}");
+        assert!(e.message.contains("semantic"), "{e}");
+
+        let e = parse_err(&GOOD.replace("\"udev\"]", "\"Udev\"]"));
+        assert!(e.message.contains("`Udev` is not a valid Debian package name"), "{e}");
+        assert_eq!(e.line, 14);
+
+        let e = parse_err(&GOOD.replace("\"2GiB\"", "\"2 lots\""));
+        assert!(e.message.contains("unknown unit `lots`"), "{e}");
+
+        let e = parse_err(&GOOD.replace("\"container\"]", "\"containers\"]"));
+        assert!(e.message.contains("package set `containers`"), "{e}");
+
+        let e = parse_err(&GOOD.replace("\"panic=10\"", "\"panic=10 quiet\""));
+        assert!(e.message.contains("one word"), "{e}");
+
+        let e = parse_err(&GOOD.replace("\"bookworm-updates\"", "\"trixie\""));
+        assert!(e.message.contains("suite `trixie`"), "{e}");
+    }
+
+    #[test]
+    fn overlay_that_escapes_the_tree_is_refused() {
+        let e = parse_err(&GOOD.replace("\"overlay/dev\"", "\"../../etc\""));
+        assert!(e.message.contains("escapes the manifest's folder"), "{e}");
+        assert_eq!(e.line, 30);
+
+        let (d, path) = fixture();
+        std::os::unix::fs::symlink("/etc", d.path().join("overlay/sneaky")).unwrap();
+        let text = GOOD.replace("\"overlay/dev\"", "\"overlay/sneaky\"");
+        let e = Manifest::parse(&path, &text).unwrap().resolve("dev", Arch::X86_64).unwrap_err();
+        assert!(e.message.contains("outside the manifest's folder"), "{e}");
+    }
+
+    #[test]
+    fn missing_flavor_lists_the_defined_ones() {
+        let (_d, path) = fixture();
+        let e = Manifest::parse(&path, GOOD).unwrap().resolve("debug", Arch::X86_64).unwrap_err();
+        assert!(e.message.contains("no flavor `debug` (the manifest defines: dev, prod)"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+    }
+}
