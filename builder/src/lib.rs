@@ -1,5 +1,11 @@
+//! Cairn's image builder. `cairn-build` is a thin shim over [`cli::run`].
+
 pub mod apt_sources;
-pub mod manifest;
+pub mod cli;
+pub mod compose;
 pub mod disk;
+pub mod image;
 pub mod keys;
+pub mod manifest;
+pub mod ostree;
 pub mod ostree_layout;

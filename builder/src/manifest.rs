@@ -271,7 +271,7 @@ impl Manifest {
             column,
         });
 
-        let mut kernel_args = vec![arch.serial_console().to_owned()];
+        let mut kernel_args = Vec::new();
         for arg in raw.kernel.args.iter().chain(&flav.get_ref().kernel_args) {
             let a = arg.get_ref();
             if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "\"'$\\;{}".contains(c)) {
@@ -279,6 +279,8 @@ impl Manifest {
             }
             kernel_args.push(a.clone());
         }
+        // Last, so the serial port is /dev/console (status, emergency shell).
+        kernel_args.push(arch.serial_console().to_owned());
 
         let mut overlays = Vec::new();
         for o in raw.image.overlays.iter().chain(&flav.get_ref().overlays) {
@@ -485,13 +487,13 @@ package-sets = ["base"]
             spec.package_names(),
             ["containerd", "linux-image-cloud-amd64", "runc", "systemd", "udev"]
         );
-        assert_eq!(spec.kernel_args, ["console=ttyS0,115200", "rw", "panic=10", "systemd.log_level=info"]);
+        assert_eq!(spec.kernel_args, ["rw", "panic=10", "systemd.log_level=info", "console=ttyS0,115200"]);
         assert_eq!(spec.overlays.len(), 2);
         assert_eq!(spec.esp_size, 64 << 20);
         assert_eq!(spec.update_url, "http://10.0.2.100/repo");
         let prod = Manifest::parse(&path, GOOD).unwrap().resolve("prod", Arch::Aarch64).unwrap();
         assert_eq!(prod.package_names(), ["linux-image-cloud-arm64", "systemd", "udev"]);
-        assert_eq!(prod.kernel_args[0], "console=ttyAMA0,115200");
+        assert_eq!(prod.kernel_args.last().unwrap(), "console=ttyAMA0,115200");
     }
 
     #[test]

@@ -1,0 +1,585 @@
+//! `cairn-build compose`: manifest → signed OSTree commit.
+//!
+//! Two layers, so a change to Cairn's own files does not rebuild Debian:
+//!
+//! 1. The **package layer**: mmdebstrap of the manifest's packages, one
+//!    dracut run, the GRUB EFI image, converted to the ostree layout and
+//!    committed to a cache repo under a ref named by the hash of everything
+//!    that went into it ([`BaseRecipe`]). Downloaded `.deb`s are cached too.
+//! 2. The **image commit**: the package layer plus the overlay trees, the
+//!    agent binaries and generated files, committed (GPG-signed) to the
+//!    output repo with the version and every package version as metadata.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cairn_common::layout::{self, Arch};
+use cairn_common::metadata as meta;
+use cairn_common::process::Cmd;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::apt_sources::{self, Mirrors};
+use crate::keys::SigningKey;
+use crate::manifest::{ImageSpec, Manifest};
+use crate::ostree::{self, Commit, Tree};
+use crate::ostree_layout;
+
+/// Bump when the way the package layer is made changes, so old caches are
+/// not reused for a different recipe.
+const BASE_RECIPE_VERSION: u32 = 1;
+
+/// Where the GRUB EFI image lives inside the OS tree (and so in every commit):
+/// the image builder copies this folder to the ESP.
+pub const EFI_TREE_PATH: &str = "usr/lib/cairn/efi";
+
+/// GRUB modules built into the EFI image (no modules are loaded at run time).
+const GRUB_MODULES: &[&str] = &[
+    "part_gpt", "fat", "ext2", "normal", "linux", "search", "search_label", "search_fs_uuid",
+    "configfile", "loadenv", "test", "echo", "gzio", "regexp", "efi_gop", "sleep", "reboot", "halt",
+];
+
+/// Configuration embedded in the GRUB image: remember the ESP GRUB was loaded
+/// from (the boot counter lives there), find the root partition on the same
+/// disk (by label if that fails), and read the generated menu from it.
+const GRUB_EMBEDDED_CFG: &str = r#"set cairn_esp="$root"
+regexp --set 1:cairn_disk '^(.*),gpt1$' "$root"
+if [ -n "$cairn_disk" ]; then set root="$cairn_disk,gpt2"; fi
+if [ ! -f /boot/loader/grub.cfg ]; then search --no-floppy --label --set=root cairn-root; fi
+configfile /boot/loader/grub.cfg
+"#;
+
+/// `dracut` arguments: a generic initramfs (every storage driver, not just the
+/// build host's) with ostree's module, reproducible.
+const DRACUT_ARGS: &str = "--no-hostonly --reproducible --force --add ostree";
+
+/// Everything the package layer is made of. Its hash names the cache entry.
+#[derive(Debug, Serialize)]
+pub struct BaseRecipe {
+    pub recipe: u32,
+    pub arch: Arch,
+    pub release: String,
+    /// `deb` lines, in order.
+    pub sources: Vec<String>,
+    pub packages: Vec<String>,
+    pub grub_modules: Vec<String>,
+    pub grub_embedded_cfg: String,
+    pub dracut_args: String,
+}
+
+impl BaseRecipe {
+    pub fn new(spec: &ImageSpec, mirrors: &Mirrors) -> BaseRecipe {
+        let components = spec.components.join(" ");
+        BaseRecipe {
+            recipe: BASE_RECIPE_VERSION,
+            arch: spec.arch,
+            release: spec.release.clone(),
+            sources: spec
+                .suites
+                .iter()
+                .map(|s| format!("deb {} {s} {components}", mirrors.for_suite(s)))
+                .collect(),
+            packages: spec.package_names(),
+            grub_modules: GRUB_MODULES.iter().map(|s| s.to_string()).collect(),
+            grub_embedded_cfg: GRUB_EMBEDDED_CFG.to_owned(),
+            dracut_args: DRACUT_ARGS.to_owned(),
+        }
+    }
+
+    /// Content key: the first 128 bits of the SHA-256 of the recipe.
+    pub fn key(&self) -> String {
+        let json = serde_json::to_vec(self).expect("recipe serialises");
+        hex::encode(&Sha256::digest(&json)[..16])
+    }
+}
+
+/// A cached package layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Base {
+    pub key: String,
+    pub commit: String,
+    pub kernel_release: String,
+    pub packages: BTreeMap<String, String>,
+}
+
+/// Inputs of `compose`.
+pub struct ComposeOptions {
+    pub manifest: PathBuf,
+    pub flavor: String,
+    pub arch: Arch,
+    pub repo: PathBuf,
+    pub cache: PathBuf,
+    pub keys: PathBuf,
+    /// Folder holding the agent binaries built for `arch`.
+    pub agent_dir: PathBuf,
+    /// The host's apt configuration folder (normally `/etc/apt`).
+    pub apt_dir: PathBuf,
+}
+
+/// What `compose` made; printed as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Composed {
+    pub commit: String,
+    #[serde(rename = "ref")]
+    pub ostree_ref: String,
+    pub version: String,
+    pub arch: Arch,
+    pub flavor: String,
+    pub repo: PathBuf,
+    pub base_key: String,
+    pub kernel_release: String,
+    pub packages: usize,
+}
+
+pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
+    let started = Instant::now();
+    let spec = Manifest::load(&opts.manifest)?.resolve(&opts.flavor, opts.arch)?;
+    // Fail on a missing key before any slow step.
+    let key = SigningKey::open(&opts.keys)?;
+    let agent = AgentBinaries::find(&opts.agent_dir)?;
+    let mirrors = apt_sources::resolve(
+        &opts.apt_dir,
+        &spec.release,
+        spec.mirror.as_deref(),
+        spec.security_mirror.as_deref(),
+    )?;
+    let cache = Cache::new(&opts.cache)?;
+    let base = cache.base(&spec, &mirrors)?;
+
+    ostree::ensure_archive_repo(&opts.repo)?;
+    ostree::pull_local(&opts.repo, &cache.base_repo(), &base.commit, None)?;
+
+    let staging = tempfile::Builder::new()
+        .prefix("overlay-")
+        .tempdir_in(cache.tmp())
+        .context("creating the staging folder")?;
+    stage_image_files(staging.path(), &spec, &agent, &key)?;
+
+    let ostree_ref = image_ref(&spec);
+    let packages = ostree::string_dict(base.packages.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let subject = format!("{} {} ({}, {})", spec.name, spec.version, spec.arch, spec.flavor);
+    let commit = ostree::commit(
+        &opts.repo,
+        &Commit {
+            branch: &ostree_ref,
+            subject: &subject,
+            trees: vec![Tree::Commit(&base.commit), Tree::Dir(staging.path())],
+            strings: vec![
+                (meta::VERSION, spec.version.to_string()),
+                (meta::ARCH, spec.arch.to_string()),
+                (meta::FLAVOR, spec.flavor.clone()),
+                (meta::NAME, spec.name.clone()),
+                (meta::BASE_KEY, base.key.clone()),
+                (meta::KERNEL, base.kernel_release.clone()),
+            ],
+            variants: vec![(meta::PACKAGES, packages)],
+            sign: Some(&key),
+            consume: false,
+        },
+    )?;
+    tracing::info!(%commit, r#ref = %ostree_ref, elapsed = ?started.elapsed(), "composed");
+    Ok(Composed {
+        commit,
+        ostree_ref,
+        version: spec.version.to_string(),
+        arch: spec.arch,
+        flavor: spec.flavor.clone(),
+        repo: opts.repo.clone(),
+        base_key: base.key.clone(),
+        kernel_release: base.kernel_release.clone(),
+        packages: base.packages.len(),
+    })
+}
+
+/// The ostree ref of an image: one per architecture, flavour and stream.
+pub fn image_ref(spec: &ImageSpec) -> String {
+    layout::ostree_ref(spec.arch, &format!("{}/{}", spec.flavor, spec.stream))
+}
+
+/// The agent's binaries, built for the image's architecture.
+struct AgentBinaries {
+    agent: PathBuf,
+    grub_mkconfig: PathBuf,
+}
+
+impl AgentBinaries {
+    fn find(dir: &Path) -> Result<AgentBinaries> {
+        let b = AgentBinaries {
+            agent: dir.join("cairn-agent"),
+            grub_mkconfig: dir.join("cairn-grub-mkconfig"),
+        };
+        for p in [&b.agent, &b.grub_mkconfig] {
+            if !p.is_file() {
+                bail!(
+                    "agent binary {} not found (build the agent for the image's architecture and pass its folder as --agent-dir)",
+                    p.display()
+                );
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// Write the image's own layer into `staging`: overlays, agent, identity.
+fn stage_image_files(staging: &Path, spec: &ImageSpec, agent: &AgentBinaries, key: &SigningKey) -> Result<()> {
+    for overlay in &spec.overlays {
+        apply_overlay(overlay, staging)?;
+    }
+    let install = |src: &Path, rel: &str| -> Result<()> {
+        let dst = staging.join(rel);
+        fs::create_dir_all(dst.parent().expect("has a parent"))?;
+        fs::copy(src, &dst).with_context(|| format!("installing {}", src.display()))?;
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    };
+    install(&agent.agent, "usr/bin/cairn-agent")?;
+    install(&agent.grub_mkconfig, layout::GRUB_MKCONFIG_PATH.trim_start_matches('/'))?;
+    // ostree's default GRUB generator path, so a manual `ostree admin`
+    // command that misses OSTREE_GRUB2_EXEC still writes a correct menu.
+    fs::create_dir_all(staging.join("usr/sbin"))?;
+    symlink("../libexec/cairn/grub-mkconfig", staging.join("usr/sbin/grub-mkconfig"))?;
+
+    // The commit signing key, trusted by ostree for every remote.
+    let trusted = staging.join("usr/share/ostree/trusted.gpg.d");
+    fs::create_dir_all(&trusted)?;
+    fs::write(trusted.join("cairn.gpg"), key.public_key()?)?;
+
+    let os_release = os_release(spec);
+    fs::create_dir_all(staging.join("usr/lib"))?;
+    fs::write(staging.join("usr/lib/os-release"), os_release)?;
+    Ok(())
+}
+
+pub fn os_release(spec: &ImageSpec) -> String {
+    let name = "Cairn";
+    format!(
+        "NAME=\"{name}\"\nPRETTY_NAME=\"{name} {v} ({f})\"\nID=cairn\nID_LIKE=debian\nVERSION=\"{v} ({f})\"\nVERSION_ID={v}\nVARIANT_ID={f}\nIMAGE_ID={id}\nIMAGE_VERSION={v}\nVERSION_CODENAME={rel}\n",
+        v = spec.version,
+        f = spec.flavor,
+        id = spec.name,
+        rel = spec.release,
+    )
+}
+
+/// Copy an overlay tree into the staging tree. Overlays hold `etc/` (which
+/// ostree keeps as `/usr/etc`, merged into each host's `/etc`) and `usr/`;
+/// anything else would be state or would be lost, so it is refused.
+pub fn apply_overlay(overlay: &Path, staging: &Path) -> Result<()> {
+    for e in fs::read_dir(overlay).with_context(|| format!("reading overlay {}", overlay.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let target = match name.as_str() {
+            "etc" => staging.join("usr/etc"),
+            "usr" => staging.join("usr"),
+            ".gitkeep" => continue,
+            _ => bail!(
+                "overlay {} has top-level `{name}`: only `etc/` and `usr/` are part of the OS (state under /var is made by tmpfiles.d)",
+                overlay.display()
+            ),
+        };
+        copy_tree(&e.path(), &target)?;
+    }
+    Ok(())
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(src)?;
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(src)?;
+        if dst.symlink_metadata().is_ok() {
+            fs::remove_file(dst)?;
+        }
+        symlink(&target, dst).with_context(|| format!("copying link {}", src.display()))?;
+    } else if meta.is_dir() {
+        fs::create_dir_all(dst)?;
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            if e.file_name() == ".gitkeep" {
+                continue;
+            }
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+    } else if meta.is_file() {
+        if dst.symlink_metadata().is_ok() {
+            fs::remove_file(dst)?;
+        }
+        fs::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
+        // Git keeps only the executable bit: normalise to 0644 / 0755.
+        let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+        fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
+    } else {
+        bail!("{} is neither a file, a folder nor a symlink", src.display());
+    }
+    Ok(())
+}
+
+/// The build cache: downloaded packages and package layers, keyed by content.
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    pub fn new(root: &Path) -> Result<Cache> {
+        for sub in ["debs", "bases", "tmp"] {
+            fs::create_dir_all(root.join(sub)).with_context(|| format!("creating cache {}", root.display()))?;
+        }
+        let c = Cache { root: root.to_owned() };
+        ostree::ensure_archive_repo(&c.base_repo())?;
+        Ok(c)
+    }
+
+    pub fn base_repo(&self) -> PathBuf {
+        self.root.join("base-repo")
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn debs(&self, arch: Arch) -> PathBuf {
+        self.root.join("debs").join(arch.debian())
+    }
+
+    /// The package layer for `spec`, built unless cached.
+    pub fn base(&self, spec: &ImageSpec, mirrors: &Mirrors) -> Result<Base> {
+        let recipe = BaseRecipe::new(spec, mirrors);
+        let key = recipe.key();
+        let record = self.root.join("bases").join(format!("{key}.json"));
+        if let Ok(text) = fs::read_to_string(&record) {
+            let base: Base = serde_json::from_str(&text).with_context(|| format!("reading {}", record.display()))?;
+            if ostree::rev_parse(&self.base_repo(), &base.commit)?.is_some() {
+                tracing::info!(%key, commit = %base.commit, "package layer cached");
+                return Ok(base);
+            }
+        }
+        tracing::info!(%key, packages = recipe.packages.len(), "building package layer");
+        let base = self.build_base(spec, &recipe, &key)?;
+        let tmp = record.with_extension("json.partial");
+        fs::write(&tmp, serde_json::to_vec_pretty(&base)?)?;
+        fs::rename(&tmp, &record)?;
+        Ok(base)
+    }
+
+    fn build_base(&self, spec: &ImageSpec, recipe: &BaseRecipe, key: &str) -> Result<Base> {
+        let started = Instant::now();
+        let work = tempfile::Builder::new()
+            .prefix("base-")
+            .tempdir_in(self.tmp())
+            .context("creating a work folder")?;
+        let root = work.path().join("root");
+        let grub_debs = work.path().join("grub-deb");
+        fs::create_dir_all(&grub_debs)?;
+        let debs = self.debs(spec.arch);
+        fs::create_dir_all(&debs)?;
+
+        run_mmdebstrap(spec, recipe, &root, &debs, &grub_debs)?;
+        tracing::info!(elapsed = ?started.elapsed(), "packages installed");
+
+        let packages = installed_packages(&root)?;
+        build_grub_image(spec.arch, &grub_debs, &work.path().join("grub"), &root.join(EFI_TREE_PATH))?;
+        let converted = ostree_layout::convert(&root)?;
+        let commit = ostree::commit(
+            &self.base_repo(),
+            &Commit {
+                branch: &format!("base/{}/{key}", spec.arch),
+                subject: &format!("Cairn package layer {key}"),
+                trees: vec![Tree::Dir(&root)],
+                strings: vec![(meta::BASE_KEY, key.to_owned())],
+                variants: vec![],
+                sign: None,
+                consume: true,
+            },
+        )?;
+        tracing::info!(%commit, elapsed = ?started.elapsed(), "package layer committed");
+        Ok(Base {
+            key: key.to_owned(),
+            commit,
+            kernel_release: converted.kernel_release,
+            packages,
+        })
+    }
+}
+
+fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Path, grub_debs: &Path) -> Result<()> {
+    let q = |p: &Path| shell_quote(&p.display().to_string());
+    let dracut = format!(
+        "chroot \"$1\" sh -c 'for k in /usr/lib/modules/*; do kver=${{k##*/}}; dracut {DRACUT_ARGS} \"$k/initramfs.img\" \"$kver\"; done'"
+    );
+    let mut cmd = Cmd::new("mmdebstrap")
+        .args(["--mode=root", "--variant=minbase", "--format=directory"])
+        .arg(format!("--arch={}", spec.arch.debian()))
+        .arg("--aptopt=APT::Install-Recommends \"false\"")
+        .arg("--dpkgopt=path-exclude=/usr/share/man/*")
+        .arg("--dpkgopt=path-exclude=/usr/share/doc/*")
+        .arg("--dpkgopt=path-include=/usr/share/doc/*/copyright")
+        .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
+        .arg("--dpkgopt=path-include=/usr/share/locale/locale.alias")
+        .arg("--dpkgopt=path-exclude=/usr/share/info/*")
+        .arg(format!("--include={}", recipe.packages.join(",")))
+        // Downloaded packages persist in the cache between builds.
+        .args(["--skip=download/empty", "--skip=essential/unlink"])
+        .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
+        .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", q(debs)))
+        .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", q(debs)))
+        // GRUB's EFI modules, fetched with the image's own apt state (outside
+        // the chroot, which has no resolver), never installed.
+        .arg(format!(
+            "--customize-hook=cd {} && apt-get download {}",
+            q(grub_debs),
+            spec.arch.grub_package()
+        ))
+        // One initramfs, made here (Debian's kernel hook is off: INITRD=No).
+        .arg(format!("--customize-hook={dracut}"))
+        .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/*")
+        .env("INITRD", "No")
+        .arg(&spec.release)
+        .arg(root);
+    for line in &recipe.sources {
+        cmd = cmd.arg(line);
+    }
+    cmd.progress().run().map_err(|e| explain_apt_failure(e, spec))
+}
+
+/// Map apt's "Unable to locate package" back to where the manifest names it.
+fn explain_apt_failure(e: anyhow::Error, spec: &ImageSpec) -> anyhow::Error {
+    let text = format!("{e:#}");
+    for p in &spec.packages {
+        let patterns = [
+            format!("Unable to locate package {}", p.name),
+            format!("Package '{}' has no installation candidate", p.name),
+            format!("Couldn't find any package by glob '{}'", p.name),
+        ];
+        if patterns.iter().any(|pat| text.contains(pat)) {
+            return anyhow!(
+                "{}:{}:{}: package `{}` is not in the configured Debian suites ({}) for {}",
+                spec.manifest_path.display(),
+                p.line,
+                p.column,
+                p.name,
+                spec.suites.join(", "),
+                spec.arch.debian()
+            )
+            .context(e);
+        }
+    }
+    e.context("installing the manifest's packages with mmdebstrap")
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn installed_packages(root: &Path) -> Result<BTreeMap<String, String>> {
+    let out = Cmd::new("dpkg-query")
+        .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+        .args(["-W", "-f=${Package}\\t${Version}\\n"])
+        .output()
+        .context("listing installed packages")?;
+    Ok(out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(p, v)| (p.to_owned(), v.to_owned()))
+        .collect())
+}
+
+/// Build GRUB's EFI binary from the downloaded module package into
+/// `efi_tree/<removable-media path>`.
+fn build_grub_image(arch: Arch, deb_dir: &Path, work: &Path, efi_tree: &Path) -> Result<()> {
+    let deb = fs::read_dir(deb_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .with_context(|| format!("{} was not downloaded", arch.grub_package()))?;
+    Cmd::new("dpkg-deb").arg("-x").arg(&deb).arg(work).run()?;
+    let modules = work.join("usr/lib/grub").join(arch.grub_target());
+    let cfg = work.join("embedded.cfg");
+    fs::write(&cfg, GRUB_EMBEDDED_CFG)?;
+    let out = efi_tree.join(arch.efi_boot_path());
+    fs::create_dir_all(out.parent().expect("has parent"))?;
+    Cmd::new("grub-mkimage")
+        .arg("-O")
+        .arg(arch.grub_target())
+        .arg("-d")
+        .arg(&modules)
+        .arg("-o")
+        .arg(&out)
+        .args(["-p", "/EFI/BOOT"])
+        .arg("-c")
+        .arg(&cfg)
+        .args(GRUB_MODULES)
+        .run()
+        .context("building the GRUB EFI image")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    #[test]
+    fn overlay_maps_etc_and_refuses_state() {
+        let d = tempfile::tempdir().unwrap();
+        let overlay = d.path().join("o");
+        fs::create_dir_all(overlay.join("etc/systemd")).unwrap();
+        fs::create_dir_all(overlay.join("usr/lib/systemd/system")).unwrap();
+        fs::write(overlay.join("etc/hostname"), "cairn\n").unwrap();
+        fs::write(overlay.join("usr/lib/systemd/system/x.service"), "[Unit]\n").unwrap();
+        symlink("/dev/null", overlay.join("etc/systemd/masked")).unwrap();
+        let staging = d.path().join("s");
+        fs::create_dir_all(&staging).unwrap();
+        apply_overlay(&overlay, &staging).unwrap();
+        assert_eq!(fs::read_to_string(staging.join("usr/etc/hostname")).unwrap(), "cairn\n");
+        assert!(staging.join("usr/lib/systemd/system/x.service").is_file());
+        assert_eq!(fs::read_link(staging.join("usr/etc/systemd/masked")).unwrap(), Path::new("/dev/null"));
+
+        fs::create_dir_all(overlay.join("var/lib")).unwrap();
+        let e = apply_overlay(&overlay, &staging).unwrap_err().to_string();
+        assert!(e.contains("top-level `var`"), "{e}");
+    }
+
+    #[test]
+    fn recipe_key_changes_with_packages_and_mirror_only() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("image.toml");
+        let text = r#"
+[image]
+name = "cairn"
+version = "1.0.0"
+stream = "stable"
+[debian]
+release = "bookworm"
+suites = ["bookworm"]
+components = ["main"]
+[packages]
+base = ["systemd"]
+[kernel]
+flavour = "cloud"
+[disk]
+esp-size = "64MiB"
+root-size = "1GiB"
+[update]
+url = "http://127.0.0.1/repo"
+[flavors.dev]
+package-sets = ["base"]
+"#;
+        let spec = Manifest::parse(&path, text).unwrap().resolve("dev", Arch::X86_64).unwrap();
+        let m = Mirrors { main: "http://a.example/debian".into(), security: "http://s.example/ds".into() };
+        let k1 = BaseRecipe::new(&spec, &m).key();
+        let v2 = Manifest::parse(&path, &text.replace("1.0.0", "1.0.1")).unwrap().resolve("dev", Arch::X86_64).unwrap();
+        assert_eq!(BaseRecipe::new(&v2, &m).key(), k1, "the version is not part of the package layer");
+        let p2 = Manifest::parse(&path, &text.replace("[\"systemd\"]", "[\"systemd\", \"runc\"]"))
+            .unwrap()
+            .resolve("dev", Arch::X86_64)
+            .unwrap();
+        assert_ne!(BaseRecipe::new(&p2, &m).key(), k1);
+        let m2 = Mirrors { main: "http://b.example/debian".into(), ..m.clone() };
+        assert_ne!(BaseRecipe::new(&spec, &m2).key(), k1);
+        assert_eq!(k1.len(), 32);
+    }
+}

@@ -1,0 +1,313 @@
+//! `cairn-build image`: commit → bootable GPT disk image (raw and qcow2).
+//!
+//! The ostree sysroot is assembled in a plain folder with ostree's own
+//! `admin` commands, the GRUB menu is generated from its boot entries with
+//! the same code the agent runs on the host, then the disk is written in
+//! place: GPT (`gpt` crate), FAT32 ESP (`fatfs` crate), ext4 root
+//! (`mkfs.ext4 -d` at the partition's offset). No mounts, no loop devices.
+//! Outputs are written under temporary names and renamed when complete.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use cairn_common::bootcfg::{self, GrubSettings};
+use cairn_common::grubenv::GrubEnv;
+use cairn_common::layout::{self, Arch};
+use cairn_common::metadata as meta;
+use cairn_common::process::Cmd;
+use serde::{Deserialize, Serialize};
+
+use crate::compose::{image_ref, EFI_TREE_PATH};
+use crate::disk::{self, DiskLayout, EspFile};
+use crate::manifest::{ImageSpec, Manifest};
+use crate::ostree;
+
+/// Inputs of `image`.
+pub struct ImageOptions {
+    pub manifest: PathBuf,
+    pub flavor: String,
+    pub arch: Arch,
+    pub repo: PathBuf,
+    pub output: PathBuf,
+}
+
+/// What `image` made; written next to the images as `image.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuiltImage {
+    pub name: String,
+    pub version: String,
+    pub arch: Arch,
+    pub flavor: String,
+    pub commit: String,
+    #[serde(rename = "ref")]
+    pub ostree_ref: String,
+    pub raw: PathBuf,
+    pub qcow2: PathBuf,
+    pub disk_size: u64,
+    pub esp_size: u64,
+    pub root_size: u64,
+    /// Bytes the OS takes in the root filesystem (hardlinks counted once).
+    pub os_bytes: u64,
+}
+
+pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
+    let started = Instant::now();
+    let spec = Manifest::load(&opts.manifest)?.resolve(&opts.flavor, opts.arch)?;
+    let ostree_ref = image_ref(&spec);
+    let commit = ostree::rev_parse(&opts.repo, &ostree_ref)?.with_context(|| {
+        format!("{} has no ref {ostree_ref}: run `cairn-build compose` first", opts.repo.display())
+    })?;
+    let version = ostree::unquote(&ostree::metadata(&opts.repo, &commit, meta::VERSION)?);
+    fs::create_dir_all(&opts.output).with_context(|| format!("creating {}", opts.output.display()))?;
+    let stem = format!("{}-{}-{}-{}", spec.name, version, spec.arch, spec.flavor);
+    let raw = opts.output.join(format!("{stem}.raw"));
+    let qcow2 = opts.output.join(format!("{stem}.qcow2"));
+
+    let work = Workdir::new(&opts.output)?;
+    let sysroot = work.path.join("sysroot");
+    let deployment = deploy(&sysroot, &opts.repo, &ostree_ref, &spec)?;
+    let os_bytes = allocated_bytes(&sysroot)?;
+    check_fits(os_bytes, &spec)?;
+
+    let layout = DiskLayout::new(spec.esp_size, spec.root_size);
+    let raw_partial = Partial::new(&raw);
+    write_disk(raw_partial.path(), &layout, &spec, &sysroot, &deployment)?;
+    let qcow2_partial = Partial::new(&qcow2);
+    Cmd::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(raw_partial.path())
+        .arg(qcow2_partial.path())
+        .run()
+        .context("converting the image to qcow2")?;
+    raw_partial.commit()?;
+    qcow2_partial.commit()?;
+
+    let built = BuiltImage {
+        name: spec.name.clone(),
+        version,
+        arch: spec.arch,
+        flavor: spec.flavor.clone(),
+        commit,
+        ostree_ref,
+        raw,
+        qcow2,
+        disk_size: layout.total_size,
+        esp_size: layout.esp_size,
+        root_size: layout.root_size,
+        os_bytes,
+    };
+    let record = opts.output.join(format!("{stem}.json"));
+    fs::write(&record, serde_json::to_vec_pretty(&built)?)?;
+    tracing::info!(image = %built.raw.display(), elapsed = ?started.elapsed(), "image written");
+    Ok(built)
+}
+
+/// Build the ostree sysroot in `sysroot`; return the deployment's folder.
+fn deploy(sysroot: &Path, repo: &Path, ostree_ref: &str, spec: &ImageSpec) -> Result<PathBuf> {
+    let sys_arg = format!("--sysroot={}", sysroot.display());
+    let sys_repo = sysroot.join("ostree/repo");
+    let repo_arg = format!("--repo={}", sys_repo.display());
+    fs::create_dir_all(sysroot)?;
+    Cmd::new("ostree").args(["admin", "init-fs"]).arg(sysroot).run()?;
+    Cmd::new("ostree").args(["admin", "os-init", layout::OSNAME, &sys_arg]).run()?;
+    Cmd::new("ostree")
+        .args([&repo_arg, "remote", "add", "--set=gpg-verify=true", layout::REMOTE, &spec.update_url])
+        .run()?;
+    ostree::pull_local(&sys_repo, repo, ostree_ref, Some(layout::REMOTE))?;
+    let mut cmd = Cmd::new("ostree")
+        .args(["admin", "deploy", &sys_arg, &format!("--os={}", layout::OSNAME)])
+        .arg(format!("--karg=root=LABEL={}", layout::ROOT_LABEL));
+    for karg in &spec.kernel_args {
+        cmd = cmd.arg(format!("--karg={karg}"));
+    }
+    cmd.arg(format!("{}:{ostree_ref}", layout::REMOTE)).run().context("deploying the commit")?;
+
+    // The GRUB menu, from ostree's entries, by the code the agent runs later.
+    let loader = sysroot.join("boot/loader");
+    bootcfg::write_config_from_dir(&loader.join("entries"), &loader.join("grub.cfg"), &GrubSettings::default())?;
+    fs::create_dir_all(sysroot.join("boot/grub"))?;
+    std::os::unix::fs::symlink("../loader/grub.cfg", sysroot.join("boot/grub/grub.cfg"))?;
+    Cmd::new("ostree")
+        .args([&repo_arg, "config", "set", "sysroot.bootloader", "grub2"])
+        .run()?;
+
+    let deploy_dir = sysroot.join("ostree/deploy").join(layout::OSNAME).join("deploy");
+    let deployment = fs::read_dir(&deploy_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.is_dir())
+        .with_context(|| format!("no deployment in {}", deploy_dir.display()))?;
+    Ok(deployment)
+}
+
+/// Bytes allocated under `dir`, each hardlinked inode counted once.
+fn allocated_bytes(dir: &Path) -> Result<u64> {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let e = e?;
+            let m = e.metadata()?;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            if seen.insert((m.dev(), m.ino())) {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Refuse before writing anything when the OS cannot fit the root partition:
+/// ext4 keeps ~5% reserved, a journal and inode tables besides the data.
+fn check_fits(os_bytes: u64, spec: &ImageSpec) -> Result<()> {
+    const MIB: u64 = 1 << 20;
+    let needed = (os_bytes + os_bytes / 10 + 64 * MIB) * 20 / 19;
+    if needed > spec.root_size {
+        bail!(
+            "{}: disk.root-size is {} MiB but the OS needs at least {} MiB (content {} MiB plus ext4 journal, reserve and inode tables); raise root-size",
+            spec.manifest_path.display(),
+            spec.root_size / MIB,
+            needed.div_ceil(MIB),
+            os_bytes / MIB
+        );
+    }
+    Ok(())
+}
+
+fn write_disk(path: &Path, layout: &DiskLayout, spec: &ImageSpec, sysroot: &Path, deployment: &Path) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(layout.total_size)
+        .with_context(|| format!("sizing {} to {} bytes", path.display(), layout.total_size))?;
+    disk::write_partition_table(&mut file, layout, spec.arch)?;
+
+    let efi_root = deployment.join(EFI_TREE_PATH);
+    let mut efi_files = Vec::new();
+    collect_files(&efi_root, &efi_root, &mut efi_files)?;
+    if !efi_files.iter().any(|(rel, _)| rel == spec.arch.efi_boot_path()) {
+        bail!("the commit has no {} under /{EFI_TREE_PATH}", spec.arch.efi_boot_path());
+    }
+    let grubenv = GrubEnv::new().to_block()?;
+    let mut esp: Vec<EspFile<'_>> = efi_files
+        .iter()
+        .map(|(rel, bytes)| EspFile { path: rel, contents: bytes })
+        .collect();
+    esp.push(EspFile { path: layout::GRUBENV_ESP_PATH, contents: &grubenv });
+    disk::write_esp(&mut file, layout, &esp)?;
+    file.sync_all()?;
+    drop(file);
+
+    let fs_uuid = uuid::Uuid::new_v4().to_string();
+    Cmd::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", layout::ROOT_LABEL, "-U", &fs_uuid])
+        .arg("-E")
+        .arg(format!("offset={}", layout.root_offset))
+        .arg("-d")
+        .arg(sysroot)
+        .arg(path)
+        .arg(format!("{}k", layout.root_size / 1024))
+        .run()
+        .with_context(|| {
+            format!(
+                "writing the root filesystem (if it ran out of space, raise disk.root-size in {})",
+                spec.manifest_path.display()
+            )
+        })?;
+    Ok(())
+}
+
+fn collect_files(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
+    for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            collect_files(base, &p, out)?;
+        } else {
+            let rel = p.strip_prefix(base).expect("below base").to_string_lossy().into_owned();
+            out.push((rel, fs::read(&p)?));
+        }
+    }
+    Ok(())
+}
+
+/// A work folder next to the outputs, removed when done (ostree marks
+/// deployments immutable, so that is undone first).
+struct Workdir {
+    path: PathBuf,
+}
+
+impl Workdir {
+    fn new(output: &Path) -> Result<Workdir> {
+        let path = output.join(format!(".work-{}", std::process::id()));
+        if path.exists() {
+            remove_tree(&path)?;
+        }
+        fs::create_dir_all(&path)?;
+        Ok(Workdir { path })
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        if let Err(e) = remove_tree(&self.path) {
+            tracing::warn!("could not remove {}: {e:#}", self.path.display());
+        }
+    }
+}
+
+fn remove_tree(path: &Path) -> Result<()> {
+    let deploy = path.join("sysroot/ostree/deploy");
+    if deploy.exists() {
+        Cmd::new("chattr").args(["-R", "-i"]).arg(&deploy).run()?;
+    }
+    fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
+}
+
+/// An output file written under `<name>.partial` and renamed only when
+/// complete; removed if dropped before that.
+struct Partial {
+    final_path: PathBuf,
+    partial: PathBuf,
+    done: bool,
+}
+
+impl Partial {
+    fn new(final_path: &Path) -> Partial {
+        let mut name = final_path.file_name().expect("file name").to_owned();
+        name.push(".partial");
+        let _ = fs::remove_file(final_path);
+        Partial {
+            final_path: final_path.to_owned(),
+            partial: final_path.with_file_name(name),
+            done: false,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.partial
+    }
+
+    fn commit(mut self) -> Result<()> {
+        fs::rename(&self.partial, &self.final_path)
+            .with_context(|| format!("renaming {} into place", self.partial.display()))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.partial);
+        }
+    }
+}
