@@ -31,7 +31,7 @@ use crate::ostree_layout;
 
 /// Bump when the way the package layer is made changes, so old caches are
 /// not reused for a different recipe.
-const BASE_RECIPE_VERSION: u32 = 1;
+const BASE_RECIPE_VERSION: u32 = 2;
 
 /// Where the GRUB EFI image lives inside the OS tree (and so in every commit):
 /// the image builder copies this folder to the ESP.
@@ -43,11 +43,14 @@ const GRUB_MODULES: &[&str] = &[
     "configfile", "loadenv", "test", "echo", "gzio", "regexp", "efi_gop", "sleep", "reboot", "halt",
 ];
 
-/// Configuration embedded in the GRUB image: remember the ESP GRUB was loaded
-/// from (the boot counter lives there), find the root partition on the same
-/// disk (by label if that fails), and read the generated menu from it.
-const GRUB_EMBEDDED_CFG: &str = r#"set cairn_esp="$root"
-regexp --set 1:cairn_disk '^(.*),gpt1$' "$root"
+/// The ESP's `EFI/BOOT/grub.cfg`, which GRUB's normal mode reads from its
+/// prefix (no configuration is embedded in the image: the embedded one runs
+/// under GRUB's rescue parser, which has no `if`). It remembers the ESP GRUB
+/// was loaded from (the boot counter lives there), finds the root partition
+/// on the same disk (by label if that fails) and reads the generated menu.
+pub const GRUB_ESP_CFG: &str = r#"set cairn_esp="$root"
+export cairn_esp
+regexp --set=1:cairn_disk '^(.*),gpt1$' "$root"
 if [ -n "$cairn_disk" ]; then set root="$cairn_disk,gpt2"; fi
 if [ ! -f /boot/loader/grub.cfg ]; then search --no-floppy --label --set=root cairn-root; fi
 configfile /boot/loader/grub.cfg
@@ -67,7 +70,6 @@ pub struct BaseRecipe {
     pub sources: Vec<String>,
     pub packages: Vec<String>,
     pub grub_modules: Vec<String>,
-    pub grub_embedded_cfg: String,
     pub dracut_args: String,
 }
 
@@ -85,7 +87,6 @@ impl BaseRecipe {
                 .collect(),
             packages: spec.package_names(),
             grub_modules: GRUB_MODULES.iter().map(|s| s.to_string()).collect(),
-            grub_embedded_cfg: GRUB_EMBEDDED_CFG.to_owned(),
             dracut_args: DRACUT_ARGS.to_owned(),
         }
     }
@@ -247,6 +248,11 @@ fn stage_image_files(staging: &Path, spec: &ImageSpec, agent: &AgentBinaries, ke
     let trusted = staging.join("usr/share/ostree/trusted.gpg.d");
     fs::create_dir_all(&trusted)?;
     fs::write(trusted.join("cairn.gpg"), key.public_key()?)?;
+
+    // GRUB's menu loader on the ESP, next to the EFI binary of the package layer.
+    let esp_cfg = staging.join(EFI_TREE_PATH).join("EFI/BOOT/grub.cfg");
+    fs::create_dir_all(esp_cfg.parent().expect("has parent"))?;
+    fs::write(esp_cfg, GRUB_ESP_CFG)?;
 
     let os_release = os_release(spec);
     fs::create_dir_all(staging.join("usr/lib"))?;
@@ -497,8 +503,6 @@ fn build_grub_image(arch: Arch, deb_dir: &Path, work: &Path, efi_tree: &Path) ->
         .with_context(|| format!("{} was not downloaded", arch.grub_package()))?;
     Cmd::new("dpkg-deb").arg("-x").arg(&deb).arg(work).run()?;
     let modules = work.join("usr/lib/grub").join(arch.grub_target());
-    let cfg = work.join("embedded.cfg");
-    fs::write(&cfg, GRUB_EMBEDDED_CFG)?;
     let out = efi_tree.join(arch.efi_boot_path());
     fs::create_dir_all(out.parent().expect("has parent"))?;
     Cmd::new("grub-mkimage")
@@ -509,8 +513,6 @@ fn build_grub_image(arch: Arch, deb_dir: &Path, work: &Path, efi_tree: &Path) ->
         .arg("-o")
         .arg(&out)
         .args(["-p", "/EFI/BOOT"])
-        .arg("-c")
-        .arg(&cfg)
         .args(GRUB_MODULES)
         .run()
         .context("building the GRUB EFI image")?;

@@ -265,9 +265,16 @@ impl Drop for Workdir {
 }
 
 fn remove_tree(path: &Path) -> Result<()> {
-    let deploy = path.join("sysroot/ostree/deploy");
-    if deploy.exists() {
-        Cmd::new("chattr").args(["-R", "-i"]).arg(&deploy).run()?;
+    // ostree sets the immutable flag on each deployment's top folder only.
+    let stateroots = path.join("sysroot/ostree/deploy");
+    if let Ok(roots) = fs::read_dir(&stateroots) {
+        for root in roots.filter_map(|e| e.ok()) {
+            if let Ok(deployments) = fs::read_dir(root.path().join("deploy")) {
+                for d in deployments.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()) {
+                    Cmd::new("chattr").arg("-i").arg(d.path()).run()?;
+                }
+            }
+        }
     }
     fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
 }

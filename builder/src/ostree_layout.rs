@@ -72,10 +72,7 @@ pub fn convert(root: &Path) -> Result<Converted> {
     }
 
     // /var's directory skeleton, recreated at boot by tmpfiles.d.
-    let tmpfiles = var_tmpfiles(root)?;
-    let tmpfiles_dir = root.join("usr/lib/tmpfiles.d");
-    fs::create_dir_all(&tmpfiles_dir)?;
-    fs::write(tmpfiles_dir.join("cairn-var.conf"), tmpfiles)?;
+    let mut tmpfiles = var_tmpfiles(root)?;
 
     for dir in EMPTIED {
         empty_dir(&root.join(dir))?;
@@ -97,11 +94,18 @@ pub fn convert(root: &Path) -> Result<Converted> {
         }
     }
 
-    // State directories become links into /var; /usr/local too.
+    // State directories become links into /var; /usr/local too. What the
+    // packages put in them is kept as a factory copy that tmpfiles.d copies
+    // into /var when the directory there is new.
     for (name, target) in STATE_LINKS {
+        preserve_as_factory(root, name, target, &mut tmpfiles)?;
         replace_with_symlink(&root.join(name), target)?;
     }
+    preserve_as_factory(root, "usr/local", "var/usrlocal", &mut tmpfiles)?;
     replace_with_symlink(&root.join("usr/local"), "../var/usrlocal")?;
+    let tmpfiles_dir = root.join("usr/lib/tmpfiles.d");
+    fs::create_dir_all(&tmpfiles_dir)?;
+    fs::write(tmpfiles_dir.join("cairn-var.conf"), tmpfiles)?;
 
     // The physical root is mounted at /sysroot; ostree's tools find the
     // repo and deployments through /ostree.
@@ -165,6 +169,29 @@ fn empty_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir)?;
     let mode = if dir.ends_with("tmp") { 0o1777 } else { 0o755 };
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Where files shipped in a state directory are kept, below `/usr`.
+pub const FACTORY: &str = "usr/share/factory";
+
+/// If `root/name` holds files, move it to the factory and add a tmpfiles.d
+/// `C` line that copies it to `/target` when that is empty.
+fn preserve_as_factory(root: &Path, name: &str, target: &str, tmpfiles: &mut String) -> Result<()> {
+    let dir = root.join(name);
+    if dir.is_symlink() || !dir.is_dir() {
+        return Ok(());
+    }
+    let mut inside = Vec::new();
+    walk(&dir, &mut inside)?;
+    if inside.iter().all(|p| p.is_dir() && !p.is_symlink()) {
+        return Ok(());
+    }
+    let factory = root.join(FACTORY).join(target);
+    fs::create_dir_all(factory.parent().expect("has parent"))?;
+    fs::rename(&dir, &factory).with_context(|| format!("moving {} to the factory", dir.display()))?;
+    fs::create_dir(&dir)?;
+    let _ = writeln!(tmpfiles, "C /{target} - - - - /{FACTORY}/{target}");
     Ok(())
 }
 
@@ -251,11 +278,16 @@ mod tests {
     }
 
     #[test]
-    fn files_in_state_directories_are_refused() {
+    fn files_in_state_directories_become_factory_copies() {
         let d = debian_like_tree();
-        fs::write(d.path().join("opt/vendor-blob"), "x").unwrap();
-        let e = convert(d.path()).unwrap_err().to_string();
-        assert!(e.contains("opt is not empty"), "{e}");
+        let r = d.path();
+        fs::write(r.join("root/.bashrc"), "PS1=x").unwrap();
+        convert(r).unwrap();
+        assert_eq!(fs::read_to_string(r.join("usr/share/factory/var/roothome/.bashrc")).unwrap(), "PS1=x");
+        assert_eq!(fs::read_link(r.join("root")).unwrap(), Path::new("var/roothome"));
+        let tmpfiles = fs::read_to_string(r.join("usr/lib/tmpfiles.d/cairn-var.conf")).unwrap();
+        assert!(tmpfiles.contains("C /var/roothome - - - - /usr/share/factory/var/roothome"), "{tmpfiles}");
+        assert!(!tmpfiles.contains("/usr/share/factory/var/usrlocal"), "empty skeletons need no copy");
     }
 
     #[test]
