@@ -141,14 +141,26 @@ impl Cmd {
             .with_context(|| format!("starting `{shown}`"))
     }
 
-    /// Replace-like run for interactive children (a VM on the terminal):
-    /// stdio inherited, returns the exit status.
-    pub fn run_interactive(mut self) -> Result<ExitStatus> {
+    /// Run with this process's stdin, stdout and stderr (a VM on the
+    /// terminal, a test runner whose report the user reads); returns the
+    /// exit status.
+    pub fn status_inherited(mut self) -> Result<ExitStatus> {
         let shown = self.display();
-        tracing::info!(command = %shown, "running interactively");
+        tracing::info!(command = %shown, "running with inherited stdio");
         self.command
             .status()
             .with_context(|| format!("running `{shown}`"))
+    }
+
+    /// Like [`Cmd::status_inherited`], failing unless it exits 0.
+    pub fn run_inherited(self) -> Result<()> {
+        let shown = self.display();
+        let status = self.status_inherited()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(anyhow!("`{shown}` failed ({status})"))
+        }
     }
 
     fn run_capturing(mut self) -> Result<(ExitStatus, Output, String)> {

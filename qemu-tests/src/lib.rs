@@ -1,0 +1,18 @@
+//! Cairn's QEMU harness: one way to build a QEMU command line (for tests and
+//! for `cargo xtask run`), a serial-console reader with timeouts, and VMs
+//! that are killed when dropped, even when a test panics.
+//!
+//! Privilege tiers: the unit tests of this crate need nothing; the tests in
+//! `tests/` boot VMs and need images built by `cargo xtask test`, so they are
+//! `#[ignore]`d and only that command runs them (with `--ignored`).
+
+pub mod artifacts;
+pub mod console;
+pub mod oci;
+pub mod qemu;
+pub mod vm;
+
+pub use artifacts::Artifacts;
+pub use console::Console;
+pub use qemu::{Accel, DiskInterface, QemuConfig};
+pub use vm::Vm;

@@ -1,1 +1,81 @@
-fn main() {}
+//! `cargo xtask`: Cairn's only build glue.
+//!
+//! - `build`: install missing host tools, build the agent and builder,
+//!   compose and write the image; the last stdout line is the raw image.
+//! - `run`: build the dev image and boot it with the console on this terminal.
+//! - `test`: unit tests, images, then every VM and builder test.
+//! - `bench`: build and boot figures, as a table and JSON.
+
+mod bench;
+mod build;
+mod host;
+mod paths;
+mod run;
+mod test;
+
+use cairn_common::layout::Arch;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Target architecture.
+    #[arg(long, default_value = "x86_64")]
+    pub arch: Arch,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build an image; prints the raw disk image's path last.
+    Build {
+        #[command(flatten)]
+        target: Target,
+        /// Image flavour from rootfs/image.toml.
+        #[arg(long, default_value = "dev")]
+        flavor: String,
+    },
+    /// Build the dev image and boot it in QEMU on this terminal (Ctrl-a x quits).
+    Run {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = "dev")]
+        flavor: String,
+    },
+    /// The whole suite: unit tests, image builds, VM and builder tests.
+    Test {
+        #[command(flatten)]
+        target: Target,
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Measure build time, image sizes and boot time.
+    Bench {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    cairn_common::logging::init();
+    let result = match Cli::parse().command {
+        Command::Build { target, flavor } => build::build(target.arch, &flavor).map(|built| {
+            println!("{}", built.raw.display());
+        }),
+        Command::Run { target, flavor } => run::run(target.arch, &flavor),
+        Command::Test { target, filter } => test::test(target.arch, filter.as_deref()),
+        Command::Bench { target } => bench::bench(target.arch),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! QEMU command lines for Cairn images.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cairn_common::layout::Arch;
+use cairn_common::process::Cmd;
+
+/// How the boot disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskInterface {
+    VirtioBlk,
+    Nvme,
+    VirtioScsi,
+}
+
+/// CPU virtualisation: KVM where it really works, else TCG emulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Firmware files of an architecture (Debian's ovmf / qemu-efi-aarch64).
+pub struct Firmware {
+    pub code: PathBuf,
+    pub vars_template: PathBuf,
+}
+
+pub fn firmware(arch: Arch) -> Firmware {
+    match arch {
+        Arch::X86_64 => Firmware {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars_template: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+        },
+        Arch::Aarch64 => Firmware {
+            code: "/usr/share/AAVMF/AAVMF_CODE.fd".into(),
+            vars_template: "/usr/share/AAVMF/AAVMF_VARS.fd".into(),
+        },
+    }
+}
+
+pub fn qemu_binary(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "qemu-system-x86_64",
+        Arch::Aarch64 => "qemu-system-aarch64",
+    }
+}
+
+/// A VM to start.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub arch: Arch,
+    pub accel: Accel,
+    /// Boot disk (qcow2 overlay or raw).
+    pub disk: PathBuf,
+    pub disk_interface: DiskInterface,
+    /// Read-only raw disks with a serial, seen in the guest as
+    /// `/dev/disk/by-id/virtio-<serial>`.
+    pub extra_disks: Vec<(PathBuf, String)>,
+    /// Writable copy of the UEFI variable store.
+    pub vars: PathBuf,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// `hostfwd`/`guestfwd` rules, each bound to 127.0.0.1 only.
+    pub forwards: Vec<String>,
+    /// Serial console on a terminal, with QEMU's monitor keys (Ctrl-a x).
+    pub interactive: bool,
+}
+
+impl QemuConfig {
+    /// The full argument list (without the binary).
+    pub fn args(&self) -> Vec<String> {
+        let fw = firmware(self.arch);
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |s: &str| a.push(s.to_owned());
+        match (self.arch, self.accel) {
+            (Arch::X86_64, Accel::Kvm) => push("-machine=q35,accel=kvm"),
+            (Arch::X86_64, Accel::Tcg) => push("-machine=q35,accel=tcg"),
+            (Arch::Aarch64, Accel::Kvm) => push("-machine=virt,gic-version=3,accel=kvm"),
+            (Arch::Aarch64, Accel::Tcg) => push("-machine=virt,gic-version=3,accel=tcg"),
+        }
+        push("-cpu");
+        push(match (self.arch, self.accel) {
+            (_, Accel::Kvm) => "host",
+            (Arch::X86_64, Accel::Tcg) => "max",
+            (Arch::Aarch64, Accel::Tcg) => "cortex-a72",
+        });
+        a.extend(["-smp".into(), self.cpus.to_string(), "-m".into(), self.memory_mib.to_string()]);
+        let serial = if self.interactive { "mon:stdio" } else { "stdio" };
+        a.extend(["-nodefaults".into(), "-display".into(), "none".into(), "-serial".into(), serial.into()]);
+        a.push("-drive".into());
+        a.push(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", fw.code.display()));
+        a.push("-drive".into());
+        a.push(format!("if=pflash,format=raw,unit=1,file={}", self.vars.display()));
+        let format = if self.disk.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
+        a.push("-drive".into());
+        a.push(format!("if=none,id=disk0,file={},format={format},cache=unsafe", self.disk.display()));
+        match self.disk_interface {
+            DiskInterface::VirtioBlk => a.extend(["-device".into(), "virtio-blk-pci,drive=disk0,bootindex=0".into()]),
+            DiskInterface::Nvme => a.extend(["-device".into(), "nvme,serial=cairn0,drive=disk0,bootindex=0".into()]),
+            DiskInterface::VirtioScsi => a.extend([
+                "-device".into(),
+                "virtio-scsi-pci,id=scsi0".into(),
+                "-device".into(),
+                "scsi-hd,drive=disk0,bus=scsi0.0,bootindex=0".into(),
+            ]),
+        }
+        for (i, (path, serial)) in self.extra_disks.iter().enumerate() {
+            a.push("-drive".into());
+            a.push(format!("if=none,id=extra{i},file={},format=raw,readonly=on", path.display()));
+            a.push("-device".into());
+            a.push(format!("virtio-blk-pci,drive=extra{i},serial={serial}"));
+        }
+        // Guest networking never reaches past this machine.
+        let mut netdev = "user,id=net0,restrict=on".to_owned();
+        for f in &self.forwards {
+            netdev.push(',');
+            netdev.push_str(f);
+        }
+        a.extend(["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=net0".into()]);
+        a.extend(["-device".into(), "virtio-rng-pci".into()]);
+        a
+    }
+}
+
+/// Which accelerator to use: `CAIRN_ACCEL=kvm|tcg` decides; otherwise KVM
+/// only if a probe VM really runs firmware under it (on some hosts `/dev/kvm`
+/// exists but guests hang). Probed once per process.
+pub fn accel(arch: Arch) -> Accel {
+    static PROBED: OnceLock<Accel> = OnceLock::new();
+    match std::env::var("CAIRN_ACCEL").as_deref() {
+        Ok("kvm") => return Accel::Kvm,
+        Ok("tcg") => return Accel::Tcg,
+        _ => {}
+    }
+    *PROBED.get_or_init(|| {
+        let result = probe_kvm(arch);
+        match &result {
+            Ok(true) => tracing::info!("KVM works: using it"),
+            Ok(false) => tracing::info!("KVM unusable here: using TCG emulation"),
+            Err(e) => tracing::info!("KVM probe failed ({e:#}): using TCG emulation"),
+        }
+        if matches!(result, Ok(true)) { Accel::Kvm } else { Accel::Tcg }
+    })
+}
+
+fn probe_kvm(arch: Arch) -> Result<bool> {
+    if Arch::host() != Some(arch) {
+        return Ok(false);
+    }
+    let kvm = Path::new("/dev/kvm");
+    if std::fs::OpenOptions::new().read(true).write(true).open(kvm).is_err() {
+        return Ok(false);
+    }
+    let dir = tempfile::tempdir()?;
+    let fw = firmware(arch);
+    let vars = dir.path().join("vars.fd");
+    std::fs::copy(&fw.vars_template, &vars).with_context(|| format!("copying {}", fw.vars_template.display()))?;
+    let machine = match arch {
+        Arch::X86_64 => "q35,accel=kvm",
+        Arch::Aarch64 => "virt,gic-version=3,accel=kvm",
+    };
+    let mut child = Cmd::new(qemu_binary(arch))
+        .args(["-machine", machine, "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none"])
+        .args(["-serial", "stdio", "-net", "none"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", fw.code.display()))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
+        .spawn_piped()?;
+    let console = crate::console::Console::attach(&mut child)?;
+    // Firmware with no bootable disk reports its boot manager within seconds.
+    let ok = console.wait_for_quietly("BdsDxe", Duration::from_secs(25)).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(ok)
+}
+
+/// Create a copy-on-write overlay of `base` of `size_bytes` in `dir`.
+pub fn overlay_disk(base: &Path, dir: &Path, size_bytes: u64) -> Result<PathBuf> {
+    let disk = dir.join("disk.qcow2");
+    let format = if base.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
+    Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(base)
+        .arg(&disk)
+        .arg(size_bytes.to_string())
+        .run()?;
+    Ok(disk)
+}
+
+/// A fresh writable UEFI variable store for one VM.
+pub fn fresh_vars(arch: Arch, dir: &Path) -> Result<PathBuf> {
+    let fw = firmware(arch);
+    let vars = dir.join("vars.fd");
+    if !fw.code.exists() {
+        bail!("UEFI firmware {} is missing (install ovmf / qemu-efi-aarch64)", fw.code.display());
+    }
+    std::fs::copy(&fw.vars_template, &vars).with_context(|| format!("copying {}", fw.vars_template.display()))?;
+    Ok(vars)
+}
+
+/// Seconds since `start`, for logs.
+pub fn secs(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(iface: DiskInterface) -> QemuConfig {
+        QemuConfig {
+            arch: Arch::X86_64,
+            accel: Accel::Tcg,
+            disk: "/d/disk.qcow2".into(),
+            disk_interface: iface,
+            extra_disks: vec![("/d/oci.tar".into(), "cairn-oci".into())],
+            vars: "/d/vars.fd".into(),
+            memory_mib: 2048,
+            cpus: 2,
+            forwards: vec!["hostfwd=tcp:127.0.0.1:2222-:22".into()],
+            interactive: false,
+        }
+    }
+
+    #[test]
+    fn network_is_restricted_and_forwards_are_explicit() {
+        let args = config(DiskInterface::VirtioBlk).args();
+        let netdev = &args[args.iter().position(|a| a == "-netdev").unwrap() + 1];
+        assert_eq!(netdev, "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22");
+        assert!(args.contains(&"-machine=q35,accel=tcg".to_owned()));
+        assert!(args.iter().any(|a| a.contains("format=qcow2")));
+        assert!(args.contains(&"virtio-blk-pci,drive=extra0,serial=cairn-oci".to_owned()));
+    }
+
+    #[test]
+    fn each_disk_interface_has_its_device() {
+        let nvme = config(DiskInterface::Nvme).args();
+        assert!(nvme.contains(&"nvme,serial=cairn0,drive=disk0,bootindex=0".to_owned()));
+        let scsi = config(DiskInterface::VirtioScsi).args();
+        assert!(scsi.contains(&"scsi-hd,drive=disk0,bus=scsi0.0,bootindex=0".to_owned()));
+    }
+}

@@ -1,0 +1,99 @@
+//! A running VM: QEMU child, serial console, scratch folder. Dropping it
+//! kills QEMU, so a failing (panicking) test never leaves a VM behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cairn_common::layout::Arch;
+use cairn_common::process::Cmd;
+
+use crate::console::Console;
+use crate::qemu::{self, DiskInterface, QemuConfig};
+
+/// How to start a VM from a built image.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub arch: Arch,
+    /// The built raw image; the VM writes to a copy-on-write overlay.
+    pub image: PathBuf,
+    pub disk_interface: DiskInterface,
+    /// Virtual size of the VM's disk (bigger than the image: root grows).
+    pub disk_size: u64,
+    pub extra_disks: Vec<(PathBuf, String)>,
+    pub memory_mib: u32,
+}
+
+impl VmOptions {
+    pub fn new(arch: Arch, image: &Path) -> VmOptions {
+        VmOptions {
+            arch,
+            image: image.to_owned(),
+            disk_interface: DiskInterface::VirtioBlk,
+            disk_size: 4 << 30,
+            extra_disks: Vec::new(),
+            memory_mib: 2048,
+        }
+    }
+}
+
+pub struct Vm {
+    child: Child,
+    pub console: Console,
+    pub started: Instant,
+    pub dir: tempfile::TempDir,
+}
+
+impl Vm {
+    pub fn start(opts: &VmOptions) -> Result<Vm> {
+        let dir = tempfile::Builder::new().prefix("cairn-vm-").tempdir()?;
+        let disk = qemu::overlay_disk(&opts.image, dir.path(), opts.disk_size)?;
+        let vars = qemu::fresh_vars(opts.arch, dir.path())?;
+        let config = QemuConfig {
+            arch: opts.arch,
+            accel: qemu::accel(opts.arch),
+            disk,
+            disk_interface: opts.disk_interface,
+            extra_disks: opts.extra_disks.clone(),
+            vars,
+            memory_mib: opts.memory_mib,
+            cpus: 2,
+            forwards: Vec::new(),
+            interactive: false,
+        };
+        let mut child = Cmd::new(qemu::qemu_binary(opts.arch)).args(config.args()).spawn_piped()?;
+        let log = dir.path().join("serial.log");
+        let console = Console::attach_with_log(&mut child, Some(&log))?;
+        tracing::info!(serial_log = %log.display(), accel = config.accel.as_str(), "VM started");
+        Ok(Vm { child, console, started: Instant::now(), dir })
+    }
+
+    /// Wait for root's shell on the serial console (development images log
+    /// root in automatically), then make the shell quiet and predictable.
+    pub fn wait_for_root_shell(&self, timeout: Duration) -> Result<()> {
+        self.console
+            .wait_for("root@cairn", timeout)
+            .context("waiting for root's autologin shell")?;
+        self.console.wait_for("# ", Duration::from_secs(30))?;
+        // Kernel messages would interleave with command output.
+        self.console
+            .run_ok("dmesg -n 1; stty -echo; export TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0", Duration::from_secs(60))?;
+        Ok(())
+    }
+
+    /// Kill QEMU now (power cut).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- serial console of the failed VM (last 4000 chars) ---\n{}", self.console.tail(4000));
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Bad input to `cairn-build`: each gives a clear error that names what is
+//! wrong and where, and leaves nothing behind that looks like a result.
+//! Runs the real binary against real inputs; needs `cargo xtask test`
+//! (root for mmdebstrap, the Debian mirror, and a built repo).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_qemu_tests::Artifacts;
+
+struct Run {
+    ok: bool,
+    stderr: String,
+}
+
+fn build(a: &Artifacts, args: &[&str]) -> Run {
+    let out = Command::new(&a.builder).args(args).output().expect("running cairn-build");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    Run { ok: out.status.success(), stderr }
+}
+
+/// A copy of the image definition folder with `edit` applied to the manifest.
+fn manifest_copy(a: &Artifacts, edit: impl Fn(&str) -> String) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = a.manifest.parent().unwrap();
+    let status = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(dir.path()).status().unwrap();
+    assert!(status.success());
+    let path = dir.path().join("image.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = edit(&text);
+    assert_ne!(edited, text, "the edit changed nothing");
+    std::fs::write(&path, edited).unwrap();
+    (dir, path)
+}
+
+fn line_of(path: &Path, needle: &str) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().position(|l| l.contains(needle)).expect("needle in file") + 1
+}
+
+fn compose(a: &Artifacts, manifest: &Path, repo: &Path, keys: &Path) -> Run {
+    build(
+        a,
+        &[
+            "compose",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--flavor",
+            "dev",
+            "--arch",
+            a.arch.as_str(),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--cache",
+            a.cache.to_str().unwrap(),
+            "--keys",
+            keys.to_str().unwrap(),
+            "--agent-dir",
+            a.agent_dir.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Compose must fail with `message` at `file:line:`, creating no repo.
+fn assert_compose_refused(a: &Artifacts, manifest: &Path, line: usize, message: &str) {
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = scratch.path().join("repo");
+    let run = compose(a, manifest, &repo, &a.keys);
+    assert!(!run.ok, "compose accepted a bad manifest");
+    let location = format!("{}:{line}:", manifest.display());
+    assert!(run.stderr.contains(&location), "error does not point at {location}:\n{}", run.stderr);
+    assert!(run.stderr.contains(message), "error lacks {message:?}:\n{}", run.stderr);
+    assert!(!repo.exists(), "a repo was created for a refused manifest");
+}
+
+#[test]
+#[ignore = "runs the builder; run by `cargo xtask test`"]
+fn malformed_toml_is_refused_with_its_location() {
+    let a = Artifacts::load().unwrap();
+    let (_d, m) = manifest_copy(&a, |t| t.replacen("stream = \"stable\"", "stream = \"stable", 1));
+    assert_compose_refused(&a, &m, line_of(&m, "stream = "), "invalid basic string");
+}
+
+#[test]
+#[ignore = "runs the builder; run by `cargo xtask test`"]
+fn unknown_key_is_refused_with_its_location() {
+    let a = Artifacts::load().unwrap();
+    let (_d, m) = manifest_copy(&a, |t| t.replacen("[disk]\n", "[disk]\nesp-sise = \"64MiB\"\n", 1));
+    assert_compose_refused(&a, &m, line_of(&m, "esp-sise"), "unknown field `esp-sise`");
+}
+
+#[test]
+#[ignore = "runs the builder; run by `cargo xtask test`"]
+fn overlay_escaping_the_tree_is_refused() {
+    let a = Artifacts::load().unwrap();
+    let (_d, m) = manifest_copy(&a, |t| t.replacen("overlays = [\"overlay/base\"]", "overlays = [\"overlay/../../../etc\"]", 1));
+    assert_compose_refused(&a, &m, line_of(&m, "overlay/../../../etc"), "escapes the manifest's folder");
+}
+
+#[test]
+#[ignore = "runs mmdebstrap against the Debian mirror; run by `cargo xtask test`"]
+fn unknown_package_is_refused_where_the_manifest_names_it() {
+    let a = Artifacts::load().unwrap();
+    let (_d, m) = manifest_copy(&a, |t| t.replacen("debug = [\"procps\"", "debug = [\"cairn-no-such-package\", \"procps\"", 1));
+    assert_compose_refused(&a, &m, line_of(&m, "cairn-no-such-package"), "package `cairn-no-such-package` is not in the configured Debian suites");
+}
+
+#[test]
+#[ignore = "runs the builder; run by `cargo xtask test`"]
+fn missing_signing_key_is_refused_before_any_work() {
+    let a = Artifacts::load().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let keys = scratch.path().join("no-keys");
+    let repo = scratch.path().join("repo");
+    let run = compose(&a, &a.manifest, &repo, &keys);
+    assert!(!run.ok);
+    assert!(run.stderr.contains(&format!("no signing key in {}", keys.display())), "{}", run.stderr);
+    assert!(run.stderr.contains("cairn-build keygen"), "the error says how to make one: {}", run.stderr);
+    assert!(!run.stderr.contains("mmdebstrap"), "work started before the key was checked");
+    assert!(!repo.exists());
+}
+
+#[test]
+#[ignore = "writes a disk image; run by `cargo xtask test`"]
+fn disk_too_small_for_the_os_is_refused_and_leaves_no_image() {
+    let a = Artifacts::load().unwrap();
+    let (_d, m) = manifest_copy(&a, |t| t.replacen("root-size = \"2GiB\"", "root-size = \"300MiB\"", 1));
+    let out = tempfile::tempdir().unwrap();
+    let run = build(
+        &a,
+        &[
+            "image",
+            "--manifest",
+            m.to_str().unwrap(),
+            "--flavor",
+            "dev",
+            "--arch",
+            a.arch.as_str(),
+            "--repo",
+            a.repo.to_str().unwrap(),
+            "--output",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert!(!run.ok, "an image was written to a too-small disk");
+    assert!(run.stderr.contains("disk.root-size is 300 MiB but the OS needs at least"), "{}", run.stderr);
+    assert!(run.stderr.contains(&m.display().to_string()), "{}", run.stderr);
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -1,0 +1,154 @@
+//! Boot the built images under UEFI firmware and check, from inside the
+//! guest, what a user of Cairn relies on. Needs `cargo xtask test`.
+
+use std::time::Duration;
+
+use cairn_common::layout::{Arch, REMOTE};
+use cairn_qemu_tests::oci;
+use cairn_qemu_tests::vm::{Vm, VmOptions};
+use cairn_qemu_tests::{Artifacts, DiskInterface};
+
+/// First boot under TCG emulation on a busy 2-core machine.
+const BOOT: Duration = Duration::from_secs(600);
+const COMMAND: Duration = Duration::from_secs(180);
+const GIB: u64 = 1 << 30;
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+/// The system reached its default target with no failed unit.
+fn assert_running_without_failures(vm: &Vm) {
+    let state = vm.console.run("systemctl is-system-running --wait", BOOT).unwrap();
+    if state.output.trim() != "running" {
+        let failed = vm.console.run("systemctl --failed --no-legend --plain; journalctl -b -p err --no-pager | tail -n 40", COMMAND).unwrap();
+        panic!("system state is {:?}, not running:\n{}", state.output, failed.output);
+    }
+}
+
+/// `ostree admin status` marks the built commit as the booted deployment.
+fn assert_booted(vm: &Vm, image: &cairn_builder::image::BuiltImage) {
+    let status = vm.console.run_ok("ostree admin status", COMMAND).unwrap();
+    let booted = status.lines().find(|l| l.starts_with("* ")).unwrap_or_else(|| panic!("no booted deployment in:\n{status}"));
+    assert!(booted.contains(&format!("{}.0", image.commit)), "booted {booted:?}, built {}:\n{status}", image.commit);
+    assert!(status.contains(&format!("Version: {}", image.version)), "{status}");
+}
+
+/// Bytes of the filesystem mounted at /sysroot.
+fn root_fs_bytes(vm: &Vm) -> u64 {
+    let out = vm.console.run_ok("df -B1 --output=size /sysroot | tail -n 1", COMMAND).unwrap();
+    out.trim().parse().unwrap_or_else(|_| panic!("df printed {out:?}"))
+}
+
+#[test]
+#[ignore = "boots a VM; run by `cargo xtask test`"]
+fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
+    let a = Artifacts::load().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let marker = unique();
+    let oci_archive = scratch.path().join("oci.tar");
+    assert_eq!(a.arch, Arch::host().unwrap(), "the test container image uses the host's busybox");
+    oci::write_archive(&oci_archive, a.arch, "/bin/busybox".as_ref(), &marker).unwrap();
+
+    let mut opts = VmOptions::new(a.arch, &a.dev.raw);
+    opts.disk_size = 6 * GIB;
+    opts.extra_disks.push((oci_archive, "cairn-oci".into()));
+    let vm = Vm::start(&opts).unwrap();
+    vm.wait_for_root_shell(BOOT).unwrap();
+    let c = &vm.console;
+
+    assert_running_without_failures(&vm);
+    assert_booted(&vm, &a.dev);
+
+    // The commit's signature verifies against the key baked into the image.
+    let sig = c
+        .run_ok(&format!("ostree --repo=/ostree/repo show --gpg-verify-remote={REMOTE} {}", a.dev.commit), COMMAND)
+        .unwrap();
+    assert!(sig.contains("Good signature"), "{sig}");
+
+    // /usr is read-only.
+    let write = c.run("touch /usr/cairn-write-test", COMMAND).unwrap();
+    assert_ne!(write.status, 0, "writing under /usr succeeded");
+    assert!(write.output.contains("Read-only file system"), "{}", write.output);
+
+    // The root filesystem grew from the image's size to the disk's.
+    assert!(a.dev.root_size < 3 * GIB);
+    let fs = root_fs_bytes(&vm);
+    assert!(fs > 5 * GIB + GIB / 2, "root filesystem is {fs} bytes on a 6 GiB disk");
+
+    // cgroup v2, and containerd runs a container from a locally built image.
+    assert_eq!(c.run_ok("stat -fc %T /sys/fs/cgroup", COMMAND).unwrap().trim(), "cgroup2fs");
+    c.run_ok("ctr images import /dev/disk/by-id/virtio-cairn-oci", COMMAND).unwrap();
+    let ran = c
+        .run_ok(
+            &format!("ctr run --rm {} cairn-test /bin/sh -c 'echo container-says-$(cat /etc/cairn-oci-marker)'", oci::IMAGE_NAME),
+            COMMAND,
+        )
+        .unwrap();
+    assert!(ran.contains(&format!("container-says-{marker}")), "{ran}");
+
+    // /etc and /var survive a reboot.
+    c.run_ok(
+        &format!("echo etc-{marker} > /etc/cairn-persist && mkdir -p /var/lib/cairn-test && echo var-{marker} > /var/lib/cairn-test/persist && sync"),
+        COMMAND,
+    )
+    .unwrap();
+    c.send("systemctl reboot\n").unwrap();
+    c.wait_for("Linux version", BOOT).unwrap();
+    vm.wait_for_root_shell(BOOT).unwrap();
+    assert_eq!(c.run_ok("cat /etc/cairn-persist", COMMAND).unwrap().trim(), format!("etc-{marker}"));
+    assert_eq!(c.run_ok("cat /var/lib/cairn-test/persist", COMMAND).unwrap().trim(), format!("var-{marker}"));
+    assert_running_without_failures(&vm);
+    assert_booted(&vm, &a.dev);
+}
+
+fn boots_from(interface: DiskInterface, expected_root: &str) {
+    let a = Artifacts::load().unwrap();
+    let mut opts = VmOptions::new(a.arch, &a.dev.raw);
+    opts.disk_interface = interface;
+    opts.disk_size = 5 * GIB;
+    let vm = Vm::start(&opts).unwrap();
+    vm.wait_for_root_shell(BOOT).unwrap();
+    assert_running_without_failures(&vm);
+    assert_booted(&vm, &a.dev);
+    let source = vm.console.run_ok("findmnt -no SOURCE /sysroot", COMMAND).unwrap();
+    assert_eq!(source.trim(), expected_root);
+    let fs = root_fs_bytes(&vm);
+    assert!(fs > 4 * GIB + GIB / 2, "root filesystem is {fs} bytes on a 5 GiB disk");
+}
+
+#[test]
+#[ignore = "boots a VM; run by `cargo xtask test`"]
+fn dev_image_boots_from_nvme() {
+    boots_from(DiskInterface::Nvme, "/dev/nvme0n1p2");
+}
+
+#[test]
+#[ignore = "boots a VM; run by `cargo xtask test`"]
+fn dev_image_boots_from_virtio_scsi() {
+    boots_from(DiskInterface::VirtioScsi, "/dev/sda2");
+}
+
+#[test]
+#[ignore = "boots a VM; run by `cargo xtask test`"]
+fn prod_image_reaches_multi_user_and_offers_no_login() {
+    let a = Artifacts::load().unwrap();
+    let vm = Vm::start(&VmOptions::new(a.arch, &a.prod.raw)).unwrap();
+    let c = &vm.console;
+    c.wait_for("cairn login:", BOOT).unwrap();
+    if !c.transcript().contains("Reached target multi-user.target") {
+        c.wait_for("Reached target multi-user.target", BOOT).unwrap();
+    }
+    let transcript = c.transcript();
+    assert!(!transcript.contains("Failed to start"), "a unit failed:\n{}", c.tail(3000));
+    assert!(!transcript.contains("automatic login"), "prod logs someone in");
+
+    // root has no password: an empty one is refused and no shell appears.
+    c.send("root\n").unwrap();
+    c.wait_for("Password:", COMMAND).unwrap();
+    c.send("\n").unwrap();
+    c.wait_for("Login incorrect", COMMAND).unwrap();
+    c.wait_for("cairn login:", COMMAND).unwrap();
+    assert!(!c.transcript().contains("root@cairn"), "a root shell appeared");
+}

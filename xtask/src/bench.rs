@@ -1,0 +1,131 @@
+//! `cargo xtask bench`: the figures the targets are judged by. Prints a
+//! table and writes `target/cairn/<arch>/bench.json`.
+//!
+//! - cold build: compose + image with an empty cache (packages downloaded);
+//! - warm rebuild: the same after changing one overlay file;
+//! - sizes: raw image allocated, qcow2, zstd-compressed raw, OS on disk;
+//! - boot: QEMU start → `multi-user.target` reached, dev image.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cairn_builder::image::BuiltImage;
+use cairn_common::layout::Arch;
+use cairn_common::process::Cmd;
+use cairn_qemu_tests::vm::{Vm, VmOptions};
+use serde::Serialize;
+
+use crate::{build, host, paths};
+
+#[derive(Debug, Serialize)]
+struct Results {
+    arch: Arch,
+    accel: &'static str,
+    cold_build_secs: f64,
+    warm_rebuild_secs: f64,
+    raw_virtual_bytes: u64,
+    raw_allocated_bytes: u64,
+    qcow2_bytes: u64,
+    zstd_raw_bytes: u64,
+    os_bytes: u64,
+    boot_to_multi_user_secs: f64,
+}
+
+pub fn bench(arch: Arch) -> Result<()> {
+    host::ensure_vm_tools(arch)?;
+    build::binaries(arch)?;
+
+    // Cold: a fresh cache, so every package is downloaded and the package
+    // layer built from scratch.
+    let cold_cache = tempfile::Builder::new().prefix("cairn-bench-cache-").tempdir()?;
+    let t = Instant::now();
+    build::image_with(arch, "dev", &paths::manifest(), cold_cache.path())?;
+    let cold = t.elapsed();
+    drop(cold_cache);
+
+    // Warm: the real cache (warmed by the line below), one overlay file changed.
+    build::image_with(arch, "dev", &paths::manifest(), &paths::cache())?;
+    let edited = tempfile::Builder::new().prefix("cairn-bench-rootfs-").tempdir()?;
+    Cmd::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", paths::workspace().join("rootfs").display()))
+        .arg(edited.path())
+        .run()?;
+    let stamp = format!("Cairn (bench {:?})\n", std::time::SystemTime::now());
+    std::fs::write(edited.path().join("overlay/base/etc/issue.net"), stamp)?;
+    let t = Instant::now();
+    let built = build::image_with(arch, "dev", &edited.path().join("image.toml"), &paths::cache())?;
+    let warm = t.elapsed();
+
+    let raw_meta = std::fs::metadata(&built.raw)?;
+    let results = Results {
+        arch,
+        accel: cairn_qemu_tests::qemu::accel(arch).as_str(),
+        cold_build_secs: cold.as_secs_f64(),
+        warm_rebuild_secs: warm.as_secs_f64(),
+        raw_virtual_bytes: raw_meta.len(),
+        raw_allocated_bytes: raw_meta.blocks() * 512,
+        qcow2_bytes: std::fs::metadata(&built.qcow2)?.len(),
+        zstd_raw_bytes: zstd_size(&built.raw)?,
+        os_bytes: built.os_bytes,
+        boot_to_multi_user_secs: boot_time(arch, &built)?.as_secs_f64(),
+    };
+    print_table(&results);
+    let out = paths::out(arch).join("bench.json");
+    std::fs::write(&out, serde_json::to_vec_pretty(&results)?)?;
+    println!("{}", out.display());
+    Ok(())
+}
+
+/// Bytes of the raw image compressed with zstd (level 3, as `zstd` does).
+fn zstd_size(path: &Path) -> Result<u64> {
+    struct Counter(u64);
+    impl std::io::Write for Counter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut enc = zstd::Encoder::new(Counter(0), 3)?;
+    enc.multithread(2)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut enc, &buf[..n])?;
+    }
+    Ok(enc.finish()?.0)
+}
+
+fn boot_time(arch: Arch, built: &BuiltImage) -> Result<Duration> {
+    let vm = Vm::start(&VmOptions::new(arch, &built.raw))?;
+    vm.console.wait_for("Reached target multi-user.target", Duration::from_secs(900))?;
+    Ok(vm.started.elapsed())
+}
+
+fn print_table(r: &Results) {
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let rows = [
+        ("cold build (compose + image)", format!("{:.0} s", r.cold_build_secs), "≤ 600 s"),
+        ("warm rebuild (one overlay file)", format!("{:.0} s", r.warm_rebuild_secs), "≤ 60 s"),
+        ("raw image, virtual", mb(r.raw_virtual_bytes), ""),
+        ("raw image, allocated", mb(r.raw_allocated_bytes), ""),
+        ("qcow2", mb(r.qcow2_bytes), ""),
+        ("raw image, zstd -3", mb(r.zstd_raw_bytes), "≤ 150 MB"),
+        ("OS bytes on disk", mb(r.os_bytes), "≤ 400 MB"),
+        ("QEMU start → multi-user", format!("{:.1} s ({})", r.boot_to_multi_user_secs, r.accel), ""),
+    ];
+    println!("{:<34} {:>18}  {}", "measure", "value", "target");
+    for (name, value, target) in rows {
+        println!("{name:<34} {value:>18}  {target}");
+    }
+}

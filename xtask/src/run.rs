@@ -1,0 +1,40 @@
+//! `cargo xtask run`: boot the dev image with its console on this terminal.
+
+use anyhow::{bail, Result};
+use cairn_common::layout::Arch;
+use cairn_common::process::Cmd;
+use cairn_qemu_tests::qemu::{self, DiskInterface, QemuConfig};
+
+use crate::{build, host, paths};
+
+pub fn run(arch: Arch, flavor: &str) -> Result<()> {
+    host::ensure_vm_tools(arch)?;
+    let built = build::build(arch, flavor)?;
+    let dir = paths::out(arch).join("run");
+    std::fs::create_dir_all(&dir)?;
+    let _ = std::fs::remove_file(dir.join("disk.qcow2"));
+    let config = QemuConfig {
+        arch,
+        accel: qemu::accel(arch),
+        disk: qemu::overlay_disk(&built.raw, &dir, 8 << 30)?,
+        disk_interface: DiskInterface::VirtioBlk,
+        extra_disks: Vec::new(),
+        vars: qemu::fresh_vars(arch, &dir)?,
+        memory_mib: 2048,
+        cpus: 2,
+        forwards: Vec::new(),
+        interactive: true,
+    };
+    eprintln!(
+        "Booting {} {} ({flavor}) with {}; the VM's disk is {}. Quit with Ctrl-a x.",
+        built.name,
+        built.version,
+        config.accel.as_str(),
+        config.disk.display()
+    );
+    let status = Cmd::new(qemu::qemu_binary(arch)).args(config.args()).status_inherited()?;
+    if !status.success() {
+        bail!("QEMU exited with {status}");
+    }
+    Ok(())
+}
