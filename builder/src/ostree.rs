@@ -53,10 +53,11 @@ pub struct Commit<'a> {
 
 /// Commit and return the new checksum.
 pub fn commit(repo: &Path, c: &Commit<'_>) -> Result<String> {
-    let mut cmd = ostree(repo)
-        .args(["commit", "--branch", c.branch, "--subject", c.subject])
-        .arg("--owner-uid=0")
-        .arg("--owner-gid=0");
+    // No --owner-uid/--owner-gid: they would re-process every file of a
+    // layered tree (seconds → tens of seconds) and flatten the packages'
+    // own ownership (e.g. /etc/shadow's group). The builder runs as root,
+    // so the files it stages are root's.
+    let mut cmd = ostree(repo).args(["commit", "--branch", c.branch, "--subject", c.subject]);
     for t in &c.trees {
         cmd = match t {
             Tree::Dir(p) => cmd.arg(format!("--tree=dir={}", p.display())),

@@ -1,5 +1,7 @@
 //! Tracing set-up shared by every Cairn binary.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Initialise tracing once: `RUST_LOG` filters (default `info`), output to
@@ -10,6 +12,7 @@ pub fn init() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let result = if under_journald {
         builder.without_time().try_init()

@@ -46,6 +46,21 @@ impl Console {
         let input = child.stdin.take().context("the VM's stdin is not piped")?;
         let mut output = child.stdout.take().context("the VM's stdout is not piped")?;
         let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
+        // QEMU's own complaints (bad option, missing firmware) go into the
+        // transcript too, so a VM that dies at once says why.
+        if let Some(mut errors) = child.stderr.take() {
+            let sink = Arc::clone(&shared);
+            thread::spawn(move || {
+                let mut text = String::new();
+                let _ = errors.read_to_string(&mut text);
+                if !text.is_empty() {
+                    let (lock, cvar) = &*sink;
+                    let mut s = lock.lock().expect("console lock");
+                    s.raw.extend_from_slice(format!("\n[qemu stderr] {text}").as_bytes());
+                    cvar.notify_all();
+                }
+            });
+        }
         let mut log_file = log.map(File::create).transpose()?;
         let reader = Arc::clone(&shared);
         thread::spawn(move || {

@@ -51,6 +51,14 @@ pub fn firmware(arch: Arch) -> Firmware {
     }
 }
 
+/// QEMU machine type of an architecture.
+pub fn machine(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "q35",
+        Arch::Aarch64 => "virt,gic-version=3",
+    }
+}
+
 pub fn qemu_binary(arch: Arch) -> &'static str {
     match arch {
         Arch::X86_64 => "qemu-system-x86_64",
@@ -85,12 +93,8 @@ impl QemuConfig {
         let fw = firmware(self.arch);
         let mut a: Vec<String> = Vec::new();
         let mut push = |s: &str| a.push(s.to_owned());
-        match (self.arch, self.accel) {
-            (Arch::X86_64, Accel::Kvm) => push("-machine=q35,accel=kvm"),
-            (Arch::X86_64, Accel::Tcg) => push("-machine=q35,accel=tcg"),
-            (Arch::Aarch64, Accel::Kvm) => push("-machine=virt,gic-version=3,accel=kvm"),
-            (Arch::Aarch64, Accel::Tcg) => push("-machine=virt,gic-version=3,accel=tcg"),
-        }
+        push("-machine");
+        push(&format!("{},accel={}", machine(self.arch), self.accel.as_str()));
         push("-cpu");
         push(match (self.arch, self.accel) {
             (_, Accel::Kvm) => "host",
@@ -168,12 +172,9 @@ fn probe_kvm(arch: Arch) -> Result<bool> {
     let fw = firmware(arch);
     let vars = dir.path().join("vars.fd");
     std::fs::copy(&fw.vars_template, &vars).with_context(|| format!("copying {}", fw.vars_template.display()))?;
-    let machine = match arch {
-        Arch::X86_64 => "q35,accel=kvm",
-        Arch::Aarch64 => "virt,gic-version=3,accel=kvm",
-    };
+    let machine = format!("{},accel=kvm", machine(arch));
     let mut child = Cmd::new(qemu_binary(arch))
-        .args(["-machine", machine, "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none"])
+        .args(["-machine", &machine, "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none"])
         .args(["-serial", "stdio", "-net", "none"])
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", fw.code.display()))
@@ -241,7 +242,7 @@ mod tests {
         let args = config(DiskInterface::VirtioBlk).args();
         let netdev = &args[args.iter().position(|a| a == "-netdev").unwrap() + 1];
         assert_eq!(netdev, "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22");
-        assert!(args.contains(&"-machine=q35,accel=tcg".to_owned()));
+        assert!(args.windows(2).any(|w| w == ["-machine", "q35,accel=tcg"]));
         assert!(args.iter().any(|a| a.contains("format=qcow2")));
         assert!(args.contains(&"virtio-blk-pci,drive=extra0,serial=cairn-oci".to_owned()));
     }
