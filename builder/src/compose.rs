@@ -69,6 +69,7 @@ pub struct BaseRecipe {
     /// `deb` lines, in order.
     pub sources: Vec<String>,
     pub packages: Vec<String>,
+    pub path_excludes: Vec<String>,
     pub grub_modules: Vec<String>,
     pub dracut_args: String,
 }
@@ -86,6 +87,7 @@ impl BaseRecipe {
                 .map(|s| format!("deb {} {s} {components}", mirrors.for_suite(s)))
                 .collect(),
             packages: spec.package_names(),
+            path_excludes: spec.path_excludes.clone(),
             grub_modules: GRUB_MODULES.iter().map(|s| s.to_string()).collect(),
             dracut_args: DRACUT_ARGS.to_owned(),
         }
@@ -426,6 +428,7 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Pat
         .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
         .arg("--dpkgopt=path-include=/usr/share/locale/locale.alias")
         .arg("--dpkgopt=path-exclude=/usr/share/info/*")
+        .args(recipe.path_excludes.iter().map(|g| format!("--dpkgopt=path-exclude={g}")))
         .arg(format!("--include={}", recipe.packages.join(",")))
         // Downloaded packages persist in the cache between builds.
         .args(["--skip=download/empty", "--skip=essential/unlink"])

@@ -59,6 +59,8 @@ struct RawDebian {
     security_mirror: Option<Spanned<String>>,
     suites: Vec<Spanned<String>>,
     components: Vec<Spanned<String>>,
+    #[serde(default)]
+    path_excludes: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +134,8 @@ pub struct ImageSpec {
     pub security_mirror: Option<String>,
     pub suites: Vec<String>,
     pub components: Vec<String>,
+    /// dpkg `--path-exclude` globs: package files never installed.
+    pub path_excludes: Vec<String>,
     /// Every package to install, sorted, without duplicates, kernel included.
     pub packages: Vec<PackageRef>,
     pub kernel_package: String,
@@ -228,6 +232,15 @@ impl Manifest {
             .map(|c| self.identifier(c, "component"))
             .collect::<Result<Vec<_>, _>>()?;
 
+        let mut path_excludes = Vec::new();
+        for p in &raw.debian.path_excludes {
+            let g = p.get_ref();
+            if !g.starts_with("/usr/") || g.contains(char::is_whitespace) || g.contains("..") {
+                return Err(self.err(p.span(), format!("path-exclude `{g}` must be an absolute glob under /usr/ without spaces or `..`")));
+            }
+            path_excludes.push(g.clone());
+        }
+
         let kernel_flavour = match raw.kernel.flavour.get_ref().as_str() {
             "cloud" => KernelFlavour::Cloud,
             "generic" => KernelFlavour::Generic,
@@ -313,6 +326,7 @@ impl Manifest {
             security_mirror,
             suites,
             components,
+            path_excludes,
             packages: packages.into_values().collect(),
             kernel_package,
             kernel_args,
@@ -437,6 +451,7 @@ overlays = ["overlay/base"]
 release = "bookworm"
 suites = ["bookworm", "bookworm-updates", "bookworm-security"]
 components = ["main"]
+path-excludes = ["/usr/bin/containerd-shim-runc-v1"]
 
 [packages]
 base = ["systemd", "udev"]
@@ -509,7 +524,7 @@ package-sets = ["base"]
         let text = GOOD.replace("[kernel]\n", "[kernel]\nflavor = \"cloud\"\n");
         let e = parse_err(&text);
         assert!(e.message.contains("unknown field `flavor`"), "{e}");
-        assert_eq!(e.line, 18, "{e}");
+        assert_eq!(e.line, 19, "{e}");
     }
 
     #[test]
@@ -520,7 +535,7 @@ package-sets = ["base"]
 
         let e = parse_err(&GOOD.replace("\"udev\"]", "\"Udev\"]"));
         assert!(e.message.contains("`Udev` is not a valid Debian package name"), "{e}");
-        assert_eq!(e.line, 14);
+        assert_eq!(e.line, 15);
 
         let e = parse_err(&GOOD.replace("\"2GiB\"", "\"2 lots\""));
         assert!(e.message.contains("unknown unit `lots`"), "{e}");
@@ -533,13 +548,16 @@ package-sets = ["base"]
 
         let e = parse_err(&GOOD.replace("\"bookworm-updates\"", "\"trixie\""));
         assert!(e.message.contains("suite `trixie`"), "{e}");
+
+        let e = parse_err(&GOOD.replace("\"/usr/bin/containerd-shim-runc-v1\"", "\"/etc/shadow\""));
+        assert!(e.message.contains("path-exclude `/etc/shadow`"), "{e}");
     }
 
     #[test]
     fn overlay_that_escapes_the_tree_is_refused() {
         let e = parse_err(&GOOD.replace("\"overlay/dev\"", "\"../../etc\""));
         assert!(e.message.contains("escapes the manifest's folder"), "{e}");
-        assert_eq!(e.line, 30);
+        assert_eq!(e.line, 31);
 
         let (d, path) = fixture();
         std::os::unix::fs::symlink("/etc", d.path().join("overlay/sneaky")).unwrap();
