@@ -31,7 +31,7 @@ use crate::ostree_layout;
 
 /// Bump when the way the package layer is made changes, so old caches are
 /// not reused for a different recipe.
-const BASE_RECIPE_VERSION: u32 = 2;
+const BASE_RECIPE_VERSION: u32 = 3;
 
 /// Where the GRUB EFI image lives inside the OS tree (and so in every commit):
 /// the image builder copies this folder to the ESP.
@@ -421,6 +421,9 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Pat
     let mut cmd = Cmd::new("mmdebstrap")
         .args(["--mode=root", "--variant=minbase", "--format=directory"])
         .arg(format!("--arch={}", spec.arch.debian()))
+        // ostree needs merged /usr; this hook installs usr-is-merged in the
+        // essential phase, so nothing later pulls in usrmerge (and perl).
+        .arg("--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr")
         .arg("--aptopt=APT::Install-Recommends \"false\"")
         .arg("--dpkgopt=path-exclude=/usr/share/man/*")
         .arg("--dpkgopt=path-exclude=/usr/share/doc/*")

@@ -247,10 +247,14 @@ struct Workdir {
 
 impl Workdir {
     fn new(output: &Path) -> Result<Workdir> {
-        let path = output.join(format!(".work-{}", std::process::id()));
-        if path.exists() {
-            remove_tree(&path)?;
+        // Work folders of interrupted runs (one output folder, one build at a time).
+        for e in fs::read_dir(output)?.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with(".work-") {
+                tracing::info!(folder = %e.path().display(), "removing an interrupted build's work folder");
+                remove_tree(&e.path())?;
+            }
         }
+        let path = output.join(format!(".work-{}", std::process::id()));
         fs::create_dir_all(&path)?;
         Ok(Workdir { path })
     }

@@ -67,6 +67,12 @@ fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
         .unwrap();
     assert!(sig.contains("Good signature"), "{sig}");
 
+    // networkd configured the NIC by DHCP (QEMU's user network serves 10.0.2.15).
+    let addr = c
+        .run_ok("for i in $(seq 60); do ip -4 -o addr show scope global | grep -q . && break; sleep 1; done; ip -4 -o addr show scope global", COMMAND)
+        .unwrap();
+    assert!(addr.contains("10.0.2.15/24"), "no DHCP address: {addr}");
+
     // /usr is read-only.
     let write = c.run("touch /usr/cairn-write-test", COMMAND).unwrap();
     assert_ne!(write.status, 0, "writing under /usr succeeded");
