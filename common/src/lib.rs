@@ -6,6 +6,7 @@
 //!   boot-counter header that makes GRUB fall back to the previous deployment.
 //! - [`grubenv`]: the GRUB environment block that holds the boot counter.
 //! - [`metadata`]: keys of the OSTree commit metadata.
+//! - [`release`]: what an update repository says of one release.
 //! - [`process`]: the one way any Cairn program runs another program.
 //! - [`logging`]: the one way any Cairn program sets up tracing.
 
@@ -15,3 +16,4 @@ pub mod layout;
 pub mod logging;
 pub mod metadata;
 pub mod process;
+pub mod release;

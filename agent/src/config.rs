@@ -1,0 +1,487 @@
+//! The agent's configuration: TOML drop-ins merged in systemd's manner.
+//!
+//! Files named `*.toml` are read from `/usr/lib/cairn/agent.d` (shipped in
+//! the image) and `/etc/cairn/agent.d` (the host's own); a file in `/etc`
+//! shadows the file of the same name in `/usr/lib`. The files are applied in
+//! the order of their names, each key of a later file replacing the same key
+//! of an earlier one. Every file is checked on its own, so each error names
+//! its file, line and column. Parsing and merging are pure.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+/// Where the image's drop-ins live (read-only, part of each deployment).
+pub const IMAGE_DIR: &str = "/usr/lib/cairn/agent.d";
+/// Where the host's own drop-ins live.
+pub const HOST_DIR: &str = "/etc/cairn/agent.d";
+
+/// A configuration problem, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Line and column, 1-based, when the problem has a place in the file.
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, column)) => write!(f, "{}:{line}:{column}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// When the agent may reboot into a staged update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "strategy")]
+pub enum RebootStrategy {
+    /// As soon as the update is staged.
+    Immediate,
+    /// Only inside a daily window (local time of the host, minutes from midnight).
+    MaintenanceWindow { start_minute: u32, length: Duration },
+    /// Never by itself: an operator reboots.
+    Off,
+}
+
+/// The merged configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// Base URL of the update repository (`<url>/tuf/…`, `<url>/ostree/…`).
+    pub url: Option<String>,
+    /// Release stream the host follows.
+    pub stream: String,
+    /// Whether the daemon checks for and stages updates by itself.
+    pub auto_update: bool,
+    pub check_interval: Duration,
+    /// Up to this much is added at random to every check interval, so a
+    /// fleet does not check at the same moment.
+    pub check_jitter: Duration,
+    pub reboot: RebootStrategy,
+    /// Everything the health gate checks must pass within this time.
+    pub health_timeout: Duration,
+    /// Each executable of the `health.d` folders must finish within this time.
+    pub health_check_timeout: Duration,
+    /// Whether the health gate asks containerd for its version.
+    pub health_containerd: bool,
+    /// Boots a trial deployment gets before GRUB falls back.
+    pub boot_tries: u32,
+    /// Retries of one download before a check fails.
+    pub download_retries: u32,
+    /// A download that receives nothing for this long is abandoned (and retried).
+    pub download_stall_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            url: None,
+            stream: "stable".into(),
+            auto_update: true,
+            check_interval: Duration::from_secs(6 * 3600),
+            check_jitter: Duration::from_secs(30 * 60),
+            reboot: RebootStrategy::Immediate,
+            health_timeout: Duration::from_secs(600),
+            health_check_timeout: Duration::from_secs(120),
+            health_containerd: true,
+            boot_tries: 3,
+            download_retries: 5,
+            download_stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    #[serde(default)]
+    update: UpdateSection,
+    #[serde(default)]
+    reboot: RebootSection,
+    #[serde(default)]
+    health: HealthSection,
+    #[serde(default)]
+    boot: BootSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct UpdateSection {
+    url: Option<toml::Spanned<String>>,
+    stream: Option<toml::Spanned<String>>,
+    auto: Option<bool>,
+    check_interval: Option<toml::Spanned<String>>,
+    check_jitter: Option<toml::Spanned<String>>,
+    download_retries: Option<toml::Spanned<u32>>,
+    download_stall_timeout: Option<toml::Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RebootSection {
+    strategy: Option<toml::Spanned<String>>,
+    /// `HH:MM`, local time.
+    window_start: Option<toml::Spanned<String>>,
+    window_length: Option<toml::Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct HealthSection {
+    timeout: Option<toml::Spanned<String>>,
+    check_timeout: Option<toml::Spanned<String>>,
+    containerd: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct BootSection {
+    tries: Option<toml::Spanned<u32>>,
+}
+
+/// The reboot settings seen so far; checked once all files are merged,
+/// because the strategy and its window may come from different files.
+#[derive(Debug, Default)]
+struct PendingReboot {
+    strategy: Option<(String, Located)>,
+    window_start: Option<(u32, Located)>,
+    window_length: Option<(Duration, Located)>,
+}
+
+#[derive(Debug, Clone)]
+struct Located {
+    file: PathBuf,
+    at: (usize, usize),
+}
+
+/// Merges drop-in files one by one, in order.
+#[derive(Debug, Default)]
+pub struct ConfigBuilder {
+    config: Config,
+    reboot: PendingReboot,
+}
+
+impl ConfigBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Apply one drop-in file's text on top of what was applied before.
+    pub fn apply(&mut self, file: &Path, text: &str) -> Result<(), ConfigError> {
+        let parsed: FileConfig = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| line_col(text, s.start));
+            ConfigError {
+                file: file.to_owned(),
+                at,
+                message: e.message().to_owned(),
+            }
+        })?;
+        let locate = |span: std::ops::Range<usize>| Located {
+            file: file.to_owned(),
+            at: line_col(text, span.start),
+        };
+        let err = |span: std::ops::Range<usize>, message: String| ConfigError {
+            file: file.to_owned(),
+            at: Some(line_col(text, span.start)),
+            message,
+        };
+        let duration = |v: &toml::Spanned<String>| -> Result<Duration, ConfigError> {
+            parse_duration(v.get_ref()).map_err(|m| err(v.span(), m))
+        };
+
+        let u = parsed.update;
+        if let Some(url) = u.url {
+            let value = url.get_ref().trim_end_matches('/').to_owned();
+            if !(value.starts_with("http://") || value.starts_with("https://")) {
+                return Err(err(url.span(), format!("update url `{value}` is not an http:// or https:// URL")));
+            }
+            self.config.url = Some(value);
+        }
+        if let Some(stream) = u.stream {
+            let s = stream.get_ref();
+            if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(err(stream.span(), format!("stream `{s}` must be letters, digits, `-` or `_`")));
+            }
+            self.config.stream = s.clone();
+        }
+        if let Some(auto) = u.auto {
+            self.config.auto_update = auto;
+        }
+        if let Some(v) = u.check_interval {
+            let d = duration(&v)?;
+            if d < Duration::from_secs(60) {
+                return Err(err(v.span(), "check-interval must be at least 1m".into()));
+            }
+            self.config.check_interval = d;
+        }
+        if let Some(v) = u.check_jitter {
+            self.config.check_jitter = duration(&v)?;
+        }
+        if let Some(v) = u.download_retries {
+            self.config.download_retries = *v.get_ref();
+        }
+        if let Some(v) = u.download_stall_timeout {
+            let d = duration(&v)?;
+            if d.is_zero() {
+                return Err(err(v.span(), "download-stall-timeout must be more than 0".into()));
+            }
+            self.config.download_stall_timeout = d;
+        }
+
+        let r = parsed.reboot;
+        if let Some(v) = r.strategy {
+            let s = v.get_ref().as_str();
+            if !matches!(s, "immediate" | "maintenance-window" | "off") {
+                return Err(err(
+                    v.span(),
+                    format!("reboot strategy `{s}` is not one of immediate, maintenance-window, off"),
+                ));
+            }
+            self.reboot.strategy = Some((s.to_owned(), locate(v.span())));
+        }
+        if let Some(v) = r.window_start {
+            let minute = parse_clock(v.get_ref()).map_err(|m| err(v.span(), m))?;
+            self.reboot.window_start = Some((minute, locate(v.span())));
+        }
+        if let Some(v) = r.window_length {
+            let d = duration(&v)?;
+            if d < Duration::from_secs(60) || d > Duration::from_secs(24 * 3600) {
+                return Err(err(v.span(), "window-length must be between 1m and 24h".into()));
+            }
+            self.reboot.window_length = Some((d, locate(v.span())));
+        }
+
+        let h = parsed.health;
+        if let Some(v) = h.timeout {
+            self.config.health_timeout = duration(&v)?;
+        }
+        if let Some(v) = h.check_timeout {
+            self.config.health_check_timeout = duration(&v)?;
+        }
+        if let Some(v) = h.containerd {
+            self.config.health_containerd = v;
+        }
+
+        if let Some(v) = parsed.boot.tries {
+            let n = *v.get_ref();
+            if !(1..=cairn_common::bootcfg::MAX_TRIES).contains(&n) {
+                return Err(err(
+                    v.span(),
+                    format!("boot tries must be 1 to {}, not {n}", cairn_common::bootcfg::MAX_TRIES),
+                ));
+            }
+            self.config.boot_tries = n;
+        }
+        Ok(())
+    }
+
+    /// The merged configuration, once every file is applied.
+    pub fn finish(self) -> Result<Config, ConfigError> {
+        let mut config = self.config;
+        let p = self.reboot;
+        config.reboot = match p.strategy.as_ref().map(|(s, _)| s.as_str()) {
+            None | Some("immediate") => RebootStrategy::Immediate,
+            Some("off") => RebootStrategy::Off,
+            Some(_) => {
+                let (_, at) = p.strategy.as_ref().expect("matched Some");
+                let start = p.window_start.as_ref().ok_or_else(|| ConfigError {
+                    file: at.file.clone(),
+                    at: Some(at.at),
+                    message: "reboot strategy maintenance-window needs window-start (HH:MM)".into(),
+                })?;
+                let length = p.window_length.as_ref().ok_or_else(|| ConfigError {
+                    file: at.file.clone(),
+                    at: Some(at.at),
+                    message: "reboot strategy maintenance-window needs window-length".into(),
+                })?;
+                RebootStrategy::MaintenanceWindow {
+                    start_minute: start.0,
+                    length: length.0,
+                }
+            }
+        };
+        if config.health_check_timeout > config.health_timeout {
+            config.health_check_timeout = config.health_timeout;
+        }
+        Ok(config)
+    }
+}
+
+/// The drop-in files to read, in the order they apply: names from both
+/// folders, sorted; `/etc`'s file wins over `/usr/lib`'s of the same name.
+pub fn drop_in_files(dirs: &[&Path]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for dir in dirs {
+        let listing = match std::fs::read_dir(dir) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        for entry in listing {
+            let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let name = path.file_name().expect("listed file has a name").to_owned();
+                by_name.insert(name, path);
+            }
+        }
+    }
+    Ok(by_name.into_values().collect())
+}
+
+/// Load the configuration from drop-in folders (later folders shadow earlier).
+pub fn load(dirs: &[&Path]) -> anyhow::Result<Config> {
+    let mut builder = ConfigBuilder::new();
+    for file in drop_in_files(dirs)? {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        builder.apply(&file, &text)?;
+    }
+    Ok(builder.finish()?)
+}
+
+/// The configuration of this host.
+pub fn load_host() -> anyhow::Result<Config> {
+    load(&[Path::new(IMAGE_DIR), Path::new(HOST_DIR)])
+}
+
+/// `90s`, `15m`, `6h`, `1d`, or combinations such as `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration (examples: 90s, 15m, 6h, 1h30m)");
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    let mut any = false;
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        digits.clear();
+        any = true;
+    }
+    if !digits.is_empty() || !any {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// `HH:MM` → minutes after midnight.
+fn parse_clock(s: &str) -> Result<u32, String> {
+    let bad = || format!("`{s}` is not a time of day as HH:MM");
+    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 || s.len() != 5 {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merged(files: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut b = ConfigBuilder::new();
+        for (name, text) in files {
+            b.apply(Path::new(name), text)?;
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn later_files_override_key_by_key() {
+        let c = merged(&[
+            ("10-image.toml", "[update]\nurl = \"http://10.0.2.100/\"\nstream = \"stable\"\ncheck-interval = \"6h\"\n"),
+            ("50-host.toml", "[update]\nstream = \"canary\"\n[boot]\ntries = 2\n"),
+        ])
+        .unwrap();
+        assert_eq!(c.url.as_deref(), Some("http://10.0.2.100"));
+        assert_eq!(c.stream, "canary");
+        assert_eq!(c.check_interval, Duration::from_secs(6 * 3600));
+        assert_eq!(c.boot_tries, 2);
+        assert_eq!(c.reboot, RebootStrategy::Immediate);
+    }
+
+    #[test]
+    fn etc_shadows_usr_lib_file_of_the_same_name() {
+        let image = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(image.path().join("10-update.toml"), "[update]\nstream = \"a\"\n").unwrap();
+        std::fs::write(image.path().join("20-boot.toml"), "[boot]\ntries = 4\n").unwrap();
+        std::fs::write(host.path().join("10-update.toml"), "[update]\nstream = \"b\"\n").unwrap();
+        std::fs::write(host.path().join("notes.txt"), "ignored").unwrap();
+        let files = drop_in_files(&[image.path(), host.path()]).unwrap();
+        assert_eq!(files, vec![host.path().join("10-update.toml"), image.path().join("20-boot.toml")]);
+        let c = load(&[image.path(), host.path()]).unwrap();
+        assert_eq!((c.stream.as_str(), c.boot_tries), ("b", 4));
+        // Missing folders are no configuration, not an error.
+        assert_eq!(load(&[Path::new("/nonexistent/cairn")]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let e = merged(&[("a.toml", "[update]\nstream = \"x\"\nspeed = 3\n")]).unwrap_err();
+        assert_eq!(e.file, Path::new("a.toml"));
+        assert_eq!(e.at, Some((3, 1)), "{e}");
+        assert!(e.message.contains("unknown field `speed`"), "{e}");
+        let e = merged(&[("b.toml", "[update]\ncheck-interval = \"soon\"\n")]).unwrap_err();
+        assert_eq!(e.to_string(), "b.toml:2:18: `soon` is not a duration (examples: 90s, 15m, 6h, 1h30m)");
+        let e = merged(&[("c.toml", "[boot]\ntries = 12\n")]).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:2:9: boot tries must be 1 to 9"), "{e}");
+        let e = merged(&[("d.toml", "[update\n")]).unwrap_err();
+        assert_eq!(e.at.map(|a| a.0), Some(1), "{e}");
+        let e = merged(&[("e.toml", "[update]\nurl = \"ftp://x\"\n")]).unwrap_err();
+        assert!(e.to_string().contains("not an http:// or https:// URL"), "{e}");
+    }
+
+    #[test]
+    fn maintenance_window_may_be_split_across_files_but_must_be_complete() {
+        let c = merged(&[
+            ("10.toml", "[reboot]\nwindow-start = \"03:30\"\nwindow-length = \"2h\"\n"),
+            ("20.toml", "[reboot]\nstrategy = \"maintenance-window\"\n"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.reboot,
+            RebootStrategy::MaintenanceWindow {
+                start_minute: 210,
+                length: Duration::from_secs(7200)
+            }
+        );
+        let e = merged(&[("w.toml", "[reboot]\nstrategy = \"maintenance-window\"\n")]).unwrap_err();
+        assert_eq!(e.to_string(), "w.toml:2:12: reboot strategy maintenance-window needs window-start (HH:MM)");
+        let e = merged(&[("w.toml", "[reboot]\nwindow-start = \"25:00\"\n")]).unwrap_err();
+        assert!(e.to_string().contains("not a time of day"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172800)));
+        for bad in ["", "10", "h", "5 min", "-3s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
