@@ -29,6 +29,7 @@ pub enum Request {
 #[derive(Debug, Clone)]
 pub struct Host<'a> {
     pub arch: Arch,
+    pub flavor: &'a str,
     pub stream: &'a str,
     pub booted: &'a Version,
     /// Versions that failed their trial; skipped unless named explicitly.
@@ -76,7 +77,7 @@ fn parse(release: &Release) -> Result<(Version, Option<VersionReq>), Refusal> {
 
 /// Choose the release to update to, among those TUF vouched for.
 pub fn select(releases: &[Release], host: &Host<'_>, request: &Request) -> Result<Selection, Refusal> {
-    let in_stream = releases.iter().filter(|r| r.stream == host.stream);
+    let in_stream = releases.iter().filter(|r| r.stream == host.stream && r.flavor == host.flavor);
     match request {
         Request::Latest => {
             let mut best: Option<(Version, &Release)> = None;
@@ -180,6 +181,7 @@ mod tests {
         Release {
             version: version.into(),
             arch,
+            flavor: "dev".into(),
             stream: "stable".into(),
             ostree_ref: format!("cairn/{arch}/stable"),
             commit: format!("{:0>64}", version.replace('.', "")),
@@ -190,6 +192,7 @@ mod tests {
     fn host<'a>(booted: &'a Version, bad: &'a BTreeSet<String>) -> Host<'a> {
         Host {
             arch: Arch::X86_64,
+            flavor: "dev",
             stream: "stable",
             booted,
             bad,

@@ -6,7 +6,7 @@ use anyhow::Result;
 use cairn_common::layout::Arch;
 use clap::{Parser, Subcommand};
 
-use crate::{compose, image, keys};
+use crate::{compose, image, keys, publish, tuf_repo};
 
 #[derive(Debug, Parser)]
 #[command(name = "cairn-build", version, about = "Build Cairn OS images: packages → signed OSTree commit → UEFI disk image")]
@@ -40,6 +40,15 @@ enum Command {
         keys: PathBuf,
         #[arg(long, default_value = "Cairn development signing key")]
         owner: String,
+        /// Keys of the TUF root role.
+        #[arg(long, default_value_t = 1)]
+        root_keys: u64,
+        /// Root-role signatures a new root needs.
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u64,
+        /// How long the TUF root stays valid (e.g. 365d).
+        #[arg(long, default_value = "3650d")]
+        root_expires: String,
     },
     /// Build the OS tree from the manifest and commit it, signed.
     Compose {
@@ -57,6 +66,36 @@ enum Command {
         /// Host apt configuration to take the Debian mirror from.
         #[arg(long, default_value = "/etc/apt")]
         apt_dir: PathBuf,
+        /// Release version instead of the manifest's.
+        #[arg(long)]
+        version: Option<String>,
+        /// An overlay tree laid over the manifest's (repeatable).
+        #[arg(long = "overlay")]
+        overlays: Vec<PathBuf>,
+    },
+    /// Add the committed image to an update repository (ostree objects,
+    /// static deltas, release record, signed TUF metadata).
+    Publish {
+        #[command(flatten)]
+        target: Target,
+        /// Update repository folder, served as static files.
+        #[arg(long)]
+        update_repo: PathBuf,
+        /// Signing-key folder holding the TUF keys.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Static deltas from this many previous releases.
+        #[arg(long, default_value_t = 3)]
+        deltas: usize,
+        /// Versions a host must run to take this release (e.g. ">=0.1.0").
+        #[arg(long)]
+        requires: Option<String>,
+        /// How long the timestamp metadata stays valid.
+        #[arg(long, default_value = "7d")]
+        timestamp_expires: String,
+        /// How long the targets and snapshot metadata stay valid.
+        #[arg(long, default_value = "90d")]
+        metadata_expires: String,
     },
     /// Write a bootable GPT disk image (raw and qcow2) of the committed tree.
     Image {
@@ -71,11 +110,49 @@ enum Command {
 /// Run the command; prints its result as JSON on stdout.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Keygen { keys, owner } => {
+        Command::Keygen {
+            keys,
+            owner,
+            root_keys,
+            root_threshold,
+            root_expires,
+        } => {
             let key = keys::keygen(&keys, &owner)?;
-            println!("{}", serde_json::json!({ "keys": key.homedir, "key-id": key.key_id }));
+            let expires = chrono::Utc::now() + chrono::Duration::from_std(duration(&root_expires, "--root-expires")?)?;
+            let root = tuf_repo::keygen(&keys, root_keys, root_threshold, expires)?;
+            println!("{}", serde_json::json!({ "keys": key.homedir, "key-id": key.key_id, "tuf-root": root }));
         }
-        Command::Compose { target, cache, keys, agent_dir, apt_dir } => {
+        Command::Publish {
+            target,
+            update_repo,
+            keys,
+            deltas,
+            requires,
+            timestamp_expires,
+            metadata_expires,
+        } => {
+            let spec = crate::manifest::Manifest::load(&target.manifest)?.resolve(&target.flavor, target.arch)?;
+            let published = publish::publish(&publish::PublishOptions {
+                build_repo: target.repo,
+                rev: compose::image_ref(&spec),
+                update_repo,
+                keys,
+                deltas,
+                requires,
+                timestamp_ttl: duration(&timestamp_expires, "--timestamp-expires")?,
+                metadata_ttl: duration(&metadata_expires, "--metadata-expires")?,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&published)?);
+        }
+        Command::Compose {
+            target,
+            cache,
+            keys,
+            agent_dir,
+            apt_dir,
+            version,
+            overlays,
+        } => {
             let composed = compose::compose(&compose::ComposeOptions {
                 manifest: target.manifest,
                 flavor: target.flavor,
@@ -85,6 +162,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 keys,
                 agent_dir,
                 apt_dir,
+                version,
+                extra_overlays: overlays,
             })?;
             println!("{}", serde_json::to_string_pretty(&composed)?);
         }
@@ -100,4 +179,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn duration(value: &str, flag: &str) -> Result<std::time::Duration> {
+    cairn_common::duration::parse(value).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
 }

@@ -31,7 +31,7 @@ use crate::ostree_layout;
 
 /// Bump when the way the package layer is made changes, so old caches are
 /// not reused for a different recipe.
-const BASE_RECIPE_VERSION: u32 = 3;
+const BASE_RECIPE_VERSION: u32 = 4;
 
 /// Where the GRUB EFI image lives inside the OS tree (and so in every commit):
 /// the image builder copies this folder to the ESP.
@@ -121,6 +121,10 @@ pub struct ComposeOptions {
     pub agent_dir: PathBuf,
     /// The host's apt configuration folder (normally `/etc/apt`).
     pub apt_dir: PathBuf,
+    /// Release version instead of the manifest's (test and CI releases).
+    pub version: Option<String>,
+    /// Overlay trees laid over the manifest's own, in order.
+    pub extra_overlays: Vec<PathBuf>,
 }
 
 /// What `compose` made; printed as JSON.
@@ -140,9 +144,20 @@ pub struct Composed {
 
 pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
     let started = Instant::now();
-    let spec = Manifest::load(&opts.manifest)?.resolve(&opts.flavor, opts.arch)?;
+    let mut spec = Manifest::load(&opts.manifest)?.resolve(&opts.flavor, opts.arch)?;
+    if let Some(v) = &opts.version {
+        spec.version = v.parse().with_context(|| format!("--version `{v}` is not a semantic version"))?;
+    }
+    for overlay in &opts.extra_overlays {
+        let real = overlay
+            .canonicalize()
+            .with_context(|| format!("overlay {} does not exist", overlay.display()))?;
+        anyhow::ensure!(real.is_dir(), "overlay {} is not a directory", overlay.display());
+        spec.overlays.push(real);
+    }
     // Fail on a missing key before any slow step.
     let key = SigningKey::open(&opts.keys)?;
+    let tuf_root = crate::tuf_repo::root_path(&opts.keys)?;
     let agent = AgentBinaries::find(&opts.agent_dir)?;
     let mirrors = apt_sources::resolve(
         &opts.apt_dir,
@@ -160,7 +175,7 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
         .prefix("overlay-")
         .tempdir_in(cache.tmp())
         .context("creating the staging folder")?;
-    stage_image_files(staging.path(), &spec, &agent, &key)?;
+    stage_image_files(staging.path(), &spec, &agent, &key, &tuf_root)?;
 
     let ostree_ref = image_ref(&spec);
     let packages = ostree::string_dict(base.packages.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -228,7 +243,7 @@ impl AgentBinaries {
 }
 
 /// Write the image's own layer into `staging`: overlays, agent, identity.
-fn stage_image_files(staging: &Path, spec: &ImageSpec, agent: &AgentBinaries, key: &SigningKey) -> Result<()> {
+fn stage_image_files(staging: &Path, spec: &ImageSpec, agent: &AgentBinaries, key: &SigningKey, tuf_root: &Path) -> Result<()> {
     for overlay in &spec.overlays {
         apply_overlay(overlay, staging)?;
     }
@@ -251,6 +266,14 @@ fn stage_image_files(staging: &Path, spec: &ImageSpec, agent: &AgentBinaries, ke
     fs::create_dir_all(&trusted)?;
     fs::write(trusted.join("cairn.gpg"), key.public_key()?)?;
 
+    // The update repository's root of trust, and where updates come from.
+    let tuf = staging.join("usr/share/cairn/tuf");
+    fs::create_dir_all(&tuf)?;
+    fs::copy(tuf_root, tuf.join("root.json")).with_context(|| format!("installing {}", tuf_root.display()))?;
+    let agent_d = staging.join("usr/lib/cairn/agent.d");
+    fs::create_dir_all(&agent_d)?;
+    fs::write(agent_d.join("10-image.toml"), agent_dropin(spec))?;
+
     // GRUB's menu loader on the ESP, next to the EFI binary of the package layer.
     let esp_cfg = staging.join(EFI_TREE_PATH).join("EFI/BOOT/grub.cfg");
     fs::create_dir_all(esp_cfg.parent().expect("has parent"))?;
@@ -260,6 +283,14 @@ fn stage_image_files(staging: &Path, spec: &ImageSpec, agent: &AgentBinaries, ke
     fs::create_dir_all(staging.join("usr/lib"))?;
     fs::write(staging.join("usr/lib/os-release"), os_release)?;
     Ok(())
+}
+
+/// The agent's configuration that comes from the manifest.
+pub fn agent_dropin(spec: &ImageSpec) -> String {
+    format!(
+        "# Written by cairn-build from the image manifest. Override in /etc/cairn/agent.d/.\n[update]\nurl = {:?}\nstream = {:?}\n",
+        spec.update_url, spec.stream
+    )
 }
 
 pub fn os_release(spec: &ImageSpec) -> String {
@@ -413,6 +444,10 @@ impl Cache {
     }
 }
 
+/// Compress every kernel module with zstd (on the build host) and rebuild
+/// the module index in the tree.
+const COMPRESS_MODULES: &str = "find \"$1\"/usr/lib/modules -name '*.ko' -exec zstd -q --rm -15 -T0 {} + && for k in \"$1\"/usr/lib/modules/*; do chroot \"$1\" depmod -a \"${k##*/}\"; done";
+
 fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Path, grub_debs: &Path) -> Result<()> {
     let q = |p: &Path| shell_quote(&p.display().to_string());
     let dracut = format!(
@@ -445,6 +480,8 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Pat
             q(grub_debs),
             spec.arch.grub_package()
         ))
+        // Kernel modules compressed (kmod reads .ko.zst): a third of their size.
+        .arg(format!("--customize-hook={COMPRESS_MODULES}"))
         // One initramfs, made here (Debian's kernel hook is off: INITRD=No).
         .arg(format!("--customize-hook={dracut}"))
         .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/*")

@@ -114,7 +114,8 @@ fn deploy(sysroot: &Path, repo: &Path, ostree_ref: &str, spec: &ImageSpec) -> Re
     Cmd::new("ostree").args(["admin", "init-fs"]).arg(sysroot).run()?;
     Cmd::new("ostree").args(["admin", "os-init", layout::OSNAME, &sys_arg]).run()?;
     Cmd::new("ostree")
-        .args([&repo_arg, "remote", "add", "--set=gpg-verify=true", layout::REMOTE, &spec.update_url])
+        .args([&repo_arg, "remote", "add", "--set=gpg-verify=true", layout::REMOTE])
+        .arg(format!("{}/{}", spec.update_url, cairn_common::release::OSTREE_DIR))
         .run()?;
     ostree::pull_local(&sys_repo, repo, ostree_ref, Some(layout::REMOTE))?;
     let mut cmd = Cmd::new("ostree")

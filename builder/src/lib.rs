@@ -9,3 +9,5 @@ pub mod keys;
 pub mod manifest;
 pub mod ostree;
 pub mod ostree_layout;
+pub mod publish;
+pub mod tuf_repo;

@@ -4,6 +4,7 @@
 //! - [`layout`]: partition labels, type GUIDs and where the boot counter lives.
 //! - [`bootcfg`]: ostree's BLS entries to the GRUB configuration, with the
 //!   boot-counter header that makes GRUB fall back to the previous deployment.
+//! - [`duration`]: `90s`, `6h`, `1h30m` as written in configuration.
 //! - [`grubenv`]: the GRUB environment block that holds the boot counter.
 //! - [`metadata`]: keys of the OSTree commit metadata.
 //! - [`release`]: what an update repository says of one release.
@@ -11,6 +12,7 @@
 //! - [`logging`]: the one way any Cairn program sets up tracing.
 
 pub mod bootcfg;
+pub mod duration;
 pub mod grubenv;
 pub mod layout;
 pub mod logging;

@@ -23,6 +23,8 @@ pub struct Release {
     /// Semantic version of the release.
     pub version: String,
     pub arch: Arch,
+    /// Image flavour (`dev`, `prod`): a host only takes its own flavour.
+    pub flavor: String,
     pub stream: String,
     /// The ostree ref the commit is published under.
     #[serde(rename = "ref")]
@@ -38,7 +40,7 @@ pub struct Release {
 impl Release {
     /// The TUF target name of this release.
     pub fn target_name(&self) -> String {
-        format!("{}-{}-{}.json", self.stream, self.arch, self.version)
+        format!("{}-{}-{}-{}.json", self.flavor, self.stream, self.arch, self.version)
     }
 
     /// Whether `commit` looks like an ostree commit checksum.
@@ -56,6 +58,7 @@ mod tests {
         let r = Release {
             version: "1.2.0".into(),
             arch: Arch::X86_64,
+            flavor: "dev".into(),
             stream: "stable".into(),
             ostree_ref: "cairn/x86_64/stable".into(),
             commit: "a".repeat(64),
@@ -63,7 +66,7 @@ mod tests {
         };
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Release>(&json).unwrap(), r);
-        assert_eq!(r.target_name(), "stable-x86_64-1.2.0.json");
+        assert_eq!(r.target_name(), "dev-stable-x86_64-1.2.0.json");
         let extra = json.replace("\"stream\"", "\"extra\":1,\"stream\"");
         assert!(serde_json::from_str::<Release>(&extra).is_err());
         assert!(Release::is_checksum(&r.commit));

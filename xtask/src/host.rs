@@ -11,7 +11,7 @@ use cairn_common::layout::Arch;
 use cairn_common::process::Cmd;
 
 /// What building an image needs on the host.
-const BUILD: &[&str] = &["mmdebstrap", "ostree", "gnupg", "e2fsprogs", "grub-common", "dpkg-dev"];
+const BUILD: &[&str] = &["mmdebstrap", "ostree", "gnupg", "e2fsprogs", "grub-common", "dpkg-dev", "zstd"];
 /// Debian release the host tools come from.
 const RELEASE: &str = "bookworm";
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/cairn-backports.sources";

@@ -1,0 +1,225 @@
+//! `cairn-build publish`: a built commit → an update repository of static
+//! files that any web server or CDN can serve.
+//!
+//! ```text
+//! <update-repo>/ostree/    archive repo: the commit, its objects, static deltas, summary
+//! <update-repo>/targets/   one release record (JSON) per release
+//! <update-repo>/tuf/       TUF metadata: N.root.json, targets, snapshot, timestamp
+//! ```
+//!
+//! Order matters for clients reading while it runs: objects first, then the
+//! release record, then the TUF metadata with the timestamp last. A client
+//! that sees the new timestamp finds everything it names.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use cairn_common::layout::Arch;
+use cairn_common::metadata as meta;
+use cairn_common::release::{Release, OSTREE_DIR, TARGETS_DIR, TUF_DIR};
+use cairn_common::process::Cmd;
+use semver::{Version, VersionReq};
+use serde::Serialize;
+
+use crate::ostree;
+use crate::tuf_repo::{self, Expiry};
+
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// Archive repo the image was committed to.
+    pub build_repo: PathBuf,
+    /// Ref (or commit) of the image in `build_repo`.
+    pub rev: String,
+    /// The update repository folder (created if missing).
+    pub update_repo: PathBuf,
+    /// Signing-key folder holding the TUF keys (`<keys>/tuf`).
+    pub keys: PathBuf,
+    /// Static deltas from this many previous releases of the same line.
+    pub deltas: usize,
+    /// Versions a host must run to take this release (semver requirement).
+    pub requires: Option<String>,
+    pub timestamp_ttl: Duration,
+    pub metadata_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub release: Release,
+    pub target: String,
+    pub deltas_from: Vec<String>,
+    pub releases_in_repo: usize,
+}
+
+fn ref_parts(r: &str) -> Option<(Arch, String, String)> {
+    // cairn/<arch>/<flavor>/<stream>
+    let mut it = r.split('/');
+    if it.next()? != "cairn" {
+        return None;
+    }
+    let arch = it.next()?.parse().ok()?;
+    let flavor = it.next()?.to_owned();
+    let stream = it.next()?.to_owned();
+    it.next().is_none().then_some((arch, flavor, stream))
+}
+
+/// The previous releases of the same line a delta should start from: the
+/// newest `n` other commits, newest first.
+pub fn delta_sources(existing: &[Release], new: &Release, n: usize) -> Vec<Release> {
+    let mut same: Vec<(Version, &Release)> = existing
+        .iter()
+        .filter(|r| r.arch == new.arch && r.flavor == new.flavor && r.stream == new.stream && r.commit != new.commit)
+        .filter_map(|r| Version::parse(&r.version).ok().map(|v| (v, r)))
+        .collect();
+    same.sort_by(|a, b| b.0.cmp(&a.0));
+    same.into_iter().take(n).map(|(_, r)| r.clone()).collect()
+}
+
+fn read_releases(targets_dir: &Path) -> Result<Vec<Release>> {
+    let mut out = Vec::new();
+    let listing = match std::fs::read_dir(targets_dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", targets_dir.display())),
+    };
+    for e in listing {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "json") {
+            let bytes = std::fs::read(&path)?;
+            out.push(
+                serde_json::from_slice(&bytes).with_context(|| format!("{} is not a Cairn release record", path.display()))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+pub fn publish(opts: &PublishOptions) -> Result<Published> {
+    // Everything that can be refused is checked before anything is written.
+    tuf_repo::root_path(&opts.keys)?;
+    if let Some(req) = &opts.requires {
+        VersionReq::parse(req).with_context(|| format!("--requires `{req}` is not a semver requirement"))?;
+    }
+    let commit = ostree::rev_parse(&opts.build_repo, &opts.rev)?
+        .with_context(|| format!("{} has no commit {}", opts.build_repo.display(), opts.rev))?;
+    let version = ostree::unquote(&ostree::metadata(&opts.build_repo, &commit, meta::VERSION)?);
+    Version::parse(&version).with_context(|| format!("commit {commit} has version `{version}`, not a semantic version"))?;
+    let flavor = ostree::unquote(&ostree::metadata(&opts.build_repo, &commit, meta::FLAVOR)?);
+    let ostree_ref = if opts.rev.len() == 64 {
+        bail!("publish takes the image's ref (cairn/<arch>/<flavor>/<stream>), not a bare commit")
+    } else {
+        opts.rev.clone()
+    };
+    let (arch, ref_flavor, stream) = ref_parts(&ostree_ref)
+        .with_context(|| format!("`{ostree_ref}` is not a Cairn image ref (cairn/<arch>/<flavor>/<stream>)"))?;
+    if ref_flavor != flavor {
+        bail!("ref {ostree_ref} says flavour {ref_flavor} but its commit says {flavor}");
+    }
+    let release = Release {
+        version,
+        arch,
+        flavor,
+        stream,
+        ostree_ref: ostree_ref.clone(),
+        commit: commit.clone(),
+        requires: opts.requires.clone(),
+    };
+
+    let targets_dir = opts.update_repo.join(TARGETS_DIR);
+    let existing = read_releases(&targets_dir)?;
+    if let Some(clash) = existing
+        .iter()
+        .find(|r| r.target_name() == release.target_name() && r.commit != release.commit)
+    {
+        bail!(
+            "{} {} is already published as commit {}; publish a new version instead of replacing a release",
+            release.ostree_ref,
+            release.version,
+            clash.commit
+        );
+    }
+
+    // 1. Objects.
+    let repo = opts.update_repo.join(OSTREE_DIR);
+    ostree::ensure_archive_repo(&repo)?;
+    ostree::pull_local(&repo, &opts.build_repo, &ostree_ref, None)?;
+    let sources = delta_sources(&existing, &release, opts.deltas);
+    for from in &sources {
+        Cmd::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(["static-delta", "generate", "--inline"])
+            .arg(format!("--from={}", from.commit))
+            .arg(format!("--to={commit}"))
+            .progress()
+            .run()
+            .with_context(|| format!("static delta {} → {}", from.version, release.version))?;
+    }
+    Cmd::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(["summary", "--update"])
+        .run()?;
+
+    // 2. The release record.
+    std::fs::create_dir_all(&targets_dir)?;
+    let target = release.target_name();
+    let tmp = targets_dir.join(format!(".{target}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&release)?)?;
+    std::fs::rename(&tmp, targets_dir.join(&target))?;
+
+    // 3. Signed metadata, timestamp last.
+    let now = chrono::Utc::now();
+    let ttl = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365));
+    let expiry = Expiry {
+        targets: ttl(opts.metadata_ttl),
+        snapshot: ttl(opts.metadata_ttl),
+        timestamp: ttl(opts.timestamp_ttl),
+    };
+    let tuf_dir = opts.update_repo.join(TUF_DIR);
+    std::fs::create_dir_all(&tuf_dir)?;
+    let all = tuf_repo::sign_metadata(&opts.keys, &targets_dir, &tuf_dir, expiry)?;
+    tracing::info!(version = %release.version, commit = %commit, target = %target, "published");
+    Ok(Published {
+        release,
+        target,
+        deltas_from: sources.into_iter().map(|r| r.version).collect(),
+        releases_in_repo: all.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(version: &str, commit: char) -> Release {
+        Release {
+            version: version.into(),
+            arch: Arch::X86_64,
+            flavor: "dev".into(),
+            stream: "stable".into(),
+            ostree_ref: "cairn/x86_64/dev/stable".into(),
+            commit: commit.to_string().repeat(64),
+            requires: None,
+        }
+    }
+
+    #[test]
+    fn deltas_come_from_the_newest_previous_releases_of_the_same_line() {
+        let mut other_flavor = rel("0.9.0", 'f');
+        other_flavor.flavor = "prod".into();
+        let existing = [rel("0.1.0", 'a'), rel("0.3.0", 'c'), rel("0.2.0", 'b'), other_flavor, rel("0.4.0", 'd')];
+        let new = rel("0.4.0", 'd');
+        let got: Vec<String> = delta_sources(&existing, &new, 2).into_iter().map(|r| r.version).collect();
+        assert_eq!(got, ["0.3.0", "0.2.0"]);
+        assert!(delta_sources(&existing, &new, 0).is_empty());
+    }
+
+    #[test]
+    fn image_refs_are_parsed() {
+        assert_eq!(
+            ref_parts("cairn/x86_64/dev/stable"),
+            Some((Arch::X86_64, "dev".into(), "stable".into()))
+        );
+        assert_eq!(ref_parts("cairn/x86_64/stable"), None);
+        assert_eq!(ref_parts("other/x86_64/dev/stable"), None);
+    }
+}
