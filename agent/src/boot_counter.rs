@@ -55,7 +55,7 @@ pub fn read<V: Read + Write + Seek>(mut volume: V) -> Result<GrubEnv> {
         .with_context(|| format!("opening {GRUBENV_ESP_PATH} on the ESP"))?;
     let mut block = Vec::with_capacity(BLOCK_SIZE);
     file.read_to_end(&mut block).with_context(|| format!("reading {GRUBENV_ESP_PATH}"))?;
-    Ok(GrubEnv::parse(&block).with_context(|| format!("{GRUBENV_ESP_PATH} on the ESP"))?)
+    GrubEnv::parse(&block).with_context(|| format!("{GRUBENV_ESP_PATH} on the ESP"))
 }
 
 /// Rewrite the grubenv of a FAT volume in place.

@@ -4,16 +4,28 @@
 //! - [`config`]: TOML drop-ins merged in systemd's manner.
 //! - [`lifecycle`]: which release to take; what a boot means for a trial.
 //! - [`state`]: what the agent remembers across boots (atomic JSON in `/var`).
+//! - [`schedule`]: check intervals with jitter, maintenance windows.
+//! - [`report`]: `status` and `history` for people.
 //!
 //! Doing, each behind a narrow interface:
 //! - [`boot_counter`]: GRUB's boot counter in the ESP's grubenv, via `fatfs`.
 //! - [`grub_mkconfig`]: ostree's GRUB configuration generator
 //!   (`OSTREE_GRUB2_EXEC`), the same code the image builder runs.
 //! - [`grow_root`]: grows the root partition and filesystem to fill the disk.
+//! - [`releases`]: the releases TUF vouches for (the `tough` client).
+//! - [`sysroot`]: ostree deployments, pull, stage, undeploy.
+//! - [`health`]: the health gate of a trial boot.
+//! - [`updater`]: the lifecycle carried out, in a power-safe order.
 
 pub mod boot_counter;
 pub mod config;
 pub mod grow_root;
 pub mod grub_mkconfig;
+pub mod health;
 pub mod lifecycle;
+pub mod releases;
+pub mod report;
+pub mod schedule;
 pub mod state;
+pub mod sysroot;
+pub mod updater;

@@ -1,9 +1,19 @@
-//! `cairn-agent`: a shim over the agent library.
+//! `cairn-agent`: the daemon and the operator's command line, over one library.
 
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use cairn_agent::boot_counter::Esp;
+use cairn_agent::config;
+use cairn_agent::lifecycle::Request;
+use cairn_agent::schedule;
+use cairn_agent::state::StateFile;
+use cairn_agent::sysroot::HostSysroot;
+use cairn_agent::updater::{self, Agent, Identity, UpdateOutcome};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cairn-agent", version, about = "Cairn's on-host agent")]
+#[command(name = "cairn-agent", version, about = "Cairn's on-host agent: signed updates with automatic rollback")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -11,6 +21,39 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Deployments, update state, last check, last error, bad versions.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the update repository for a newer release (changes nothing).
+    Check,
+    /// Download, verify and stage a release; reboot per the reboot strategy.
+    Update {
+        /// A version instead of the newest.
+        #[arg(long)]
+        version: Option<String>,
+        /// Allow --version to name an older release.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Stage only; do not reboot.
+        #[arg(long)]
+        no_reboot: bool,
+    },
+    /// Stage the previous deployment as the next boot's default.
+    Rollback {
+        #[arg(long)]
+        no_reboot: bool,
+    },
+    /// What the agent did, oldest first.
+    History {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle this boot's trial (health gate), then check for updates on schedule.
+    Daemon,
+    /// Only settle this boot's trial, then exit.
+    BootCheck,
     /// Grow the root partition and filesystem to fill the disk (idempotent).
     GrowRoot {
         /// Where the physical root filesystem is mounted.
@@ -19,12 +62,163 @@ enum Command {
     },
 }
 
+fn agent() -> Result<Agent<HostSysroot>> {
+    Ok(Agent {
+        config: config::load_host()?,
+        identity: Identity::host()?,
+        sysroot: HostSysroot,
+        state: StateFile::host(),
+        esp: Esp::host(),
+        health_dirs: cairn_agent::health::host_dirs(),
+    })
+}
+
+/// One lifecycle operation at a time, between the daemon and the CLI.
+fn lock() -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = "/run/cairn-agent.lock";
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {path}"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {path}: {e}"))
+}
+
+fn reboot_per_strategy(agent: &Agent<HostSysroot>, no_reboot: bool) -> Result<()> {
+    if no_reboot {
+        println!("staged; reboot to apply");
+        return Ok(());
+    }
+    let secs = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+        .map_or(0, |d| d.as_secs());
+    match schedule::reboot_delay(&agent.config.reboot, secs) {
+        Some(d) if d.is_zero() => updater::reboot("update staged"),
+        Some(d) => {
+            println!("staged; rebooting in the maintenance window, in {}s", d.as_secs());
+            Ok(())
+        }
+        None => {
+            println!("staged; the reboot strategy is off: reboot to apply");
+            Ok(())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::GrowRoot { mount_point } => cairn_agent::grow_root::grow(&mount_point),
+        Command::Status { json } => {
+            let status = agent()?.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", cairn_agent::report::status_text(&status));
+            }
+            Ok(())
+        }
+        Command::Check => {
+            let agent = agent()?;
+            let _lock = lock()?;
+            match agent.check()? {
+                Some(r) => println!("update available: {} ({})", r.version, r.commit),
+                None => println!("up to date"),
+            }
+            Ok(())
+        }
+        Command::Update {
+            version,
+            allow_downgrade,
+            no_reboot,
+        } => {
+            let agent = agent()?;
+            let _lock = lock()?;
+            let request = match version {
+                Some(v) => Request::Exact {
+                    version: semver::Version::parse(&v).with_context(|| format!("--version `{v}`"))?,
+                    allow_downgrade,
+                },
+                None => Request::Latest,
+            };
+            match agent.update(&request)? {
+                UpdateOutcome::UpToDate { booted } => {
+                    println!("up to date ({booted})");
+                    Ok(())
+                }
+                UpdateOutcome::AlreadyStaged { version } => {
+                    println!("{version} is already staged");
+                    reboot_per_strategy(&agent, no_reboot)
+                }
+                UpdateOutcome::Staged { version, commit } => {
+                    println!("staged {version} ({commit})");
+                    reboot_per_strategy(&agent, no_reboot)
+                }
+            }
+        }
+        Command::Rollback { no_reboot } => {
+            let agent = agent()?;
+            let _lock = lock()?;
+            let v = agent.rollback()?;
+            println!("rollback to {v} staged");
+            reboot_per_strategy(&agent, no_reboot)
+        }
+        Command::History { json } => {
+            let state = StateFile::host().load()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&state.history)?);
+            } else {
+                print!("{}", cairn_agent::report::history_text(&state.history));
+            }
+            Ok(())
+        }
+        Command::BootCheck => {
+            let agent = agent()?;
+            let _lock = lock()?;
+            agent.boot_check().map(|_| ())
+        }
+        Command::Daemon => daemon(),
+    }
+}
+
+fn daemon() -> Result<()> {
+    let agent = agent()?;
+    {
+        let _lock = lock()?;
+        let outcome = agent.boot_check()?;
+        tracing::info!(?outcome, "boot settled");
+    }
+    loop {
+        let wait = schedule::next_check(agent.config.check_interval, agent.config.check_jitter, schedule::random_fraction());
+        if agent.config.auto_update && agent.config.url.is_some() {
+            let staged = {
+                let _lock = lock()?;
+                agent.update(&Request::Latest)
+            };
+            match staged {
+                Ok(UpdateOutcome::Staged { .. } | UpdateOutcome::AlreadyStaged { .. }) => {
+                    let secs = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    if let Some(delay) = schedule::reboot_delay(&agent.config.reboot, secs) {
+                        std::thread::sleep(delay.min(wait));
+                        if delay <= wait {
+                            updater::reboot("update staged")?;
+                        }
+                    }
+                }
+                Ok(UpdateOutcome::UpToDate { .. }) => {}
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "update check failed"),
+            }
+        }
+        tracing::info!(next_check_secs = wait.as_secs(), "sleeping");
+        std::thread::sleep(wait.max(Duration::from_secs(60)));
+    }
+}
+
 fn main() -> std::process::ExitCode {
     cairn_common::logging::init();
-    let result = match Cli::parse().command {
-        Command::GrowRoot { mount_point } => cairn_agent::grow_root::grow(&mount_point),
-    };
-    match result {
+    match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -33,6 +33,7 @@ pub struct Cmd {
     argv: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     echo: Echo,
+    timeout: Option<std::time::Duration>,
 }
 
 /// What a finished command printed.
@@ -48,6 +49,7 @@ impl Cmd {
             argv: vec![program.as_ref().to_owned()],
             stdin: None,
             echo: Echo::Quiet,
+            timeout: None,
         }
     }
 
@@ -104,6 +106,13 @@ impl Cmd {
             })
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    /// Kill the command (and every process it started) if it has not
+    /// finished within `limit`; the run then fails saying so.
+    pub fn timeout(mut self, limit: std::time::Duration) -> Self {
+        self.timeout = Some(limit);
+        self
     }
 
     /// Run to completion; fail unless it exits 0.
@@ -170,10 +179,28 @@ impl Cmd {
             .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if self.timeout.is_some() {
+            // Its own process group, so a timeout kills what it started too.
+            std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
+        }
         let mut child = self
             .command
             .spawn()
             .with_context(|| format!("starting `{shown}` (is it installed?)"))?;
+        let watchdog = self.timeout.map(|limit| {
+            let (done, finished) = std::sync::mpsc::channel::<()>();
+            let pid = child.id();
+            let fired = thread::spawn(move || {
+                if finished.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    let group = nix::unistd::Pid::from_raw(-(pid as i32));
+                    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+                    true
+                } else {
+                    false
+                }
+            });
+            (done, fired, limit)
+        });
         let writer = child.stdin.take().zip(self.stdin.take()).map(|(mut pipe, bytes)| {
             thread::spawn(move || {
                 // A child that exits without reading its input is not our error.
@@ -210,6 +237,12 @@ impl Cmd {
             reader.read_to_end(&mut captured)?;
         }
         let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
+        if let Some((done, fired, limit)) = watchdog {
+            let _ = done.send(());
+            if fired.join().unwrap_or(false) {
+                return Err(anyhow!("`{shown}` did not finish within {}s and was killed", limit.as_secs()));
+            }
+        }
         let _ = stderr_thread.join();
         if let Some(w) = writer {
             let _ = w.join();
@@ -283,5 +316,20 @@ mod tests {
         let (status, out) = Cmd::new("sh").args(["-c", "echo no; exit 1"]).status_output().unwrap();
         assert_eq!(status.code(), Some(1));
         assert_eq!(out.stdout, "no\n");
+    }
+
+    #[test]
+    fn timeout_kills_the_command_and_what_it_started() {
+        let started = std::time::Instant::now();
+        let err = Cmd::new("sh")
+            .args(["-c", "sleep 30 & sleep 30"])
+            .timeout(std::time::Duration::from_millis(300))
+            .run()
+            .unwrap_err();
+        assert!(err.to_string().contains("did not finish within 0s and was killed"), "{err}");
+        // The background sleep held stdout open: it was killed too, or this would take 30 s.
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        let out = Cmd::new("echo").arg("quick").timeout(std::time::Duration::from_secs(30)).output().unwrap();
+        assert_eq!(out.stdout, "quick\n");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod artifacts;
 pub mod console;
+pub mod http;
 pub mod oci;
 pub mod qemu;
 pub mod vm;

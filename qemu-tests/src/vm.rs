@@ -23,6 +23,8 @@ pub struct VmOptions {
     pub disk_size: u64,
     pub extra_disks: Vec<(PathBuf, String)>,
     pub memory_mib: u32,
+    /// `hostfwd=`/`guestfwd=` rules of the restricted user network.
+    pub forwards: Vec<String>,
 }
 
 impl VmOptions {
@@ -34,7 +36,16 @@ impl VmOptions {
             disk_size: 4 << 30,
             extra_disks: Vec::new(),
             memory_mib: 2048,
+            forwards: Vec::new(),
         }
+    }
+
+    /// Let the guest reach a test server on the host's 127.0.0.1:`port` as
+    /// http://10.0.2.100/ (the address Cairn's test images update from).
+    /// `relay` is the `cairn-test-relay` binary, run by QEMU per connection.
+    pub fn forward_update_server(&mut self, relay: &Path, port: u16) {
+        self.forwards
+            .push(format!("guestfwd=tcp:10.0.2.100:80-cmd:{} {port}", relay.display()));
     }
 }
 
@@ -59,7 +70,7 @@ impl Vm {
             vars,
             memory_mib: opts.memory_mib,
             cpus: 2,
-            forwards: Vec::new(),
+            forwards: opts.forwards.clone(),
             interactive: false,
         };
         let mut child = Cmd::new(qemu::qemu_binary(opts.arch)).args(config.args()).spawn_piped()?;

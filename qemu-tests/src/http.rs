@@ -1,0 +1,239 @@
+//! A static-file HTTP/1.1 server on 127.0.0.1 for update tests: serves a
+//! folder (which the test may switch), logs what was asked, and can be told
+//! to misbehave (status codes, stalls, truncated bodies, resets) for the
+//! next matching requests.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// A way to misbehave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status and no body.
+    Status(u16),
+    /// Send the headers, then nothing for this long, then close.
+    Stall(Duration),
+    /// Send the headers and half the body, then close.
+    Truncate,
+    /// Close the connection without answering.
+    Reset,
+}
+
+#[derive(Debug, Clone)]
+struct FaultRule {
+    path_contains: String,
+    fault: Fault,
+    remaining: usize,
+}
+
+#[derive(Default)]
+struct Shared {
+    root: Mutex<PathBuf>,
+    faults: Mutex<Vec<FaultRule>>,
+    log: Mutex<Vec<(String, u16, u64)>>,
+    stop: AtomicBool,
+}
+
+/// The server; stops when dropped.
+pub struct Server {
+    pub port: u16,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    pub fn start(root: &Path) -> Result<Server> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding the test HTTP server")?;
+        let port = listener.local_addr()?.port();
+        let shared = Arc::new(Shared {
+            root: Mutex::new(root.to_owned()),
+            ..Default::default()
+        });
+        let s = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let s = Arc::clone(&s);
+                    std::thread::spawn(move || {
+                        let _ = serve(conn, &s);
+                    });
+                }
+            }
+        });
+        Ok(Server { port, shared })
+    }
+
+    /// Serve another folder from now on.
+    pub fn set_root(&self, root: &Path) {
+        *self.shared.root.lock().expect("root lock") = root.to_owned();
+    }
+
+    /// Misbehave for the next `times` requests whose path contains `path_contains`.
+    pub fn inject(&self, path_contains: &str, fault: Fault, times: usize) {
+        self.shared.faults.lock().expect("faults lock").push(FaultRule {
+            path_contains: path_contains.to_owned(),
+            fault,
+            remaining: times,
+        });
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.faults.lock().expect("faults lock").clear();
+    }
+
+    /// (path, status, body bytes sent) of every request so far.
+    pub fn requests(&self) -> Vec<(String, u16, u64)> {
+        self.shared.log.lock().expect("log lock").clone()
+    }
+
+    /// Body bytes sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.requests().iter().map(|r| r.2).sum()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// The file a request path names under `root`, refusing `..`.
+pub fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
+    let path = url_path.split(['?', '#']).next().unwrap_or("");
+    let mut out = root.to_owned();
+    for c in Path::new(path.trim_start_matches('/')).components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn serve(conn: TcpStream, s: &Shared) -> Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut conn = conn;
+    loop {
+        let mut request = String::new();
+        if reader.read_line(&mut request)? == 0 {
+            return Ok(());
+        }
+        let mut close = false;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if h.to_ascii_lowercase().starts_with("connection:") && h.to_ascii_lowercase().contains("close") {
+                close = true;
+            }
+        }
+        let mut parts = request.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/").to_owned());
+        let fault = {
+            let mut faults = s.faults.lock().expect("faults lock");
+            let hit = faults.iter_mut().find(|f| f.remaining > 0 && path.contains(&f.path_contains));
+            hit.map(|f| {
+                f.remaining -= 1;
+                f.fault.clone()
+            })
+        };
+        let root = s.root.lock().expect("root lock").clone();
+        let body = resolve(&root, &path).and_then(|p| std::fs::read(p).ok());
+        let record = |status: u16, sent: u64| s.log.lock().expect("log lock").push((path.clone(), status, sent));
+        match (fault, body) {
+            (Some(Fault::Reset), _) => {
+                record(0, 0);
+                let _ = conn.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            (Some(Fault::Status(code)), _) => {
+                record(code, 0);
+                write!(conn, "HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\n\r\n")?;
+            }
+            (Some(Fault::Stall(d)), Some(body)) => {
+                record(200, 0);
+                write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())?;
+                conn.flush()?;
+                std::thread::sleep(d);
+                return Ok(());
+            }
+            (Some(Fault::Truncate), Some(body)) => {
+                let half = body.len() / 2;
+                record(200, half as u64);
+                write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())?;
+                conn.write_all(&body[..half])?;
+                conn.flush()?;
+                let _ = conn.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            (_, Some(body)) => {
+                record(200, body.len() as u64);
+                write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n", body.len())?;
+                if method != "HEAD" {
+                    conn.write_all(&body)?;
+                }
+            }
+            (_, None) => {
+                record(404, 0);
+                write!(conn, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+            }
+        }
+        conn.flush()?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn get(port: u16, path: &str) -> (u16, Vec<u8>) {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.as_bytes().to_vec()).unwrap_or_default();
+        (code, body)
+    }
+
+    #[test]
+    fn serves_files_refuses_escapes_and_injects_faults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tuf")).unwrap();
+        std::fs::write(dir.path().join("tuf/timestamp.json"), "0123456789").unwrap();
+        let server = Server::start(dir.path()).unwrap();
+        assert_eq!(get(server.port, "/tuf/timestamp.json"), (200, b"0123456789".to_vec()));
+        assert_eq!(get(server.port, "/missing").0, 404);
+        assert_eq!(get(server.port, "/../etc/passwd").0, 404);
+        server.inject("timestamp", Fault::Status(503), 1);
+        assert_eq!(get(server.port, "/tuf/timestamp.json").0, 503);
+        server.inject("timestamp", Fault::Truncate, 1);
+        assert_eq!(get(server.port, "/tuf/timestamp.json").1, b"01234".to_vec());
+        assert_eq!(get(server.port, "/tuf/timestamp.json").0, 200);
+        assert!(resolve(Path::new("/srv"), "/a/../b").is_none());
+        assert_eq!(server.requests().len(), 6);
+    }
+}
