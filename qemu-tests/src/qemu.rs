@@ -98,7 +98,10 @@ impl QemuConfig {
         push("-cpu");
         push(match (self.arch, self.accel) {
             (_, Accel::Kvm) => "host",
-            (Arch::X86_64, Accel::Tcg) => "max",
+            // TCG cannot run nested guests; advertising SVM/VMX only makes the
+            // guest load kvm_amd/kvm_intel (seen: a guest that stopped right
+            // after kvm_amd initialised under TCG).
+            (Arch::X86_64, Accel::Tcg) => "max,svm=off,vmx=off",
             (Arch::Aarch64, Accel::Tcg) => "cortex-a72",
         });
         a.extend(["-smp".into(), self.cpus.to_string(), "-m".into(), self.memory_mib.to_string()]);

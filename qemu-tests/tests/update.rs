@@ -90,7 +90,9 @@ fn wait_status(vm: &Vm, what: &str, done: impl Fn(&Value) -> bool) -> Value {
 fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     let a = Artifacts::load().unwrap();
     let scratch = tempfile::Builder::new().prefix("cairn-update-test-").tempdir().unwrap();
-    let (build, updates) = (scratch.path().join("build"), scratch.path().join("updates"));
+    // The image's agent updates from http://10.0.2.100/repo (rootfs/image.toml).
+    let (build, www) = (scratch.path().join("build"), scratch.path().join("www"));
+    let updates = www.join("repo");
 
     // v1 is the booted image; v2 a healthy release.
     let v1 = publish(&a, &a.repo, &updates);
@@ -99,7 +101,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     let v2 = publish(&a, &build, &updates);
     assert_eq!(v2["deltas_from"], serde_json::json!([a.dev.version]));
 
-    let server = Server::start(&updates).unwrap();
+    let server = Server::start(&www).unwrap();
     let mut opts = VmOptions::new(a.arch, &a.dev.raw);
     opts.forward_update_server(Path::new(RELAY), server.port);
     let vm = Vm::start(&opts).unwrap();
