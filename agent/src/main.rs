@@ -54,6 +54,9 @@ enum Command {
     Daemon,
     /// Only settle this boot's trial, then exit.
     BootCheck,
+    /// On a trial boot, reboot if the trial is not committed in time (a
+    /// boot that hangs before the health gate can judge it).
+    TrialDeadline,
     /// Grow the root partition and filesystem to fill the disk (idempotent).
     GrowRoot {
         /// Where the physical root filesystem is mounted.
@@ -178,6 +181,10 @@ fn run(cli: Cli) -> Result<()> {
             agent.boot_check().map(|_| ())
         }
         Command::Daemon => daemon(),
+        Command::TrialDeadline => {
+            let config = config::load_host()?;
+            updater::trial_deadline(&Esp::host(), config.health_timeout + Duration::from_secs(120))
+        }
     }
 }
 

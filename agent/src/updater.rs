@@ -416,6 +416,25 @@ impl<S: Sysroot> Agent<S> {
     }
 }
 
+/// On a trial boot, wait `limit`; if the trial is still armed then (the
+/// health gate never committed it: userspace hung, or the agent could not
+/// run), reboot so GRUB's counter moves on. Returns at once when no trial
+/// is armed.
+pub fn trial_deadline(esp: &Esp, limit: std::time::Duration) -> Result<()> {
+    if boot_counter::tries_left(&esp.read()?).is_none() {
+        tracing::info!("no trial armed");
+        return Ok(());
+    }
+    tracing::info!(limit_secs = limit.as_secs(), "trial boot: the health gate must commit it in time");
+    std::thread::sleep(limit);
+    if boot_counter::tries_left(&esp.read()?).is_none() {
+        return Ok(());
+    }
+    tracing::error!(limit_secs = limit.as_secs(), "trial not committed in time; rebooting");
+    // --force: do not wait for units that may be what hangs.
+    Cmd::new("systemctl").args(["reboot", "--force"]).run()
+}
+
 /// Reboot the host through systemd (ostree finalizes a staged deployment
 /// on the way down).
 pub fn reboot(why: &str) -> Result<()> {
