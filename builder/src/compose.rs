@@ -31,7 +31,7 @@ use crate::ostree_layout;
 
 /// Bump when the way the package layer is made changes, so old caches are
 /// not reused for a different recipe.
-const BASE_RECIPE_VERSION: u32 = 4;
+const BASE_RECIPE_VERSION: u32 = 5;
 
 /// Where the GRUB EFI image lives inside the OS tree (and so in every commit):
 /// the image builder copies this folder to the ESP.
@@ -55,6 +55,9 @@ if [ -n "$cairn_disk" ]; then set root="$cairn_disk,gpt2"; fi
 if [ ! -f /boot/loader/grub.cfg ]; then search --no-floppy --label --set=root cairn-root; fi
 configfile /boot/loader/grub.cfg
 "#;
+
+/// Timestamp the package layer is built at (Debian 12's release day), for reproducibility.
+const SOURCE_DATE_EPOCH: &str = "1686355200";
 
 /// `dracut` arguments: a generic initramfs (every storage driver, not just the
 /// build host's) with ostree's module, reproducible.
@@ -486,6 +489,10 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Pat
         .arg(format!("--customize-hook={dracut}"))
         .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/*")
         .env("INITRD", "No")
+        // Reproducible trees (mmdebstrap, dpkg, shadow's dates, dracut's
+        // cpio): rebuilding the package layer with one package more changes
+        // that package's files, not every file, so updates stay small.
+        .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
         .arg(&spec.release)
         .arg(root);
     for line in &recipe.sources {

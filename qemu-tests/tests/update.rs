@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cairn_qemu_tests::http::Server;
+use cairn_qemu_tests::http::{Fault, Server};
 use cairn_qemu_tests::vm::{Vm, VmOptions};
 use cairn_qemu_tests::Artifacts;
 use serde_json::Value;
@@ -54,6 +54,53 @@ fn publish(a: &Artifacts, repo: &Path, updates: &Path) -> Value {
         ],
     );
     serde_json::from_str(&out).unwrap()
+}
+
+/// Sign a release record into the update repository's TUF metadata (as a
+/// compromised or mistaken build pipeline could).
+fn add_release(a: &Artifacts, updates: &Path, version: &str, commit: &str) {
+    let release = cairn_common::release::Release {
+        version: version.into(),
+        arch: a.arch,
+        flavor: "dev".into(),
+        stream: "stable".into(),
+        ostree_ref: format!("cairn/{}/dev/stable", a.arch),
+        commit: commit.into(),
+        requires: None,
+    };
+    let targets = updates.join("targets");
+    std::fs::write(targets.join(release.target_name()), serde_json::to_vec(&release).unwrap()).unwrap();
+    resign(a, updates);
+}
+
+fn remove_release(a: &Artifacts, updates: &Path, version: &str) {
+    let targets = updates.join("targets");
+    for e in std::fs::read_dir(&targets).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().ends_with(&format!("-{version}.json")) {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    resign(a, updates);
+}
+
+fn resign(a: &Artifacts, updates: &Path) {
+    let in_days = |d| chrono::Utc::now() + chrono::Duration::days(d);
+    let expiry = cairn_builder::tuf_repo::Expiry {
+        targets: in_days(30),
+        snapshot: in_days(30),
+        timestamp: in_days(7),
+    };
+    cairn_builder::tuf_repo::sign_metadata(&a.keys, &updates.join("targets"), &updates.join("tuf"), expiry).unwrap();
+}
+
+/// Nothing staged, no trial, still on `version`.
+fn assert_unchanged(s: &Value, version: &str) {
+    assert_eq!(booted_version(s), version, "{s:#}");
+    assert!(s["trial"].is_null(), "{s:#}");
+    assert_eq!(s["phase"]["phase"], "idle", "{s:#}");
+    assert!(s["boot_tries_left"].is_null(), "{s:#}");
+    assert!(!s["deployments"].as_array().unwrap().iter().any(|d| d["staged"] == true), "{s:#}");
 }
 
 fn status(vm: &Vm) -> Value {
@@ -109,7 +156,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     let c = &vm.console;
     // The test drives updates itself, and one failed trial boot is enough.
     c.run_ok(
-        "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\n[boot]\\ntries = 1\\n' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent",
+        "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\ndownload-retries = 3\\n[boot]\\ntries = 1\\n' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent",
         COMMAND,
     )
     .unwrap();
@@ -121,11 +168,37 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     assert_ne!(refused.status, 0);
     assert!(refused.output.contains("release 0.0.1 is not in the update repository"), "{}", refused.output);
 
-    // v1 → v2, keeping /etc and /var.
+    // The update server is down: a clear error, and nothing changes.
+    server.inject("/repo/tuf/", Fault::Status(503), 1000);
+    let down = c.run("cairn-agent check 2>&1", COMMAND).unwrap();
+    assert_ne!(down.status, 0, "{}", down.output);
+    let s = status(&vm);
+    assert!(s["last_error"]["message"].as_str().unwrap_or("").contains("503"), "{s:#}");
+    assert_unchanged(&s, &a.dev.version);
+    server.clear_faults();
+
+    // A release whose commit the server does not have: refused, nothing staged.
+    add_release(&a, &updates, "0.2.1", &"e".repeat(64));
+    let missing = c.run("cairn-agent update --version 0.2.1 --no-reboot 2>&1", COMMAND).unwrap();
+    assert_ne!(missing.status, 0, "{}", missing.output);
+    let s = status(&vm);
+    assert!(s["last_error"]["operation"] == "update", "{s:#}");
+    assert_unchanged(&s, &a.dev.version);
+    remove_release(&a, &updates, "0.2.1");
+
+    // v1 → v2, keeping /etc and /var, through a flaky server: 5xx answers,
+    // a truncated body and a reset connection are retried.
+    server.inject("/repo/tuf/timestamp.json", Fault::Status(503), 1);
+    server.inject("/repo/ostree/", Fault::Status(502), 2);
+    server.inject("/repo/ostree/", Fault::Truncate, 1);
+    server.inject("/repo/ostree/", Fault::Reset, 1);
     c.run_ok("echo kept > /etc/cairn-update-test && mkdir -p /var/lib/cairn-test && echo kept > /var/lib/cairn-test/data && sync", COMMAND)
         .unwrap();
     let staged = c.run_ok("cairn-agent update --no-reboot 2>&1", COMMAND).unwrap();
     assert!(staged.contains("staged 0.2.0"), "{staged}");
+    let injected: Vec<u16> = server.requests().iter().map(|r| r.1).filter(|c| *c != 200 && *c != 404).collect();
+    assert!(injected.len() >= 4, "the faults were not exercised: {injected:?}");
+    server.clear_faults();
     let s = status(&vm);
     assert_eq!(s["phase"]["phase"], "staged", "{s:#}");
     assert_eq!(s["boot_tries_left"], 1, "{s:#}");

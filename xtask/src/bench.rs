@@ -4,7 +4,8 @@
 //! - cold build: compose + image with an empty cache (packages downloaded);
 //! - warm rebuild: the same after changing one overlay file;
 //! - sizes: raw image allocated, qcow2, zstd-compressed raw, OS on disk;
-//! - boot: QEMU start → `multi-user.target` reached, dev image.
+//! - boot: QEMU start → `multi-user.target` reached, dev image;
+//! - updates: see [`crate::bench_update`].
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -32,6 +33,7 @@ struct Results {
     zstd_raw_bytes: u64,
     os_bytes: u64,
     boot_to_multi_user_secs: f64,
+    update: crate::bench_update::UpdateFigures,
 }
 
 pub fn bench(arch: Arch) -> Result<()> {
@@ -61,6 +63,8 @@ pub fn bench(arch: Arch) -> Result<()> {
     let warm = t.elapsed();
 
     let raw_meta = std::fs::metadata(&built.raw)?;
+    let boot = boot_time(arch, &built)?;
+    let update = crate::bench_update::measure(arch, &built, raw_meta.blocks() * 512)?;
     let results = Results {
         arch,
         accel: cairn_qemu_tests::qemu::accel(arch).as_str(),
@@ -71,7 +75,8 @@ pub fn bench(arch: Arch) -> Result<()> {
         qcow2_bytes: std::fs::metadata(&built.qcow2)?.len(),
         zstd_raw_bytes: zstd_size(&built.raw)?,
         os_bytes: built.os_bytes,
-        boot_to_multi_user_secs: boot_time(arch, &built)?.as_secs_f64(),
+        boot_to_multi_user_secs: boot.as_secs_f64(),
+        update,
     };
     print_table(&results);
     let out = paths::out(arch).join("bench.json");
@@ -123,8 +128,16 @@ fn print_table(r: &Results) {
         ("raw image, zstd -3", mb(r.zstd_raw_bytes), "≤ 150 MB"),
         ("OS bytes on disk", mb(r.os_bytes), "≤ 400 MB"),
         ("QEMU start → multi-user", format!("{:.1} s ({})", r.boot_to_multi_user_secs, r.accel), ""),
+        (
+            "update adding one package",
+            format!("{} ({:.2} %)", mb(r.update.update_bytes), r.update.update_percent_of_image),
+            "≤ 2 % of the image",
+        ),
+        ("update: time to stage", format!("{:.0} s", r.update.stage_secs), ""),
+        ("update: reboot → committed", format!("{:.0} s", r.update.reboot_to_committed_secs), ""),
+        ("agent idle RSS", format!("{:.1} MB", r.update.agent_idle_rss_kib as f64 / 1024.0), "≤ 10 MB"),
     ];
-    println!("{:<34} {:>18}  {}", "measure", "value", "target");
+    println!("{:<34} {:>18}  target", "measure", "value");
     for (name, value, target) in rows {
         println!("{name:<34} {value:>18}  {target}");
     }

@@ -7,6 +7,7 @@
 //! - `bench`: build and boot figures, as a table and JSON.
 
 mod bench;
+mod bench_update;
 mod build;
 mod host;
 mod paths;

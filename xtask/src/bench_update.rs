@@ -1,0 +1,162 @@
+//! The update figures of `cargo xtask bench`: a release that adds one
+//! package, published next to the booted one and applied by the agent in a
+//! VM, over the loopback test server.
+//!
+//! - bytes transferred for that update, against the full image's bytes;
+//! - time to stage (`cairn-agent update --no-reboot`);
+//! - reboot → committed (the health gate passed);
+//! - the agent daemon's resident memory while idle.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cairn_builder::image::BuiltImage;
+use cairn_common::layout::Arch;
+use cairn_common::process::Cmd;
+use cairn_qemu_tests::http::Server;
+use cairn_qemu_tests::vm::{Vm, VmOptions};
+use serde::Serialize;
+
+use crate::{build, paths};
+
+/// The package the benchmark release adds (small, no dependencies).
+const ADDED_PACKAGE: &str = "tree";
+const BOOT: Duration = Duration::from_secs(900);
+const COMMAND: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Serialize)]
+pub struct UpdateFigures {
+    pub added_package: &'static str,
+    pub update_bytes: u64,
+    pub full_image_bytes: u64,
+    pub update_percent_of_image: f64,
+    pub stage_secs: f64,
+    pub reboot_to_committed_secs: f64,
+    pub agent_idle_rss_kib: u64,
+}
+
+fn cairn_build(args: &[&std::ffi::OsStr]) -> Result<String> {
+    Ok(Cmd::new(build::builder()).args(args).progress().output()?.stdout)
+}
+
+pub fn measure(arch: Arch, v1: &BuiltImage, full_image_bytes: u64) -> Result<UpdateFigures> {
+    let scratch = tempfile::Builder::new().prefix("cairn-bench-update-").tempdir()?;
+    let www = scratch.path().join("www");
+    let updates = www.join("repo");
+    let build_repo = scratch.path().join("build");
+    let keys = paths::keys();
+    let os = |s: &str| std::ffi::OsString::from(s);
+
+    // v1: the image under test, as built.
+    let publish = |manifest: &Path, repo: &Path| -> Result<String> {
+        cairn_build(&[
+            &os("publish"),
+            &os("--manifest"),
+            manifest.as_os_str(),
+            &os("--flavor"),
+            &os(&v1.flavor),
+            &os("--arch"),
+            &os(arch.as_str()),
+            &os("--repo"),
+            repo.as_os_str(),
+            &os("--update-repo"),
+            updates.as_os_str(),
+            &os("--keys"),
+            keys.as_os_str(),
+        ])
+    };
+    publish(&paths::manifest(), &paths::repo(arch))?;
+
+    // v2: the same manifest with one package more.
+    let rootfs = scratch.path().join("rootfs");
+    Cmd::new("cp")
+        .arg("-a")
+        .arg(paths::workspace().join("rootfs"))
+        .arg(&rootfs)
+        .run()?;
+    let manifest = rootfs.join("image.toml");
+    let text = std::fs::read_to_string(&manifest)?;
+    let anchor = "debug = [";
+    if !text.contains(anchor) {
+        bail!("{}: no `debug` package set to add {ADDED_PACKAGE} to", manifest.display());
+    }
+    std::fs::write(&manifest, text.replacen(anchor, &format!("{anchor}\"{ADDED_PACKAGE}\", "), 1))?;
+    let mut v2 = semver::Version::parse(&v1.version)?;
+    v2.patch += 1;
+    cairn_build(&[
+        &os("compose"),
+        &os("--manifest"),
+        manifest.as_os_str(),
+        &os("--flavor"),
+        &os(&v1.flavor),
+        &os("--arch"),
+        &os(arch.as_str()),
+        &os("--repo"),
+        build_repo.as_os_str(),
+        &os("--cache"),
+        paths::cache().as_os_str(),
+        &os("--keys"),
+        keys.as_os_str(),
+        &os("--agent-dir"),
+        paths::release_bin().as_os_str(),
+        &os("--version"),
+        &os(&v2.to_string()),
+    ])?;
+    publish(&manifest, &build_repo)?;
+
+    // The agent in a VM applies it.
+    Cmd::new(env!("CARGO"))
+        .args(["build", "--package", "cairn-qemu-tests", "--bin", "cairn-test-relay"])
+        .current_dir(paths::workspace())
+        .run()?;
+    let relay = paths::workspace().join("target/debug/cairn-test-relay");
+    let server = Server::start(&www)?;
+    let mut opts = VmOptions::new(arch, &v1.raw);
+    opts.forward_update_server(&relay, server.port);
+    let vm = Vm::start(&opts)?;
+    vm.wait_for_root_shell(BOOT)?;
+    let c = &vm.console;
+    c.run_ok(
+        "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\n' > /etc/cairn/agent.d/50-bench.toml && systemctl restart cairn-agent && systemctl is-system-running --wait",
+        COMMAND,
+    )?;
+    std::thread::sleep(Duration::from_secs(20));
+    let rss = c.run_ok("ps -o rss= -C cairn-agent | head -n 1", COMMAND)?;
+    let agent_idle_rss_kib: u64 = rss.trim().parse().with_context(|| format!("ps printed {rss:?}"))?;
+
+    let before = server.bytes_sent();
+    let t = Instant::now();
+    let staged = c.run_ok("cairn-agent update --no-reboot 2>&1 | tail -n 3", COMMAND)?;
+    let stage_secs = t.elapsed().as_secs_f64();
+    if !staged.contains(&format!("staged {v2}")) {
+        bail!("the benchmark update did not stage:\n{staged}");
+    }
+    let update_bytes = server.bytes_sent() - before;
+
+    let t = Instant::now();
+    c.send("systemctl reboot\n")?;
+    c.wait_for("Linux version", BOOT)?;
+    vm.wait_for_root_shell(BOOT)?;
+    loop {
+        let out = c.run_ok("cairn-agent status --json 2>/dev/null", COMMAND)?;
+        let s: serde_json::Value = serde_json::from_str(out.trim()).with_context(|| format!("status: {out}"))?;
+        if s["trial"].is_null() && s["phase"]["phase"] == "idle" {
+            break;
+        }
+        if t.elapsed() > BOOT {
+            bail!("the update was not committed in {}s: {s:#}", BOOT.as_secs());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let reboot_to_committed_secs = t.elapsed().as_secs_f64();
+    Ok(UpdateFigures {
+        added_package: ADDED_PACKAGE,
+        update_bytes,
+        full_image_bytes,
+        update_percent_of_image: 100.0 * update_bytes as f64 / full_image_bytes.max(1) as f64,
+        stage_secs,
+        reboot_to_committed_secs,
+        agent_idle_rss_kib,
+    })
+}
