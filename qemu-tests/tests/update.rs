@@ -208,7 +208,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     let s = wait_status(&vm, "v2 to be committed", |s| s["phase"]["phase"] == "idle" && s["trial"].is_null());
     assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
     assert!(s["boot_tries_left"].is_null(), "{s:#}");
-    assert_eq!(c.run_ok("cat /etc/cairn-update-test /var/lib/cairn-test/data", COMMAND).unwrap(), "kept\nkept\n");
+    assert_eq!(c.run_ok("cat /etc/cairn-update-test /var/lib/cairn-test/data", COMMAND).unwrap().trim(), "kept\nkept");
     let history = c.run_ok("cairn-agent history 2>/dev/null", COMMAND).unwrap();
     assert!(history.contains("committed") && history.contains("0.2.0"), "{history}");
 
