@@ -46,27 +46,30 @@ pub fn tries_left(env: &GrubEnv) -> Option<u32> {
 }
 
 /// The grubenv of a FAT volume held by `volume` (a device or image file).
-pub fn read<V: Read + Write + Seek>(mut volume: V) -> Result<GrubEnv> {
+fn open_fat<V: Read + Write + Seek>(mut volume: V) -> Result<fatfs::FileSystem<V>> {
     volume.seek(SeekFrom::Start(0))?;
-    let fs = fatfs::FileSystem::new(volume, fatfs::FsOptions::new()).context("the ESP is not a FAT file system")?;
-    let mut file = fs
-        .root_dir()
+    fatfs::FileSystem::new(volume, fatfs::FsOptions::new()).context("the ESP is not a FAT file system")
+}
+
+fn open_grubenv<'a, V: Read + Write + Seek>(fs: &'a fatfs::FileSystem<V>) -> Result<fatfs::File<'a, V>> {
+    fs.root_dir()
         .open_file(GRUBENV_ESP_PATH)
-        .with_context(|| format!("opening {GRUBENV_ESP_PATH} on the ESP"))?;
+        .with_context(|| format!("opening {GRUBENV_ESP_PATH} on the ESP"))
+}
+
+pub fn read<V: Read + Write + Seek>(volume: V) -> Result<GrubEnv> {
+    let fs = open_fat(volume)?;
+    let mut file = open_grubenv(&fs)?;
     let mut block = Vec::with_capacity(BLOCK_SIZE);
     file.read_to_end(&mut block).with_context(|| format!("reading {GRUBENV_ESP_PATH}"))?;
     GrubEnv::parse(&block).with_context(|| format!("{GRUBENV_ESP_PATH} on the ESP"))
 }
 
 /// Rewrite the grubenv of a FAT volume in place.
-pub fn write<V: Read + Write + Seek>(mut volume: V, env: &GrubEnv) -> Result<()> {
+pub fn write<V: Read + Write + Seek>(volume: V, env: &GrubEnv) -> Result<()> {
     let block = env.to_block()?;
-    volume.seek(SeekFrom::Start(0))?;
-    let fs = fatfs::FileSystem::new(volume, fatfs::FsOptions::new()).context("the ESP is not a FAT file system")?;
-    let mut file = fs
-        .root_dir()
-        .open_file(GRUBENV_ESP_PATH)
-        .with_context(|| format!("opening {GRUBENV_ESP_PATH} on the ESP"))?;
+    let fs = open_fat(volume)?;
+    let mut file = open_grubenv(&fs)?;
     let size = file.seek(SeekFrom::End(0))?;
     if size != BLOCK_SIZE as u64 {
         bail!("{GRUBENV_ESP_PATH} on the ESP is {size} bytes, not {BLOCK_SIZE}: refusing to move its clusters");

@@ -317,22 +317,7 @@ impl ConfigBuilder {
 /// The drop-in files to read, in the order they apply: names from both
 /// folders, sorted; `/etc`'s file wins over `/usr/lib`'s of the same name.
 pub fn drop_in_files(dirs: &[&Path]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut by_name = std::collections::BTreeMap::new();
-    for dir in dirs {
-        let listing = match std::fs::read_dir(dir) {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
-        for entry in listing {
-            let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                let name = path.file_name().expect("listed file has a name").to_owned();
-                by_name.insert(name, path);
-            }
-        }
-    }
-    Ok(by_name.into_values().collect())
+    crate::dropins::merged(dirs, |p| p.extension().is_some_and(|e| e == "toml"))
 }
 
 /// Load the configuration from drop-in folders (later folders shadow earlier).

@@ -36,21 +36,9 @@ impl std::fmt::Display for Failure {
 /// replaces an earlier folder's file of the same name.
 pub fn checks(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     use std::os::unix::fs::PermissionsExt as _;
-    let mut by_name = std::collections::BTreeMap::new();
-    for dir in dirs {
-        let listing = match std::fs::read_dir(dir) {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
-        for entry in listing {
-            let path = entry?.path();
-            let name = path.file_name().expect("listed").to_owned();
-            by_name.insert(name, path);
-        }
-    }
+    let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
     let mut out = Vec::new();
-    for path in by_name.into_values() {
+    for path in crate::dropins::merged(&dirs, |_| true)? {
         let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
         // A symlink to /dev/null masks a check, as in systemd.
         if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {

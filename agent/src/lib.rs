@@ -1,7 +1,8 @@
 //! Cairn's on-host agent.
 //!
 //! Pure decisions, unit-tested without a host:
-//! - [`config`]: TOML drop-ins merged in systemd's manner.
+//! - [`config`]: TOML drop-ins merged key by key.
+//! - [`dropins`]: folders of drop-ins merged in systemd's manner.
 //! - [`lifecycle`]: which release to take; what a boot means for a trial.
 //! - [`state`]: what the agent remembers across boots (atomic JSON in `/var`).
 //! - [`schedule`]: check intervals with jitter, maintenance windows.
@@ -19,6 +20,7 @@
 
 pub mod boot_counter;
 pub mod config;
+pub mod dropins;
 pub mod grow_root;
 pub mod grub_mkconfig;
 pub mod health;

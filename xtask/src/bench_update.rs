@@ -7,6 +7,7 @@
 //! - reboot → committed (the health gate passed);
 //! - the agent daemon's resident memory while idle.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -36,8 +37,19 @@ pub struct UpdateFigures {
     pub agent_idle_rss_kib: u64,
 }
 
-fn cairn_build(args: &[&std::ffi::OsStr]) -> Result<String> {
-    Ok(Cmd::new(build::builder()).args(args).progress().output()?.stdout)
+/// `cairn-build <verb>` for one manifest, flavour, arch and repo, plus `extra`.
+fn cairn_build(verb: &str, manifest: &Path, flavor: &str, arch: Arch, repo: &Path, extra: &[&OsStr]) -> Result<String> {
+    Ok(Cmd::new(build::builder())
+        .arg(verb)
+        .arg("--manifest")
+        .arg(manifest)
+        .args(["--flavor", flavor, "--arch", arch.as_str()])
+        .arg("--repo")
+        .arg(repo)
+        .args(extra)
+        .progress()
+        .output()?
+        .stdout)
 }
 
 pub fn measure(arch: Arch, v1: &BuiltImage, full_image_bytes: u64) -> Result<UpdateFigures> {
@@ -46,25 +58,10 @@ pub fn measure(arch: Arch, v1: &BuiltImage, full_image_bytes: u64) -> Result<Upd
     let updates = www.join("repo");
     let build_repo = scratch.path().join("build");
     let keys = paths::keys();
-    let os = |s: &str| std::ffi::OsString::from(s);
-
     // v1: the image under test, as built.
     let publish = |manifest: &Path, repo: &Path| -> Result<String> {
-        cairn_build(&[
-            &os("publish"),
-            &os("--manifest"),
-            manifest.as_os_str(),
-            &os("--flavor"),
-            &os(&v1.flavor),
-            &os("--arch"),
-            &os(arch.as_str()),
-            &os("--repo"),
-            repo.as_os_str(),
-            &os("--update-repo"),
-            updates.as_os_str(),
-            &os("--keys"),
-            keys.as_os_str(),
-        ])
+        let extra = [OsStr::new("--update-repo"), updates.as_os_str(), OsStr::new("--keys"), keys.as_os_str()];
+        cairn_build("publish", manifest, &v1.flavor, arch, repo, &extra)
     };
     publish(&paths::manifest(), &paths::repo(arch))?;
 
@@ -84,25 +81,18 @@ pub fn measure(arch: Arch, v1: &BuiltImage, full_image_bytes: u64) -> Result<Upd
     std::fs::write(&manifest, text.replacen(anchor, &format!("{anchor}\"{ADDED_PACKAGE}\", "), 1))?;
     let mut v2 = semver::Version::parse(&v1.version)?;
     v2.patch += 1;
-    cairn_build(&[
-        &os("compose"),
-        &os("--manifest"),
-        manifest.as_os_str(),
-        &os("--flavor"),
-        &os(&v1.flavor),
-        &os("--arch"),
-        &os(arch.as_str()),
-        &os("--repo"),
-        build_repo.as_os_str(),
-        &os("--cache"),
-        paths::cache().as_os_str(),
-        &os("--keys"),
+    let (cache, agent_dir, version) = (paths::cache(), paths::release_bin(), v2.to_string());
+    let extra = [
+        OsStr::new("--cache"),
+        cache.as_os_str(),
+        OsStr::new("--keys"),
         keys.as_os_str(),
-        &os("--agent-dir"),
-        paths::release_bin().as_os_str(),
-        &os("--version"),
-        &os(&v2.to_string()),
-    ])?;
+        OsStr::new("--agent-dir"),
+        agent_dir.as_os_str(),
+        OsStr::new("--version"),
+        OsStr::new(&version),
+    ];
+    cairn_build("compose", &manifest, &v1.flavor, arch, &build_repo, &extra)?;
     publish(&manifest, &build_repo)?;
 
     // The agent in a VM applies it.
