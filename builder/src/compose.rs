@@ -60,8 +60,9 @@ configfile /boot/loader/grub.cfg
 const SOURCE_DATE_EPOCH: &str = "1686355200";
 
 /// `dracut` arguments: a generic initramfs (every storage driver, not just the
-/// build host's) with ostree's module, reproducible.
-const DRACUT_ARGS: &str = "--no-hostonly --reproducible --force --add ostree";
+/// build host's) with ostree's module, reproducible, zstd-compressed (as
+/// Debian 12's own initramfs-tools default; ~25% smaller than gzip).
+const DRACUT_ARGS: &str = "--no-hostonly --reproducible --force --add ostree --compress zstd";
 
 /// Everything the package layer is made of. Its hash names the cache entry.
 #[derive(Debug, Serialize)]
