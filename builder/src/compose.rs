@@ -31,7 +31,7 @@ use crate::ostree_layout;
 
 /// Bump when the way the package layer is made changes, so old caches are
 /// not reused for a different recipe.
-const BASE_RECIPE_VERSION: u32 = 5;
+const BASE_RECIPE_VERSION: u32 = 6;
 
 /// Where the GRUB EFI image lives inside the OS tree (and so in every commit):
 /// the image builder copies this folder to the ESP.
@@ -60,9 +60,13 @@ configfile /boot/loader/grub.cfg
 const SOURCE_DATE_EPOCH: &str = "1686355200";
 
 /// `dracut` arguments: a generic initramfs (every storage driver, not just the
-/// build host's) with ostree's module, reproducible, zstd-compressed (as
-/// Debian 12's own initramfs-tools default; ~25% smaller than gzip).
-const DRACUT_ARGS: &str = "--no-hostonly --reproducible --force --add ostree --compress zstd";
+/// build host's) with ostree's module, reproducible; left uncompressed for
+/// [`COMPRESS_INITRAMFS`] (the tree has no zstd binary for dracut to run).
+const DRACUT_ARGS: &str = "--no-hostonly --reproducible --force --add ostree --no-compress";
+
+/// Compress the initramfs with zstd on the build host (the kernel unpacks
+/// zstd, as Debian 12's own initramfs-tools default; smaller than gzip).
+const COMPRESS_INITRAMFS: &str = "for k in \"$1\"/usr/lib/modules/*; do zstd -q -19 -T0 --rm \"$k/initramfs.img\" -o \"$k/initramfs.img.zst\" && mv \"$k/initramfs.img.zst\" \"$k/initramfs.img\" || exit 1; done";
 
 /// Everything the package layer is made of. Its hash names the cache entry.
 #[derive(Debug, Serialize)]
@@ -488,6 +492,7 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Pat
         .arg(format!("--customize-hook={COMPRESS_MODULES}"))
         // One initramfs, made here (Debian's kernel hook is off: INITRD=No).
         .arg(format!("--customize-hook={dracut}"))
+        .arg(format!("--customize-hook={COMPRESS_INITRAMFS}"))
         .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/*")
         .env("INITRD", "No")
         // Reproducible trees (mmdebstrap, dpkg, shadow's dates, dracut's
