@@ -31,7 +31,7 @@ use crate::ostree_layout;
 
 /// Bump when the way the package layer is made changes, so old caches are
 /// not reused for a different recipe.
-const BASE_RECIPE_VERSION: u32 = 6;
+const BASE_RECIPE_VERSION: u32 = 7;
 
 /// Where the GRUB EFI image lives inside the OS tree (and so in every commit):
 /// the image builder copies this folder to the ESP.
@@ -488,11 +488,12 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Pat
             q(grub_debs),
             spec.arch.grub_package()
         ))
-        // Kernel modules compressed (kmod reads .ko.zst): a third of their size.
-        .arg(format!("--customize-hook={COMPRESS_MODULES}"))
-        // One initramfs, made here (Debian's kernel hook is off: INITRD=No).
+        // One initramfs, made here (Debian's kernel hook is off: INITRD=No),
+        // from uncompressed modules so the whole archive compresses as one.
         .arg(format!("--customize-hook={dracut}"))
         .arg(format!("--customize-hook={COMPRESS_INITRAMFS}"))
+        // Then the tree's modules (kmod reads .ko.zst): a third of their size.
+        .arg(format!("--customize-hook={COMPRESS_MODULES}"))
         .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/*")
         .env("INITRD", "No")
         // Reproducible trees (mmdebstrap, dpkg, shadow's dates, dracut's
