@@ -11,6 +11,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn_common::fsutil::line_col;
+
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
@@ -348,12 +350,6 @@ fn parse_clock(s: &str) -> Result<u32, String> {
     Ok(h * 60 + m)
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
 
 #[cfg(test)]
 mod tests {

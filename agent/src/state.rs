@@ -6,7 +6,6 @@
 //! either the old record or the new one.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -141,16 +140,7 @@ impl StateFile {
     pub fn save(&self, state: &AgentState) -> Result<()> {
         let dir = self.path.parent().context("state path has no folder")?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = dir.join(".state.json.tmp");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(state)?)
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("writing {} (is /var full?)", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
-        Ok(())
+        cairn_common::fsutil::write_atomic(&self.path, &serde_json::to_vec_pretty(state)?)
     }
 
     /// Load, change, save.

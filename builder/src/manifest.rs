@@ -8,6 +8,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
+use cairn_common::fsutil::line_col;
 use cairn_common::layout::Arch;
 use serde::Deserialize;
 use toml::Spanned;
@@ -403,13 +404,6 @@ fn locate(path: &Path, text: &str, span: Range<usize>, message: String) -> Manif
     }
 }
 
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
 
 /// Debian policy 5.6.1: lower case letters, digits, `+`, `-`, `.`; at least
 /// two characters; starting with a letter or digit.

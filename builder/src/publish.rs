@@ -162,9 +162,7 @@ pub fn publish(opts: &PublishOptions) -> Result<Published> {
     // 2. The release record.
     std::fs::create_dir_all(&targets_dir)?;
     let target = release.target_name();
-    let tmp = targets_dir.join(format!(".{target}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&release)?)?;
-    std::fs::rename(&tmp, targets_dir.join(&target))?;
+    cairn_common::fsutil::write_atomic(&targets_dir.join(&target), &serde_json::to_vec_pretty(&release)?)?;
 
     // 3. Signed metadata, timestamp last.
     let now = chrono::Utc::now();

@@ -20,7 +20,7 @@ use tough::editor::signed::SignedRole;
 use tough::editor::RepositoryEditor;
 use tough::key_source::{KeySource, LocalKeySource};
 use tough::schema::decoded::{Decoded, Hex};
-use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Target};
+use tough::schema::{KeyHolder, RoleKeys, RoleType, Root};
 use tough::sign::Sign;
 
 /// Folder of the TUF keys inside a signing-key folder.
@@ -160,9 +160,7 @@ pub fn keygen(keys: &Path, root_keys: u64, root_threshold: u64, expires: DateTim
     let signed = runtime()?
         .block_on(SignedRole::new(root.clone(), &KeyHolder::Root(root), &sources, &rng))
         .map_err(|e| anyhow::anyhow!("signing the TUF root: {e}"))?;
-    let tmp = dir.join(".root.json.tmp");
-    std::fs::write(&tmp, signed.buffer())?;
-    std::fs::rename(&tmp, &root_file)?;
+    cairn_common::fsutil::write_atomic(&root_file, signed.buffer())?;
     tracing::info!(root = %root_file.display(), "created TUF keys and root");
     Ok(root_file)
 }
@@ -252,10 +250,4 @@ pub fn release_custom(release: &Release) -> Result<HashMap<String, serde_json::V
         serde_json::Value::Object(map) => Ok(map.into_iter().collect()),
         _ => bail!("a release record is not a JSON object"),
     }
-}
-
-/// Target metadata for a release file (for tests and tools).
-pub fn target_for(path: &Path) -> Result<Target> {
-    let rt = runtime()?;
-    rt.block_on(Target::from_path(path)).map_err(|e| anyhow::anyhow!("hashing {}: {e}", path.display()))
 }

@@ -282,7 +282,6 @@ pub fn write_config_from_dir(
     settings: &GrubSettings,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use std::io::Write as _;
     let mut entries = Vec::new();
     let listing = std::fs::read_dir(entries_dir)
         .with_context(|| format!("listing boot entries in {}", entries_dir.display()))?;
@@ -295,18 +294,5 @@ pub fn write_config_from_dir(
         }
     }
     let cfg = render(entries, settings).with_context(|| format!("boot entries in {}", entries_dir.display()))?;
-    let dir = output.parent().context("output has no folder")?;
-    let mut tmp = tempfile_in(dir, output)?;
-    tmp.1.write_all(cfg.as_bytes())?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, output).with_context(|| format!("replacing {}", output.display()))?;
-    Ok(())
-}
-
-fn tempfile_in(dir: &std::path::Path, output: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, std::fs::File)> {
-    use anyhow::Context as _;
-    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let path = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    Ok((path, file))
+    crate::fsutil::write_atomic(output, cfg.as_bytes())
 }

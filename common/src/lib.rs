@@ -5,6 +5,7 @@
 //! - [`bootcfg`]: ostree's BLS entries to the GRUB configuration, with the
 //!   boot-counter header that makes GRUB fall back to the previous deployment.
 //! - [`duration`]: `90s`, `6h`, `1h30m` as written in configuration.
+//! - [`fsutil`]: atomic file replacement; line/column of an offset.
 //! - [`grubenv`]: the GRUB environment block that holds the boot counter.
 //! - [`metadata`]: keys of the OSTree commit metadata.
 //! - [`release`]: what an update repository says of one release.
@@ -13,6 +14,7 @@
 
 pub mod bootcfg;
 pub mod duration;
+pub mod fsutil;
 pub mod grubenv;
 pub mod layout;
 pub mod logging;
