@@ -58,7 +58,7 @@ pub fn find_root_device(sys: &Path, mountinfo: &str, mount_point: &str) -> Resul
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.len() > 4 && f[4] == mount_point).then(|| f[2].to_owned())
         })
-        .last()
+        .next_back()
         .with_context(|| format!("{mount_point} is not mounted"))?;
     let part_dir = fs::canonicalize(sys.join("dev/block").join(&majmin))
         .with_context(|| format!("resolving block device {majmin}"))?;

@@ -224,7 +224,9 @@ fn daemon() -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    cairn_common::logging::init();
+    // The agent's own progress and warnings; the commands it runs (logged by
+    // cairn-common at info) only with RUST_LOG=info.
+    cairn_common::logging::init("warn,cairn_agent=info");
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -100,10 +100,15 @@ impl AgentState {
     pub fn fail(&mut self, operation: &str, error: &anyhow::Error) {
         let message = format!("{error:#}");
         self.record(EventKind::Failed, None, format!("{operation}: {message}"));
+        self.set_error(operation, message);
+    }
+
+    /// Show `message` as the last error of `operation` (until one succeeds).
+    pub fn set_error(&mut self, operation: &str, message: impl Into<String>) {
         self.last_error = Some(LastError {
             at: now(),
             operation: operation.to_owned(),
-            message,
+            message: message.into(),
         });
     }
 }

@@ -177,6 +177,7 @@ impl<S: Sysroot> Agent<S> {
         let deployments = self.sysroot.deployments()?;
         let current = booted(&deployments)?.clone();
         let booted_version = version_of(&current)?;
+        tracing::info!(url = self.url()?, "checking for releases");
         let releases = self.repo()?.releases()?;
         let release = match lifecycle::select(&releases, &self.host(&booted_version, &state.bad_versions), request) {
             Ok(Selection::Update(r)) => r,
@@ -200,6 +201,7 @@ impl<S: Sysroot> Agent<S> {
         // Fetch exactly the commit TUF named; ostree checks every object's
         // checksum against it and the commit's GPG signature.
         let url = format!("{}/{OSTREE_DIR}", self.url()?);
+        tracing::info!(version = %release.version, commit = %release.commit, "downloading");
         self.sysroot.set_remote(&url)?;
         self.sysroot.pull(
             &release.ostree_ref,
@@ -236,6 +238,7 @@ impl<S: Sysroot> Agent<S> {
         };
         self.state.update(|s| s.trial = Some(trial.clone()))?;
         let tries = self.config.boot_tries;
+        tracing::info!(version = %release.version, trial_boots = tries, "staging");
         let staged = self
             .esp
             .update(|env| boot_counter::arm(env, tries))
@@ -318,11 +321,7 @@ impl<S: Sysroot> Agent<S> {
                         tracing::error!("{message}");
                         self.state.update(|s| {
                             s.record(EventKind::Failed, Some(&trial.version), message.clone());
-                            s.last_error = Some(crate::state::LastError {
-                                at: crate::state::now(),
-                                operation: "health".into(),
-                                message: message.clone(),
-                            });
+                            s.set_error("health", message.clone());
                         })?;
                         reboot("the trial deployment failed its health gate")?;
                     }
@@ -346,11 +345,7 @@ impl<S: Sysroot> Agent<S> {
                     s.phase = Phase::Idle;
                     s.available = None;
                     s.record(EventKind::FellBack, Some(&trial.version), message.clone());
-                    s.last_error = Some(crate::state::LastError {
-                        at: crate::state::now(),
-                        operation: "trial".into(),
-                        message: message.clone(),
-                    });
+                    s.set_error("trial", message.clone());
                 })?;
                 tracing::error!("{message}");
             }

@@ -3,7 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    cairn_common::logging::init();
+    cairn_common::logging::init("info");
     let cli = cairn_builder::cli::Cli::parse();
     match cairn_builder::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -192,6 +192,30 @@ fn boot_counter_header(has_previous: bool) -> String {
     s
 }
 
+/// Read every BLS entry in `entries_dir` and write the GRUB configuration to
+/// `output` atomically (temporary file, fsync, rename). This is what both
+/// the image builder and ostree's `OSTREE_GRUB2_EXEC` hook run.
+pub fn write_config_from_dir(
+    entries_dir: &std::path::Path,
+    output: &std::path::Path,
+    settings: &GrubSettings,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut entries = Vec::new();
+    let listing = std::fs::read_dir(entries_dir)
+        .with_context(|| format!("listing boot entries in {}", entries_dir.display()))?;
+    for e in listing {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "conf") {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            entries.push(parse_entry(&name, &text)?);
+        }
+    }
+    let cfg = render(entries, settings).with_context(|| format!("boot entries in {}", entries_dir.display()))?;
+    crate::fsutil::write_atomic(output, cfg.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,28 +295,4 @@ initrd /ostree/cairn-abc/initramfs-6.1.0-56-cloud-amd64.img
     fn no_entries_is_an_error() {
         assert_eq!(render(vec![], &GrubSettings::default()), Err(BootCfgError::NoEntries));
     }
-}
-
-/// Read every BLS entry in `entries_dir` and write the GRUB configuration to
-/// `output` atomically (temporary file, fsync, rename). This is what both
-/// the image builder and ostree's `OSTREE_GRUB2_EXEC` hook run.
-pub fn write_config_from_dir(
-    entries_dir: &std::path::Path,
-    output: &std::path::Path,
-    settings: &GrubSettings,
-) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let mut entries = Vec::new();
-    let listing = std::fs::read_dir(entries_dir)
-        .with_context(|| format!("listing boot entries in {}", entries_dir.display()))?;
-    for e in listing {
-        let path = e?.path();
-        if path.extension().is_some_and(|x| x == "conf") {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            entries.push(parse_entry(&name, &text)?);
-        }
-    }
-    let cfg = render(entries, settings).with_context(|| format!("boot entries in {}", entries_dir.display()))?;
-    crate::fsutil::write_atomic(output, cfg.as_bytes())
 }

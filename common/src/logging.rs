@@ -4,10 +4,11 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Initialise tracing once: `RUST_LOG` filters (default `info`), output to
-/// stderr so stdout stays machine-readable, no timestamps under journald.
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Initialise tracing once: `RUST_LOG` filters (default `default_filter`,
+/// an `EnvFilter` directive such as `info`), output to stderr so stdout
+/// stays machine-readable, no timestamps under journald.
+pub fn init(default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

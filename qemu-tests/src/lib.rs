@@ -6,11 +6,14 @@
 //! `tests/` boot VMs and need images built by `cargo xtask test`, so they are
 //! `#[ignore]`d and only that command runs them (with `--ignored`).
 
+pub mod agent_status;
 pub mod artifacts;
 pub mod console;
 pub mod http;
 pub mod oci;
+pub mod power_cut;
 pub mod qemu;
+pub mod releases;
 pub mod vm;
 
 pub use artifacts::Artifacts;

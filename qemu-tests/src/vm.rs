@@ -51,9 +51,12 @@ impl VmOptions {
 
 pub struct Vm {
     child: Child,
+    config: QemuConfig,
     pub console: Console,
     pub started: Instant,
     pub dir: tempfile::TempDir,
+    /// How many times QEMU was started on this VM's disk.
+    boots: u32,
 }
 
 impl Vm {
@@ -61,6 +64,10 @@ impl Vm {
         let dir = tempfile::Builder::new().prefix("cairn-vm-").tempdir()?;
         let disk = qemu::overlay_disk(&opts.image, dir.path(), opts.disk_size)?;
         let vars = qemu::fresh_vars(opts.arch, dir.path())?;
+        // cache=unsafe (in QemuConfig) is still a faithful power cut when
+        // QEMU is killed: a guest flush still writes qcow2's metadata to the
+        // host file, and the host keeps what QEMU wrote. What a cut loses is
+        // the guest's memory: its page cache and requests in flight.
         let config = QemuConfig {
             arch: opts.arch,
             accel: qemu::accel(opts.arch),
@@ -73,11 +80,28 @@ impl Vm {
             forwards: opts.forwards.clone(),
             interactive: false,
         };
-        let mut child = Cmd::new(qemu::qemu_binary(opts.arch)).args(config.args()).spawn_piped()?;
-        let log = dir.path().join("serial.log");
-        let console = Console::attach_with_log(&mut child, Some(&log))?;
-        tracing::info!(serial_log = %log.display(), accel = config.accel.as_str(), "VM started");
-        Ok(Vm { child, console, started: Instant::now(), dir })
+        let (child, console) = launch(&config, &dir.path().join("serial.log"))?;
+        Ok(Vm {
+            child,
+            config,
+            console,
+            started: Instant::now(),
+            dir,
+            boots: 1,
+        })
+    }
+
+    /// Cut the power (kill QEMU) and switch the machine on again: the same
+    /// disk and UEFI variables, a new serial console.
+    pub fn power_cycle(&mut self) -> Result<()> {
+        self.kill();
+        self.boots += 1;
+        let log = self.dir.path().join(format!("serial-{}.log", self.boots));
+        let (child, console) = launch(&self.config, &log)?;
+        self.child = child;
+        self.console = console;
+        self.started = Instant::now();
+        Ok(())
     }
 
     /// Wait for root's shell on the serial console (development images log
@@ -98,6 +122,13 @@ impl Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn launch(config: &QemuConfig, serial_log: &Path) -> Result<(Child, Console)> {
+    let mut child = Cmd::new(qemu::qemu_binary(config.arch)).args(config.args()).spawn_piped()?;
+    let console = Console::attach_with_log(&mut child, Some(serial_log))?;
+    tracing::info!(serial_log = %serial_log.display(), accel = config.accel.as_str(), "VM started");
+    Ok((child, console))
 }
 
 impl Drop for Vm {

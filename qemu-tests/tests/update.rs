@@ -3,9 +3,13 @@
 //! guest through a restricted user network's guestfwd. Needs `cargo xtask test`.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use cairn_common::layout::Arch;
+
+use cairn_qemu_tests::agent_status::{self, booted_version, is_bad};
 use cairn_qemu_tests::http::{Fault, Server};
+use cairn_qemu_tests::releases::TestReleases;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
 use cairn_qemu_tests::Artifacts;
 use serde_json::Value;
@@ -14,84 +18,8 @@ const BOOT: Duration = Duration::from_secs(600);
 const COMMAND: Duration = Duration::from_secs(300);
 const RELAY: &str = env!("CARGO_BIN_EXE_cairn-test-relay");
 
-/// Run `cairn-build` with the artifacts' manifest and keys; return stdout.
-fn cairn_build(a: &Artifacts, args: &[&str]) -> String {
-    let out = std::process::Command::new(&a.builder)
-        .args(args)
-        .output()
-        .expect("running cairn-build");
-    assert!(
-        out.status.success(),
-        "cairn-build {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Commit a new release of the dev image into `repo` (the package layer comes from the cache).
-fn compose(a: &Artifacts, repo: &Path, version: &str, overlays: &[PathBuf]) {
-    let mut args = vec![
-        "compose", "--manifest", path(&a.manifest), "--flavor", "dev", "--arch", a.arch.as_str(),
-        "--repo", path(repo), "--cache", path(&a.cache), "--keys", path(&a.keys),
-        "--agent-dir", path(&a.agent_dir), "--version", version,
-    ];
-    for o in overlays {
-        args.extend(["--overlay", path(o)]);
-    }
-    cairn_build(a, &args);
-}
-
-fn publish(a: &Artifacts, repo: &Path, updates: &Path) -> Value {
-    let out = cairn_build(
-        a,
-        &[
-            "publish", "--manifest", path(&a.manifest), "--flavor", "dev", "--arch", a.arch.as_str(),
-            "--repo", path(repo), "--update-repo", path(updates), "--keys", path(&a.keys),
-        ],
-    );
-    serde_json::from_str(&out).unwrap()
-}
-
-/// Sign a release record into the update repository's TUF metadata (as a
-/// compromised or mistaken build pipeline could).
-fn add_release(a: &Artifacts, updates: &Path, version: &str, commit: &str) {
-    let release = cairn_common::release::Release {
-        version: version.into(),
-        arch: a.arch,
-        flavor: "dev".into(),
-        stream: "stable".into(),
-        ostree_ref: format!("cairn/{}/dev/stable", a.arch),
-        commit: commit.into(),
-        requires: None,
-    };
-    let targets = updates.join("targets");
-    std::fs::write(targets.join(release.target_name()), serde_json::to_vec(&release).unwrap()).unwrap();
-    resign(a, updates);
-}
-
-fn remove_release(a: &Artifacts, updates: &Path, version: &str) {
-    let targets = updates.join("targets");
-    for e in std::fs::read_dir(&targets).unwrap() {
-        let p = e.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().ends_with(&format!("-{version}.json")) {
-            std::fs::remove_file(p).unwrap();
-        }
-    }
-    resign(a, updates);
-}
-
-fn resign(a: &Artifacts, updates: &Path) {
-    let in_days = |d| chrono::Utc::now() + chrono::Duration::days(d);
-    let expiry = cairn_builder::tuf_repo::Expiry {
-        targets: in_days(30),
-        snapshot: in_days(30),
-        timestamp: in_days(7),
-    };
-    cairn_builder::tuf_repo::sign_metadata(&a.keys, &updates.join("targets"), &updates.join("tuf"), expiry).unwrap();
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
 }
 
 /// Nothing staged, no trial, still on `version`.
@@ -104,32 +32,12 @@ fn assert_unchanged(s: &Value, version: &str) {
 }
 
 fn status(vm: &Vm) -> Value {
-    let out = vm.console.run_ok("cairn-agent status --json 2>/dev/null", COMMAND).unwrap();
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("status is not JSON ({e}):\n{out}"))
-}
-
-fn booted_version(s: &Value) -> String {
-    s["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["booted"] == true)
-        .and_then(|d| d["version"].as_str())
-        .unwrap_or_default()
-        .to_owned()
+    agent_status::status(&vm.console).unwrap()
 }
 
 /// Poll `status` until `done` holds (the daemon settles a boot after the boot finishes).
 fn wait_status(vm: &Vm, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + BOOT;
-    loop {
-        let s = status(vm);
-        if done(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; last status:\n{s:#}");
-        std::thread::sleep(Duration::from_secs(5));
-    }
+    agent_status::wait_status(&vm.console, what, BOOT, done).unwrap()
 }
 
 #[test]
@@ -138,17 +46,16 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     let a = Artifacts::load().unwrap();
     let scratch = tempfile::Builder::new().prefix("cairn-update-test-").tempdir().unwrap();
     // The image's agent updates from http://10.0.2.100/repo (rootfs/image.toml).
-    let (build, www) = (scratch.path().join("build"), scratch.path().join("www"));
-    let updates = www.join("repo");
+    let releases = TestReleases::new(&a, scratch.path());
 
     // v1 is the booted image; v2 a healthy release.
-    let v1 = publish(&a, &a.repo, &updates);
+    let v1 = releases.publish_booted().unwrap();
     assert_eq!(v1["release"]["commit"], a.dev.commit.as_str());
-    compose(&a, &build, "0.2.0", &[]);
-    let v2 = publish(&a, &build, &updates);
+    releases.compose("0.2.0", &[]).unwrap();
+    let v2 = releases.publish().unwrap();
     assert_eq!(v2["deltas_from"], serde_json::json!([a.dev.version]));
 
-    let server = Server::start(&www).unwrap();
+    let server = Server::start(&releases.www).unwrap();
     let mut opts = VmOptions::new(a.arch, &a.dev.raw);
     opts.forward_update_server(Path::new(RELAY), server.port);
     let vm = Vm::start(&opts).unwrap();
@@ -178,13 +85,13 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     server.clear_faults();
 
     // A release whose commit the server does not have: refused, nothing staged.
-    add_release(&a, &updates, "0.2.1", &"e".repeat(64));
+    releases.sign_release(&releases.record("0.2.1", &"e".repeat(64))).unwrap();
     let missing = c.run("cairn-agent update --version 0.2.1 --no-reboot 2>&1", COMMAND).unwrap();
     assert_ne!(missing.status, 0, "{}", missing.output);
     let s = status(&vm);
     assert!(s["last_error"]["operation"] == "update", "{s:#}");
     assert_unchanged(&s, &a.dev.version);
-    remove_release(&a, &updates, "0.2.1");
+    releases.remove_release("0.2.1").unwrap();
 
     // v1 → v2, keeping /etc and /var, through a flaky server: 5xx answers,
     // a truncated body and a reset connection are retried.
@@ -211,20 +118,68 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
     assert!(s["boot_tries_left"].is_null(), "{s:#}");
     assert_eq!(c.run_ok("cat /etc/cairn-update-test /var/lib/cairn-test/data", COMMAND).unwrap().trim(), "kept\nkept");
-    let history = c.run_ok("cairn-agent history 2>/dev/null", COMMAND).unwrap();
+    let history = c.run_ok("cairn-agent history", COMMAND).unwrap();
     assert!(history.contains("committed") && history.contains("0.2.0"), "{history}");
+
+    // Each of these is refused, names why, and leaves the host as it was.
+    let v2_commit = v2["release"]["commit"].as_str().unwrap().to_owned();
+    let refused = |version: &str, why: &[&str]| {
+        let out = c.run(&format!("cairn-agent update --version {version} --no-reboot 2>&1"), COMMAND).unwrap();
+        assert_ne!(out.status, 0, "{version} was not refused:\n{}", out.output);
+        let s = status(&vm);
+        let message = s["last_error"]["message"].as_str().unwrap_or("").to_lowercase();
+        assert!(why.iter().any(|w| message.contains(w)), "{version}: expected one of {why:?} in the last error:\n{s:#}");
+        assert_unchanged(&s, "0.2.0");
+    };
+    // A downgrade, unless asked for.
+    refused("0.1.0", &["downgrade needs --allow-downgrade"]);
+    // A release for another architecture.
+    let mut foreign = releases.record("0.2.1", &v2_commit);
+    foreign.arch = other_arch(a.arch);
+    releases.sign_release(&foreign).unwrap();
+    refused("0.2.1", &[&format!("is for {}", foreign.arch)]);
+    releases.remove_release("0.2.1").unwrap();
+    // A commit TUF names but nobody signed with the image's GPG key.
+    let unsigned = releases.commit_copy(&v2_commit, "0.2.2", a.arch.as_str(), false).unwrap();
+    releases.sign_release(&releases.record("0.2.2", &unsigned)).unwrap();
+    refused("0.2.2", &["gpg", "signature"]);
+    releases.remove_release("0.2.2").unwrap();
+    // A signed commit built for another architecture, which TUF calls ours.
+    let other = other_arch(a.arch);
+    let mislabelled = releases.commit_copy(&v2_commit, "0.2.3", other.as_str(), true).unwrap();
+    releases.sign_release(&releases.record("0.2.3", &mislabelled)).unwrap();
+    refused("0.2.3", &[&format!("is built for {other}")]);
+    releases.remove_release("0.2.3").unwrap();
+    // A release whose bytes were corrupted on the server: first in its
+    // static delta, then (the delta withdrawn) in a file object.
+    let deltas_before = files_under(&releases.updates().join("ostree/deltas"));
+    let v2_4 = releases.compose_and_publish_with_payload("0.2.4", 1 << 20, scratch.path()).unwrap();
+    let new_deltas: Vec<PathBuf> =
+        files_under(&releases.updates().join("ostree/deltas")).into_iter().filter(|f| !deltas_before.contains(f)).collect();
+    assert!(!new_deltas.is_empty(), "publish made no static delta for 0.2.4");
+    for f in &new_deltas {
+        flip_bytes_near_end(f);
+    }
+    refused("0.2.4", &["checksum", "corrupt", "invalid"]);
+    for f in &new_deltas {
+        std::fs::remove_file(f).unwrap();
+    }
+    let v2_4_commit = v2_4["release"]["commit"].as_str().unwrap();
+    swap_in_other_content(&releases, v2_4_commit, "/usr/share/cairn-test/payload");
+    refused("0.2.4", &["corrupted file object"]);
+    releases.remove_release("0.2.4").unwrap();
+    let s = status(&vm);
+    assert!(s["bad_versions"].as_array().unwrap().is_empty(), "a refusal is not a bad trial: {s:#}");
 
     // v3's health check fails: the trial boot reboots, GRUB's counter runs
     // out, and the host comes back on v2 unattended, with v3 marked bad.
-    compose(&a, &build, "0.3.0", &[Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/failing-health")]);
-    publish(&a, &build, &updates);
+    releases.compose("0.3.0", &[fixture("failing-health")]).unwrap();
+    releases.publish().unwrap();
     c.send("cairn-agent update\n").unwrap();
     c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v3
     c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v3 to be rolled back", |s| {
-        s["bad_versions"].as_array().is_some_and(|b| b.iter().any(|v| v == "0.3.0")) && s["trial"].is_null()
-    });
+    let s = wait_status(&vm, "v3 to be rolled back", |s| is_bad(s, "0.3.0") && s["trial"].is_null());
     assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
     let versions: Vec<&str> = s["deployments"].as_array().unwrap().iter().filter_map(|d| d["version"].as_str()).collect();
     assert!(!versions.contains(&"0.3.0"), "the failed deployment is still there: {s:#}");
@@ -236,17 +191,117 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     // v4's boot never finishes: the health gate times out, the trial boot
     // reboots, and the host is back on v2.
     c.run_ok("printf '[health]\\ntimeout = \"2m\"\\n' > /etc/cairn/agent.d/60-test-health.toml", COMMAND).unwrap();
-    compose(&a, &build, "0.4.0", &[Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hanging-boot")]);
-    publish(&a, &build, &updates);
+    releases.compose("0.4.0", &[fixture("hanging-boot")]).unwrap();
+    releases.publish().unwrap();
     c.send("cairn-agent update\n").unwrap();
     c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v4, which hangs
     c.wait_for("Linux version", BOOT).unwrap(); // after the health gate timed out
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v4 to be rolled back", |s| {
-        s["bad_versions"].as_array().is_some_and(|b| b.iter().any(|v| v == "0.4.0")) && s["trial"].is_null()
-    });
+    let s = wait_status(&vm, "v4 to be rolled back", |s| is_bad(s, "0.4.0") && s["trial"].is_null());
     assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
+
+    // v5's kernel cannot mount its root (its initramfs is empty): the kernel
+    // panics, panic=10 reboots, and GRUB's counter brings back v2.
+    releases.compose("0.5.0", &[empty_initramfs_overlay(&releases, scratch.path())]).unwrap();
+    releases.publish().unwrap();
+    c.send("cairn-agent update\n").unwrap();
+    c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v5
+    c.wait_for("Unable to mount root fs", BOOT).unwrap();
+    c.wait_for("Linux version", BOOT).unwrap(); // panic=10 rebooted; GRUB falls back
+    vm.wait_for_root_shell(BOOT).unwrap();
+    let s = wait_status(&vm, "v5 to be rolled back", |s| is_bad(s, "0.5.0") && s["trial"].is_null());
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
+
+    // v6 hangs userspace hard (PID 1 starved): nothing in userspace can act,
+    // systemd stops feeding the watchdog, the watchdog reboots, and GRUB's
+    // counter brings back v2.
+    releases.compose("0.6.0", &[fixture("userspace-hang")]).unwrap();
+    releases.publish().unwrap();
+    c.send("cairn-agent update\n").unwrap();
+    c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v6
+    c.wait_for("hanging userspace (watchdog active)", BOOT).unwrap();
+    c.wait_for("softdog: Initiating system reboot", BOOT).unwrap();
+    c.wait_for("Linux version", BOOT).unwrap();
+    vm.wait_for_root_shell(BOOT).unwrap();
+    let s = wait_status(&vm, "v6 to be rolled back", |s| is_bad(s, "0.6.0") && s["trial"].is_null());
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
+    let history = c.run_ok("cairn-agent history", COMMAND).unwrap();
+    for v in ["0.3.0", "0.4.0", "0.5.0", "0.6.0"] {
+        assert!(history.lines().any(|l| l.contains(v) && l.contains("fell-back")), "no fall-back of {v} in:\n{history}");
+    }
     assert_running_without_failures(&vm);
+}
+
+fn other_arch(arch: Arch) -> Arch {
+    match arch {
+        Arch::X86_64 => Arch::Aarch64,
+        Arch::Aarch64 => Arch::X86_64,
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Corrupt a file's payload (the end of a delta superblock holds its inline parts).
+fn flip_bytes_near_end(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[n - n / 4..n - n / 4 + 64.min(n / 4)] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Replace the served file object of `file` in `commit` with another valid
+/// object: it decompresses fine but its checksum is not its name.
+fn swap_in_other_content(releases: &TestReleases, commit: &str, file: &str) {
+    let listing = releases.served_ostree().args(["ls", "-C", commit, file]).output().unwrap().stdout;
+    let checksum = listing
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no checksum in `ostree ls -C`: {listing}"));
+    let objects = releases.updates().join("ostree/objects");
+    let target = objects.join(&checksum[..2]).join(format!("{}.filez", &checksum[2..]));
+    let other = files_under(&objects)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "filez") && *p != target)
+        .unwrap();
+    std::fs::copy(other, &target).unwrap();
+}
+
+/// An overlay that replaces the kernel's initramfs with an empty cpio
+/// archive (only its trailer): the kernel then tries to mount
+/// `root=LABEL=…` itself, cannot, and panics.
+fn empty_initramfs_overlay(releases: &TestReleases, scratch: &Path) -> PathBuf {
+    let a = releases.artifacts;
+    let kernel = cairn_common::process::Cmd::new("ostree")
+        .arg(format!("--repo={}", releases.build_repo.display()))
+        .args(["show", &format!("--print-metadata-key={}", cairn_common::metadata::KERNEL)])
+        .arg(format!("cairn/{}/dev/stable", a.arch))
+        .output()
+        .unwrap()
+        .stdout;
+    let kver = kernel.trim().trim_matches('\'');
+    let overlay = scratch.join("empty-initramfs");
+    let dir = overlay.join("usr/lib/modules").join(kver);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cpio = format!("070701{}", ["0", "0", "0", "0", "1", "0", "0", "0", "0", "0", "0", "b", "0"].map(|f| format!("{f:0>8}")).concat())
+        .into_bytes();
+    cpio.extend_from_slice(b"TRAILER!!!\0");
+    cpio.resize(512, 0);
+    std::fs::write(dir.join("initramfs.img"), cpio).unwrap();
+    overlay
 }
 
 /// The system reached its default target with no failed unit.

@@ -7,17 +7,24 @@ use cairn_common::process::Cmd;
 
 use crate::{host, paths};
 
-/// Build the agent and builder binaries for `arch` (release profile).
+/// Build the agent and builder binaries for `arch` (release profile), and
+/// the test relay that lets VMs reach a loopback update server.
 pub fn binaries(arch: Arch) -> Result<()> {
     if Arch::host() != Some(arch) {
         bail!("building {arch} images on a {} host needs the cross toolchain, which is not set up yet", std::env::consts::ARCH);
     }
     Cmd::new(env!("CARGO"))
         .args(["build", "--release", "--package", "cairn-agent", "--package", "cairn-builder"])
+        .args(["--package", "cairn-qemu-tests"])
         .current_dir(paths::workspace())
         .progress()
         .run()
         .context("building the agent and the builder")
+}
+
+/// `cairn-test-relay`, QEMU's guestfwd command for reaching a loopback server.
+pub fn relay() -> std::path::PathBuf {
+    paths::release_bin().join("cairn-test-relay")
 }
 
 pub fn builder() -> std::path::PathBuf {

@@ -4,9 +4,11 @@
 //!   compose and write the image; the last stdout line is the raw image.
 //! - `run`: build the dev image and boot it with the console on this terminal.
 //! - `test`: unit tests, images, then every VM and builder test.
-//! - `bench`: build and boot figures, as a table and JSON.
+//! - `bench`: build and boot figures, as a table and JSON;
+//!   `bench power-cut`: a campaign of power cuts at random moments.
 
 mod bench;
+mod bench_power_cut;
 mod bench_update;
 mod build;
 mod host;
@@ -55,22 +57,42 @@ enum Command {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
-    /// Measure build time, image sizes and boot time.
+    /// Measure build time, image sizes, boot time and updates.
     Bench {
         #[command(flatten)]
         target: Target,
+        #[command(subcommand)]
+        campaign: Option<BenchCampaign>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCampaign {
+    /// Cut the power at random moments of updates; report how many cuts the
+    /// host survived.
+    PowerCut {
+        /// How many cuts.
+        #[arg(long, default_value_t = 100)]
+        points: usize,
+        /// Seed of the cut times (default: the clock), to replay a campaign.
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
 fn main() -> std::process::ExitCode {
-    cairn_common::logging::init();
+    cairn_common::logging::init("info");
     let result = match Cli::parse().command {
         Command::Build { target, flavor } => build::build(target.arch, &flavor).map(|built| {
             println!("{}", built.raw.display());
         }),
         Command::Run { target, flavor } => run::run(target.arch, &flavor),
         Command::Test { target, filter } => test::test(target.arch, filter.as_deref()),
-        Command::Bench { target } => bench::bench(target.arch),
+        Command::Bench { target, campaign: None } => bench::bench(target.arch),
+        Command::Bench {
+            target,
+            campaign: Some(BenchCampaign::PowerCut { points, seed }),
+        } => bench_power_cut::campaign(target.arch, points, seed),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

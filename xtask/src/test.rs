@@ -15,6 +15,27 @@ use crate::{build, host, paths};
 pub fn test(arch: Arch, filter: Option<&str>) -> Result<()> {
     cargo(&["test", "--workspace"]).context("unit tests")?;
 
+    let (_, file) = artifacts(arch)?;
+
+    // Probe KVM once here rather than in every test process.
+    let accel = qemu::accel(arch);
+    let mut args = vec!["test", "--package", "cairn-qemu-tests", "--tests", "--"];
+    args.extend(["--ignored", "--test-threads=1"]);
+    if let Some(f) = filter {
+        args.push(f);
+    }
+    Cmd::new(env!("CARGO"))
+        .args(&args)
+        .env(artifacts::ENV, &file)
+        .env("CAIRN_ACCEL", accel.as_str())
+        .current_dir(paths::workspace())
+        .run_inherited()
+        .context("VM and builder tests")
+}
+
+/// Host tools, binaries and both images, described for the VM tests (and
+/// written to `target/cairn/<arch>/test-artifacts.json`).
+pub fn artifacts(arch: Arch) -> Result<(Artifacts, std::path::PathBuf)> {
     host::ensure_vm_tools(arch)?;
     build::binaries(arch)?;
     let dev = build::image_with(arch, "dev", &paths::manifest(), &paths::cache())?;
@@ -32,21 +53,7 @@ pub fn test(arch: Arch, filter: Option<&str>) -> Result<()> {
     };
     let file = paths::out(arch).join("test-artifacts.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&a)?)?;
-
-    // Probe KVM once here rather than in every test process.
-    let accel = qemu::accel(arch);
-    let mut args = vec!["test", "--package", "cairn-qemu-tests", "--tests", "--"];
-    args.extend(["--ignored", "--test-threads=1"]);
-    if let Some(f) = filter {
-        args.push(f);
-    }
-    Cmd::new(env!("CARGO"))
-        .args(&args)
-        .env(artifacts::ENV, &file)
-        .env("CAIRN_ACCEL", accel.as_str())
-        .current_dir(paths::workspace())
-        .run_inherited()
-        .context("VM and builder tests")
+    Ok((a, file))
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -3,7 +3,7 @@
 //! binary of its own rather than a `cairn-agent` subcommand).
 
 fn main() -> std::process::ExitCode {
-    cairn_common::logging::init();
+    cairn_common::logging::init("info");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = cairn_agent::grub_mkconfig::parse_args(&args).and_then(|o| cairn_agent::grub_mkconfig::generate(&o));
     match result {

@@ -1,0 +1,184 @@
+//! Releases for update tests, made the way an operator makes them:
+//! `cairn-build compose` and `cairn-build publish` into an update
+//! repository that [`crate::http::Server`] serves. Also the ways a broken or
+//! compromised pipeline can get a bad release signed, to test refusals.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use cairn_common::process::Cmd;
+use cairn_common::release::{Release, TARGETS_DIR, TUF_DIR};
+use serde_json::Value;
+
+use crate::Artifacts;
+
+/// Where test releases are built and published.
+pub struct TestReleases<'a> {
+    pub artifacts: &'a Artifacts,
+    /// OSTree repo the new releases are committed to.
+    pub build_repo: PathBuf,
+    /// Root the HTTP server serves; the update repository is `repo/` in it
+    /// (the images update from `http://10.0.2.100/repo`).
+    pub www: PathBuf,
+}
+
+impl<'a> TestReleases<'a> {
+    pub fn new(artifacts: &'a Artifacts, scratch: &Path) -> Self {
+        Self {
+            artifacts,
+            build_repo: scratch.join("build"),
+            www: scratch.join("www"),
+        }
+    }
+
+    /// The update repository (`tuf/`, `targets/`, `ostree/`).
+    pub fn updates(&self) -> PathBuf {
+        self.www.join("repo")
+    }
+
+    fn cairn_build(&self, args: &[&str]) -> Result<String> {
+        let out = Cmd::new(&self.artifacts.builder).args(args).output()?;
+        Ok(out.stdout)
+    }
+
+    fn common_args<'s>(&'s self, verb: &'s str, repo: &'s Path) -> Vec<&'s str> {
+        let a = self.artifacts;
+        vec![
+            verb, "--manifest", path(&a.manifest), "--flavor", "dev", "--arch", a.arch.as_str(),
+            "--repo", path(repo), "--keys", path(&a.keys),
+        ]
+    }
+
+    /// Publish the booted image's release (v1, from the image's own repo).
+    pub fn publish_booted(&self) -> Result<Value> {
+        self.publish_from(&self.artifacts.repo)
+    }
+
+    /// Commit a new release of the dev image (its package layer comes from
+    /// the cache), with `overlays` laid over it.
+    pub fn compose(&self, version: &str, overlays: &[PathBuf]) -> Result<()> {
+        let a = self.artifacts;
+        let mut args = self.common_args("compose", &self.build_repo);
+        args.extend(["--cache", path(&a.cache), "--agent-dir", path(&a.agent_dir), "--version", version]);
+        for o in overlays {
+            args.extend(["--overlay", path(o)]);
+        }
+        self.cairn_build(&args)?;
+        Ok(())
+    }
+
+    /// Publish the newest release committed by [`TestReleases::compose`];
+    /// returns `cairn-build publish`'s JSON report.
+    pub fn publish(&self) -> Result<Value> {
+        self.publish_from(&self.build_repo)
+    }
+
+    fn publish_from(&self, repo: &Path) -> Result<Value> {
+        let updates = self.updates();
+        let mut args = self.common_args("publish", repo);
+        args.extend(["--update-repo", path(&updates)]);
+        let out = self.cairn_build(&args)?;
+        serde_json::from_str(&out).with_context(|| format!("publish printed no JSON report:\n{out}"))
+    }
+
+    /// Compose and publish `version` with a file of `random_bytes` of fresh
+    /// random data, so its update has real content to download.
+    pub fn compose_and_publish_with_payload(&self, version: &str, random_bytes: usize, scratch: &Path) -> Result<Value> {
+        let overlay = scratch.join(format!("payload-{version}"));
+        let dir = overlay.join("usr/share/cairn-test");
+        std::fs::create_dir_all(&dir)?;
+        let mut data = vec![0u8; random_bytes];
+        getrandom(&mut data)?;
+        std::fs::write(dir.join("payload"), data)?;
+        self.compose(version, &[overlay])?;
+        self.publish()
+    }
+
+    /// A release record of this test image's line for `commit`.
+    pub fn record(&self, version: &str, commit: &str) -> Release {
+        let arch = self.artifacts.arch;
+        Release {
+            version: version.into(),
+            arch,
+            flavor: "dev".into(),
+            stream: "stable".into(),
+            ostree_ref: format!("cairn/{arch}/dev/stable"),
+            commit: commit.into(),
+            requires: None,
+        }
+    }
+
+    /// Sign `release` into the update repository's TUF metadata, as a
+    /// compromised or mistaken build pipeline could.
+    pub fn sign_release(&self, release: &Release) -> Result<()> {
+        let targets = self.updates().join(TARGETS_DIR);
+        std::fs::write(targets.join(release.target_name()), serde_json::to_vec(release)?)?;
+        self.resign()
+    }
+
+    /// Withdraw every record of `version` from the signed targets.
+    pub fn remove_release(&self, version: &str) -> Result<()> {
+        let targets = self.updates().join(TARGETS_DIR);
+        for e in std::fs::read_dir(&targets)? {
+            let p = e?.path();
+            if p.file_name().unwrap_or_default().to_string_lossy().ends_with(&format!("-{version}.json")) {
+                std::fs::remove_file(p)?;
+            }
+        }
+        self.resign()
+    }
+
+    fn resign(&self) -> Result<()> {
+        let in_days = |d| chrono::Utc::now() + chrono::Duration::days(d);
+        let expiry = cairn_builder::tuf_repo::Expiry {
+            targets: in_days(30),
+            snapshot: in_days(30),
+            timestamp: in_days(7),
+        };
+        let updates = self.updates();
+        cairn_builder::tuf_repo::sign_metadata(&self.artifacts.keys, &updates.join(TARGETS_DIR), &updates.join(TUF_DIR), expiry)?;
+        Ok(())
+    }
+
+    /// `ostree` on the served (archive) repository.
+    pub fn served_ostree(&self) -> Cmd {
+        Cmd::new("ostree").arg(format!("--repo={}", self.updates().join("ostree").display()))
+    }
+
+    /// Commit `base`'s tree again into the served repository as an orphan
+    /// commit with Cairn's metadata for `version` and `arch`, signed only
+    /// when `sign` is set. Returns its checksum.
+    pub fn commit_copy(&self, base: &str, version: &str, arch: &str, sign: bool) -> Result<String> {
+        use cairn_common::metadata as meta;
+        let mut cmd = self
+            .served_ostree()
+            .args(["commit", "--orphan", "--no-bindings"])
+            .arg(format!("--tree=ref={base}"))
+            .arg(format!("--add-metadata-string={}={version}", meta::VERSION))
+            .arg(format!("--add-metadata-string={}={arch}", meta::ARCH))
+            .arg(format!("--add-metadata-string={}=dev", meta::FLAVOR))
+            .arg(format!("--subject=test copy of {base} as {version}"));
+        if sign {
+            let key_id = std::fs::read_to_string(self.artifacts.keys.join("key-id"))?;
+            cmd = cmd
+                .arg(format!("--gpg-sign={}", key_id.trim()))
+                .arg(format!("--gpg-homedir={}", self.artifacts.keys.display()));
+        }
+        let out = cmd.output()?;
+        let commit = out.stdout.trim().to_owned();
+        if commit.len() != 64 {
+            bail!("ostree commit printed {commit:?}, not a checksum");
+        }
+        Ok(commit)
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
+    Ok(())
+}
