@@ -138,8 +138,10 @@ impl<'a> Rig<'a> {
         opts.forward_update_server(relay, server.port);
         let vm = Vm::start(&opts)?;
         vm.wait_for_root_shell(BOOT)?;
+        // Synced: a power cut must not take the setting with it (a lost
+        // `auto = false` lets the daemon update and reboot on its own).
         vm.console.run_ok(
-            "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\n' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent",
+            "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\n' > /etc/cairn/agent.d/50-test.toml && sync && systemctl restart cairn-agent",
             COMMAND,
         )?;
         Ok(Rig {

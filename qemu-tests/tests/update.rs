@@ -63,7 +63,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     let c = &vm.console;
     // The test drives updates itself, and one failed trial boot is enough.
     c.run_ok(
-        "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\ndownload-retries = 3\\n[boot]\\ntries = 1\\n' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent",
+        "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\ndownload-retries = 5\\n[boot]\\ntries = 1\\n' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent",
         COMMAND,
     )
     .unwrap();
@@ -97,16 +97,21 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     // a truncated body and a reset connection are retried.
     server.inject("/repo/tuf/timestamp.json", Fault::Status(503), 1);
     // (ostree does not retry these itself; each one costs the agent an
-    // attempt, and the test's config allows 3 retries.)
+    // attempt, and the test's config allows 5 retries.)
     server.inject("/repo/ostree/", Fault::Status(502), 1);
     server.inject("/repo/ostree/", Fault::Truncate, 1);
     server.inject("/repo/ostree/", Fault::Reset, 1);
+    // A server that stops sending mid-download: ostree's fetcher gives up on
+    // a transfer slower than 1000 bytes/s for 30 s; the retry resumes.
+    server.inject("/repo/ostree/deltas/", Fault::Stall(Duration::from_secs(900)), 1);
     c.run_ok("echo kept > /etc/cairn-update-test && mkdir -p /var/lib/cairn-test && echo kept > /var/lib/cairn-test/data && sync", COMMAND)
         .unwrap();
     let staged = c.run_ok("cairn-agent update --no-reboot 2>&1", COMMAND).unwrap();
     assert!(staged.contains("staged 0.2.0"), "{staged}");
     let injected: Vec<u16> = server.requests().iter().map(|r| r.1).filter(|c| *c != 200 && *c != 404).collect();
     assert!(injected.len() >= 3, "the faults were not exercised: {injected:?}");
+    let stalled = server.requests().iter().filter(|r| r.0.contains("/repo/ostree/deltas/")).count();
+    assert!(stalled >= 2, "the stalled delta was not fetched again: {:?}", server.requests());
     server.clear_faults();
     let s = status(&vm);
     assert_eq!(s["phase"]["phase"], "staged", "{s:#}");
