@@ -90,6 +90,8 @@ pub trait Sysroot {
 pub struct HostSysroot;
 
 /// The system repository of a booted host.
+/// The host's ostree repository.
+const REPO_PATH: &str = "/ostree/repo";
 const SYSTEM_REPO: &str = "--repo=/ostree/repo";
 
 impl HostSysroot {
@@ -142,7 +144,9 @@ impl Sysroot for HostSysroot {
                 .args(["pull", "--network-retries=2"])
                 .arg(REMOTE)
                 .arg(format!("{ostree_ref}@{commit}"))
-                .timeout(stall.max(Duration::from_secs(30)) * 10)
+                // ostree's fetcher has no low-speed limit of its own: a
+                // server that stops sending would hold the pull forever.
+                .stall_timeout(stall, pull_progress)
                 .run();
             match result {
                 Ok(()) => return Ok(()),
@@ -177,6 +181,38 @@ impl Sysroot for HostSysroot {
 }
 
 /// Seconds to wait before retry `attempt` (1-based): 2, 4, 8, … capped at 60.
+/// How far a running `ostree pull` has got, as one number that changes
+/// whenever it does: the sizes of the files it has open (downloads land in
+/// unnamed temporary files in the repo) and the objects staged so far.
+fn pull_progress(pid: u32) -> u64 {
+    let mut total = 0u64;
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            // metadata() follows the fd link to the open file itself, even unlinked.
+            if let Ok(m) = std::fs::metadata(fd.path()) {
+                if m.is_file() {
+                    total = total.wrapping_add(m.len());
+                }
+            }
+        }
+    }
+    if let Ok(tmp) = std::fs::read_dir(format!("{REPO_PATH}/tmp")) {
+        for staging in tmp.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("staging-")) {
+            total = total.wrapping_add(count_files(&staging.path()));
+        }
+    }
+    total
+}
+
+fn count_files(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 })
+            .sum()
+    })
+}
+
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs((1u64 << attempt.min(6)).min(60))
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
@@ -33,7 +34,52 @@ pub struct Cmd {
     argv: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     echo: Echo,
-    timeout: Option<std::time::Duration>,
+    timeout: Option<Duration>,
+    stall: Option<StallWatch>,
+}
+
+/// A child that must keep making progress: `progress(pid)` is sampled every
+/// second; if it stays the same for `limit`, the child is killed.
+struct StallWatch {
+    limit: Duration,
+    progress: Box<dyn Fn(u32) -> u64 + Send>,
+}
+
+/// Decides when a sampled progress value has stopped moving (pure, so it is
+/// tested without processes or clocks).
+#[derive(Debug, Clone)]
+pub struct StallTracker {
+    limit: Duration,
+    last_value: Option<u64>,
+    last_change: Duration,
+}
+
+impl StallTracker {
+    pub fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            last_value: None,
+            last_change: Duration::ZERO,
+        }
+    }
+
+    /// Record `value` sampled at `at` (time since the start); true once it
+    /// has not changed for the limit.
+    pub fn stalled(&mut self, value: u64, at: Duration) -> bool {
+        if self.last_value != Some(value) {
+            self.last_value = Some(value);
+            self.last_change = at;
+            return false;
+        }
+        at.saturating_sub(self.last_change) >= self.limit
+    }
+}
+
+/// Why the watchdog killed a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Killed {
+    Timeout(Duration),
+    Stalled(Duration),
 }
 
 /// What a finished command printed.
@@ -50,6 +96,7 @@ impl Cmd {
             stdin: None,
             echo: Echo::Quiet,
             timeout: None,
+            stall: None,
         }
     }
 
@@ -110,8 +157,19 @@ impl Cmd {
 
     /// Kill the command (and every process it started) if it has not
     /// finished within `limit`; the run then fails saying so.
-    pub fn timeout(mut self, limit: std::time::Duration) -> Self {
+    pub fn timeout(mut self, limit: Duration) -> Self {
         self.timeout = Some(limit);
+        self
+    }
+
+    /// Kill the command (and every process it started) once `progress`,
+    /// sampled every second with the child's pid, has not changed for
+    /// `limit`; the run then fails saying it stalled.
+    pub fn stall_timeout(mut self, limit: Duration, progress: impl Fn(u32) -> u64 + Send + 'static) -> Self {
+        self.stall = Some(StallWatch {
+            limit,
+            progress: Box::new(progress),
+        });
         self
     }
 
@@ -179,27 +237,21 @@ impl Cmd {
             .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if self.timeout.is_some() {
-            // Its own process group, so a timeout kills what it started too.
+        let watched = self.timeout.is_some() || self.stall.is_some();
+        if watched {
+            // Its own process group, so the watchdog kills what it started too.
             std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
         }
         let mut child = self
             .command
             .spawn()
             .with_context(|| format!("starting `{shown}` (is it installed?)"))?;
-        let watchdog = self.timeout.map(|limit| {
+        let watchdog = watched.then(|| {
             let (done, finished) = std::sync::mpsc::channel::<()>();
             let pid = child.id();
-            let fired = thread::spawn(move || {
-                if finished.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                    let group = nix::unistd::Pid::from_raw(-(pid as i32));
-                    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-                    true
-                } else {
-                    false
-                }
-            });
-            (done, fired, limit)
+            let (timeout, stall) = (self.timeout, self.stall.take());
+            let fired = thread::spawn(move || watch(pid, &finished, timeout, stall));
+            (done, fired)
         });
         let writer = child.stdin.take().zip(self.stdin.take()).map(|(mut pipe, bytes)| {
             thread::spawn(move || {
@@ -237,10 +289,16 @@ impl Cmd {
             reader.read_to_end(&mut captured)?;
         }
         let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
-        if let Some((done, fired, limit)) = watchdog {
+        if let Some((done, fired)) = watchdog {
             let _ = done.send(());
-            if fired.join().unwrap_or(false) {
-                return Err(anyhow!("`{shown}` did not finish within {}s and was killed", limit.as_secs()));
+            match fired.join().ok().flatten() {
+                Some(Killed::Timeout(limit)) => {
+                    return Err(anyhow!("`{shown}` did not finish within {}s and was killed", limit.as_secs()))
+                }
+                Some(Killed::Stalled(limit)) => {
+                    return Err(anyhow!("`{shown}` made no progress for {}s (stalled) and was killed", limit.as_secs()))
+                }
+                None => {}
             }
         }
         let _ = stderr_thread.join();
@@ -283,9 +341,60 @@ fn failure(shown: &str, status: ExitStatus, stderr_tail: &str) -> anyhow::Error 
     }
 }
 
+/// The watchdog of one child: until `finished` says it exited, kill its
+/// process group at the timeout or when its progress stalls.
+fn watch(pid: u32, finished: &std::sync::mpsc::Receiver<()>, timeout: Option<Duration>, stall: Option<StallWatch>) -> Option<Killed> {
+    let started = Instant::now();
+    let mut tracker = stall.as_ref().map(|s| StallTracker::new(s.limit));
+    let verdict = loop {
+        let tick = match timeout {
+            Some(limit) => limit.saturating_sub(started.elapsed()).min(Duration::from_secs(1)),
+            None => Duration::from_secs(1),
+        };
+        match finished.recv_timeout(tick) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return None,
+        }
+        if let Some(limit) = timeout.filter(|l| started.elapsed() >= *l) {
+            break Killed::Timeout(limit);
+        }
+        if let (Some(watch), Some(tracker)) = (&stall, tracker.as_mut()) {
+            if tracker.stalled((watch.progress)(pid), started.elapsed()) {
+                break Killed::Stalled(watch.limit);
+            }
+        }
+    };
+    let group = nix::unistd::Pid::from_raw(-(pid as i32));
+    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+    Some(verdict)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_that_stops_moving_for_the_limit_is_a_stall() {
+        let s = Duration::from_secs;
+        let mut t = StallTracker::new(s(10));
+        assert!(!t.stalled(0, s(0)));
+        assert!(!t.stalled(0, s(9)));
+        assert!(!t.stalled(5, s(10)), "a change restarts the clock");
+        assert!(!t.stalled(5, s(19)));
+        assert!(t.stalled(5, s(20)));
+    }
+
+    #[test]
+    fn a_command_that_stops_making_progress_is_killed() {
+        let started = Instant::now();
+        let e = Cmd::new("sh")
+            .args(["-c", "sleep 30"])
+            .stall_timeout(Duration::from_secs(2), |_| 7)
+            .run()
+            .unwrap_err();
+        assert!(e.to_string().contains("made no progress for 2s"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
 
     #[test]
     fn captures_stdout_and_feeds_stdin() {

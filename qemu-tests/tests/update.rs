@@ -63,7 +63,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     let c = &vm.console;
     // The test drives updates itself, and one failed trial boot is enough.
     c.run_ok(
-        "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\ndownload-retries = 5\\n[boot]\\ntries = 1\\n' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent",
+        "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\ndownload-retries = 5\\ndownload-stall-timeout = \"15s\"\\n[boot]\\ntries = 1\\n' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent",
         COMMAND,
     )
     .unwrap();
@@ -101,8 +101,8 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     server.inject("/repo/ostree/", Fault::Status(502), 1);
     server.inject("/repo/ostree/", Fault::Truncate, 1);
     server.inject("/repo/ostree/", Fault::Reset, 1);
-    // A server that stops sending mid-download: ostree's fetcher gives up on
-    // a transfer slower than 1000 bytes/s for 30 s; the retry resumes.
+    // A server that stops sending mid-download: the agent kills a pull that
+    // makes no progress for download-stall-timeout (15 s here) and retries.
     server.inject("/repo/ostree/deltas/", Fault::Stall(Duration::from_secs(900)), 1);
     c.run_ok("echo kept > /etc/cairn-update-test && mkdir -p /var/lib/cairn-test && echo kept > /var/lib/cairn-test/data && sync", COMMAND)
         .unwrap();

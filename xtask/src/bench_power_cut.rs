@@ -119,3 +119,23 @@ pub fn campaign(arch: Arch, points: usize, seed: Option<u64>) -> Result<()> {
         anyhow::bail!("{} of {} power cuts left a host that did not recover", campaign.failures.len(), points)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Random;
+
+    #[test]
+    fn cut_times_are_fractions_replayed_from_the_seed() {
+        let draw = |seed| {
+            let mut r = Random(seed);
+            (0..1000).map(|_| r.next_fraction()).collect::<Vec<f64>>()
+        };
+        let a = draw(7);
+        assert_eq!(a, draw(7));
+        assert_ne!(a, draw(8));
+        assert!(a.iter().all(|f| (0.0..1.0).contains(f)));
+        // Spread over the whole update, not bunched at one end.
+        let early = a.iter().filter(|f| **f < 0.5).count();
+        assert!((400..600).contains(&early), "{early} of 1000 in the first half");
+    }
+}
