@@ -38,8 +38,9 @@ pub enum Moment {
     /// With `stall`, the server answers that request with headers and then
     /// nothing, so the cut falls inside the download.
     Request { prefix: &'static str, stall: bool },
-    /// `text` appeared on the serial console after the update began.
-    Console(&'static str),
+    /// These texts appeared on the serial console, in this order, after the
+    /// update began.
+    Console(&'static [&'static str]),
     /// The agent committed the trial boot (`status` shows it settled on the
     /// new release).
     Committed,
@@ -73,14 +74,14 @@ pub fn standard_points() -> Vec<CutPoint> {
         CutPoint::new("check: TUF metadata requested", Request { prefix: "/repo/tuf/", stall: false }, 0),
         CutPoint::new("download: commit object requested", Request { prefix: "/repo/ostree/objects/", stall: false }, 0),
         CutPoint::new("download: static delta stalled mid-transfer", Request { prefix: "/repo/ostree/deltas/", stall: true }, 1500),
-        CutPoint::new("stage: trial recorded, counter being armed", Console("staging"), 0),
-        CutPoint::new("stage: ostree deploy --stage running", Console("staging"), 4000),
-        CutPoint::new("staged: reboot requested", Console("rebooting"), 0),
-        CutPoint::new("shutdown: finalizing the staged deployment", Console(FINALIZE_STARTS), 0),
-        CutPoint::new("shutdown: finalize under way", Console(FINALIZE_STARTS), 1500),
-        CutPoint::new("trial boot: kernel starting", Console("Linux version"), 0),
-        CutPoint::new("trial boot: initramfs mounting the root partition", Console(INITRD_STARTS), 0),
-        CutPoint::new("trial boot: health gate running", Console("root@cairn"), 0),
+        CutPoint::new("stage: trial recorded, counter being armed", Console(&["staging"]), 0),
+        CutPoint::new("stage: ostree deploy --stage running", Console(&["staging"]), 4000),
+        CutPoint::new("staged: reboot requested", Console(&["rebooting"]), 0),
+        CutPoint::new("shutdown: finalizing the staged deployment", Console(&[FINALIZE_STARTS]), 0),
+        CutPoint::new("shutdown: finalize under way", Console(&[FINALIZE_STARTS]), 1500),
+        CutPoint::new("trial boot: kernel starting", Console(&["Linux version"]), 0),
+        CutPoint::new("trial boot: initramfs mounting the root partition", Console(&["Linux version", INITRD_STARTS]), 0),
+        CutPoint::new("trial boot: health gate running", Console(&["Linux version", "root@cairn"]), 0),
         CutPoint::new("after commit", Committed, 0),
     ]
 }
@@ -219,8 +220,10 @@ impl<'a> Rig<'a> {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
-            Moment::Console(text) => {
-                console.wait_for(text, BOOT)?;
+            Moment::Console(texts) => {
+                for text in *texts {
+                    console.wait_for(text, BOOT)?;
+                }
             }
             Moment::Committed => {
                 console.wait_for("Linux version", BOOT)?;
