@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
+/// Characters of one argument shown in logs and errors.
+pub const SHOWN_ARG_CHARS: usize = 200;
+
 /// Lines of stderr kept for the error message of a failed command.
 const STDERR_TAIL_LINES: usize = 25;
 
@@ -139,12 +142,18 @@ impl Cmd {
         self
     }
 
-    /// The command line as the user would type it, for logs and errors.
+    /// The command line as the user would type it, for logs and errors;
+    /// an argument longer than [`SHOWN_ARG_CHARS`] (a package dictionary,
+    /// say) is shortened.
     pub fn display(&self) -> String {
         self.argv
             .iter()
             .map(|a| {
-                let s = a.to_string_lossy();
+                let full = a.to_string_lossy();
+                let s = match full.char_indices().nth(SHOWN_ARG_CHARS) {
+                    Some((cut, _)) => format!("{}…(+{} chars)", &full[..cut], full.len() - cut).into(),
+                    None => full,
+                };
                 if s.is_empty() || s.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
                     format!("'{}'", s.replace('\'', "'\\''"))
                 } else {
@@ -372,6 +381,14 @@ fn watch(pid: u32, finished: &std::sync::mpsc::Receiver<()>, timeout: Option<Dur
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_argument_is_shortened_in_logs_and_errors() {
+        let long = "x".repeat(SHOWN_ARG_CHARS + 50);
+        let shown = Cmd::new("ostree").arg("commit").arg(&long).display();
+        assert_eq!(shown, format!("ostree commit '{}…(+50 chars)'", "x".repeat(SHOWN_ARG_CHARS)));
+        assert_eq!(Cmd::new("echo").arg("a b").display(), "echo 'a b'");
+    }
 
     #[test]
     fn progress_that_stops_moving_for_the_limit_is_a_stall() {
