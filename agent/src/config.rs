@@ -350,7 +350,6 @@ fn parse_clock(s: &str) -> Result<u32, String> {
     Ok(h * 60 + m)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,13 +90,11 @@ pub trait Sysroot {
 pub struct HostSysroot;
 
 /// The system repository of a booted host.
-/// The host's ostree repository.
 const REPO_PATH: &str = "/ostree/repo";
-const SYSTEM_REPO: &str = "--repo=/ostree/repo";
 
 impl HostSysroot {
     fn repo() -> Cmd {
-        Cmd::new("ostree").arg(SYSTEM_REPO)
+        Cmd::new("ostree").arg(format!("--repo={REPO_PATH}"))
     }
 
     fn admin() -> Cmd {
@@ -180,7 +178,6 @@ impl Sysroot for HostSysroot {
     }
 }
 
-/// Seconds to wait before retry `attempt` (1-based): 2, 4, 8, … capped at 60.
 /// How far a running `ostree pull` has got, as one number that changes
 /// whenever it does: the sizes of the files it has open (downloads land in
 /// unnamed temporary files in the repo) and the objects staged so far.
@@ -213,6 +210,7 @@ fn count_files(dir: &std::path::Path) -> u64 {
     })
 }
 
+/// Seconds to wait before retry `attempt` (1-based): 2, 4, 8, … capped at 60.
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs((1u64 << attempt.min(6)).min(60))
 }

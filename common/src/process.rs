@@ -151,7 +151,7 @@ impl Cmd {
             .map(|a| {
                 let full = a.to_string_lossy();
                 let s = match full.char_indices().nth(SHOWN_ARG_CHARS) {
-                    Some((cut, _)) => format!("{}…(+{} chars)", &full[..cut], full.len() - cut).into(),
+                    Some((cut, _)) => format!("{}…(+{} chars)", &full[..cut], full[cut..].chars().count()).into(),
                     None => full,
                 };
                 if s.is_empty() || s.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {

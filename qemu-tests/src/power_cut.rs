@@ -44,8 +44,8 @@ pub enum Moment {
     /// The agent committed the trial boot (`status` shows it settled on the
     /// new release).
     Committed,
-    /// A fixed time after the update command was typed.
-    Elapsed(Duration),
+    /// The update command was typed (the delay alone times the cut).
+    UpdateStarted,
 }
 
 /// Where to cut: `delay` after `moment`.
@@ -225,20 +225,10 @@ impl<'a> Rig<'a> {
                     console.wait_for(text, BOOT)?;
                 }
             }
-            Moment::Committed => {
-                console.wait_for("Linux version", BOOT)?;
-                self.vm.wait_for_root_shell(BOOT)?;
-                agent_status::wait_status(&self.vm.console, "the trial to be committed", BOOT, |s| {
-                    settled(s) && booted_version(s) == to
-                })?;
-            }
-            Moment::Elapsed(_) => {}
+            Moment::Committed => self.wait_committed(to)?,
+            Moment::UpdateStarted => {}
         }
-        let delay = match point.moment {
-            Moment::Elapsed(d) => d,
-            _ => point.delay,
-        };
-        std::thread::sleep(delay);
+        std::thread::sleep(point.delay);
         let cut_after = began.elapsed();
         self.vm.power_cycle()?;
         self.server.clear_faults();
@@ -282,15 +272,21 @@ impl<'a> Rig<'a> {
     pub fn time_full_update(&mut self) -> Result<Duration> {
         let to = self.target()?;
         let began = Instant::now();
-        let c = &self.vm.console;
-        c.send(&format!("cairn-agent update --version {to}\n"))?;
-        c.wait_for("Linux version", BOOT)?;
-        self.vm.wait_for_root_shell(BOOT)?;
-        agent_status::wait_status(&self.vm.console, "the update to be committed", BOOT, |s| {
-            settled(s) && booted_version(s) == to
-        })?;
+        self.vm.console.send(&format!("cairn-agent update --version {to}\n"))?;
+        self.wait_committed(&to)?;
         self.booted = to;
         self.target = None;
         Ok(began.elapsed())
+    }
+
+    /// After an update command: the trial boot comes up and the agent
+    /// commits it, settled on `to`.
+    fn wait_committed(&self, to: &str) -> Result<()> {
+        self.vm.console.wait_for("Linux version", BOOT)?;
+        self.vm.wait_for_root_shell(BOOT)?;
+        agent_status::wait_status(&self.vm.console, "the trial to be committed", BOOT, |s| {
+            settled(s) && booted_version(s) == to
+        })?;
+        Ok(())
     }
 }

@@ -159,10 +159,10 @@ impl<'a> TestReleases<'a> {
             .arg(format!("--add-metadata-string={}=dev", meta::FLAVOR))
             .arg(format!("--subject=test copy of {base} as {version}"));
         if sign {
-            let key_id = std::fs::read_to_string(self.artifacts.keys.join("key-id"))?;
+            let key = cairn_builder::keys::SigningKey::open(&self.artifacts.keys)?;
             cmd = cmd
-                .arg(format!("--gpg-sign={}", key_id.trim()))
-                .arg(format!("--gpg-homedir={}", self.artifacts.keys.display()));
+                .arg(format!("--gpg-sign={}", key.key_id))
+                .arg(format!("--gpg-homedir={}", key.homedir.display()));
         }
         let out = cmd.output()?;
         let commit = out.stdout.trim().to_owned();

@@ -128,6 +128,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
 
     // Each of these is refused, names why, and leaves the host as it was.
     let v2_commit = v2["release"]["commit"].as_str().unwrap().to_owned();
+    let other = other_arch(a.arch);
     let refused = |version: &str, why: &[&str]| {
         let out = c.run(&format!("cairn-agent update --version {version} --no-reboot 2>&1"), COMMAND).unwrap();
         assert_ne!(out.status, 0, "{version} was not refused:\n{}", out.output);
@@ -140,9 +141,9 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     refused("0.1.0", &["downgrade needs --allow-downgrade"]);
     // A release for another architecture.
     let mut foreign = releases.record("0.2.1", &v2_commit);
-    foreign.arch = other_arch(a.arch);
+    foreign.arch = other;
     releases.sign_release(&foreign).unwrap();
-    refused("0.2.1", &[&format!("is for {}", foreign.arch)]);
+    refused("0.2.1", &[&format!("is for {other}")]);
     releases.remove_release("0.2.1").unwrap();
     // A commit TUF names but nobody signed with the image's GPG key.
     let unsigned = releases.commit_copy(&v2_commit, "0.2.2", a.arch.as_str(), false).unwrap();
@@ -150,7 +151,6 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     refused("0.2.2", &["gpg", "signature"]);
     releases.remove_release("0.2.2").unwrap();
     // A signed commit built for another architecture, which TUF calls ours.
-    let other = other_arch(a.arch);
     let mislabelled = releases.commit_copy(&v2_commit, "0.2.3", other.as_str(), true).unwrap();
     releases.sign_release(&releases.record("0.2.3", &mislabelled)).unwrap();
     refused("0.2.3", &[&format!("is built for {other}")]);

@@ -6,7 +6,7 @@
 //! release, healthy, `ostree fsck` clean), and writes every cut to
 //! `target/cairn/<arch>/bench-power-cut.json`.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use cairn_common::layout::Arch;
@@ -74,8 +74,8 @@ pub fn campaign(arch: Arch, points: usize, seed: Option<u64>) -> Result<()> {
         let after = full_update.mul_f64(random.next_fraction());
         let point = CutPoint {
             name: format!("random cut {}/{points} at {:.1}s", i + 1, after.as_secs_f64()),
-            moment: Moment::Elapsed(after),
-            delay: Duration::ZERO,
+            moment: Moment::UpdateStarted,
+            delay: after,
         };
         match rig.cut(&point) {
             Ok(report) => cuts.push(report),
