@@ -68,11 +68,7 @@ impl Gate {
             .map_err(|e| fail("boot", format!("{e:#}")))?;
         let state = out.stdout.trim().to_owned();
         if !status.success() {
-            let failed = Cmd::new("systemctl")
-                .args(["list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"])
-                .output()
-                .map(|o| o.stdout.lines().filter_map(|l| l.split_whitespace().next()).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default();
+            let failed = crate::boot_report::failed_units().join(", ");
             return Err(fail("boot", format!("system is {state}; failed units: {failed}")));
         }
 

@@ -9,6 +9,7 @@
 //! - [`report`]: `status` and `history` for people.
 //!
 //! Doing, each behind a narrow interface:
+//! - [`boot_report`]: the boot's verdict on the console (kernel log).
 //! - [`boot_counter`]: GRUB's boot counter in the ESP's grubenv, via `fatfs`.
 //! - [`grub_mkconfig`]: ostree's GRUB configuration generator
 //!   (`OSTREE_GRUB2_EXEC`), the same code the image builder runs.
@@ -19,6 +20,7 @@
 //! - [`updater`]: the lifecycle carried out, in a power-safe order.
 
 pub mod boot_counter;
+pub mod boot_report;
 pub mod config;
 pub mod dropins;
 pub mod grow_root;

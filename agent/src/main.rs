@@ -189,6 +189,12 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn daemon() -> Result<()> {
+    // The boot's verdict on the console, once every unit has started (or failed).
+    std::thread::spawn(|| {
+        if let Err(e) = cairn_agent::boot_report::report_when_booted() {
+            tracing::warn!(error = %format!("{e:#}"), "could not report the boot's verdict");
+        }
+    });
     let agent = agent()?;
     {
         let _lock = lock()?;
