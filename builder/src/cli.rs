@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use cairn_common::layout::Arch;
+use cairn_common::layout::{Arch, Platform};
 use clap::{Parser, Subcommand};
 
 use crate::{compose, image, keys, publish, tuf_repo};
@@ -26,6 +26,9 @@ struct Target {
     /// Target architecture.
     #[arg(long, default_value = "x86_64")]
     arch: Arch,
+    /// Where the image runs: `generic` (VMs, clouds), `kunpeng920`, `phytium`.
+    #[arg(long, default_value = "generic")]
+    platform: Platform,
     /// OSTree archive repository the image is committed to.
     #[arg(long)]
     repo: PathBuf,
@@ -131,7 +134,7 @@ pub fn run(cli: Cli) -> Result<()> {
             timestamp_expires,
             metadata_expires,
         } => {
-            let spec = crate::manifest::Manifest::load(&target.manifest)?.resolve(&target.flavor, target.arch)?;
+            let spec = crate::manifest::Manifest::load(&target.manifest)?.resolve(&target.flavor, target.arch, target.platform)?;
             let published = publish::publish(&publish::PublishOptions {
                 build_repo: target.repo,
                 rev: compose::image_ref(&spec),
@@ -157,6 +160,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 manifest: target.manifest,
                 flavor: target.flavor,
                 arch: target.arch,
+                platform: target.platform,
                 repo: target.repo,
                 cache,
                 keys,
@@ -172,6 +176,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 manifest: target.manifest,
                 flavor: target.flavor,
                 arch: target.arch,
+                platform: target.platform,
                 repo: target.repo,
                 output,
             })?;

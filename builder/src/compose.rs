@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use cairn_common::layout::{self, Arch};
+use cairn_common::layout::{self, Arch, Platform};
 use cairn_common::metadata as meta;
 use cairn_common::process::Cmd;
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,16 @@ const SOURCE_DATE_EPOCH: &str = "1686355200";
 /// [`COMPRESS_INITRAMFS`] (the tree has no zstd binary for dracut to run).
 const DRACUT_ARGS: &str = "--no-hostonly --reproducible --force --add ostree --no-compress";
 
+/// dracut's arguments for an image whose platform needs `drivers` at boot.
+pub fn dracut_args(drivers: &[String]) -> String {
+    let mut args = DRACUT_ARGS.to_owned();
+    for d in drivers {
+        args.push_str(" --add-drivers ");
+        args.push_str(d);
+    }
+    args
+}
+
 /// Compress the initramfs with zstd on the build host (the kernel unpacks
 /// zstd, as Debian 12's own initramfs-tools default; smaller than gzip).
 const COMPRESS_INITRAMFS: &str = "for k in \"$1\"/usr/lib/modules/*; do zstd -q -19 -T0 --rm \"$k/initramfs.img\" -o \"$k/initramfs.img.zst\" && mv \"$k/initramfs.img.zst\" \"$k/initramfs.img\" || exit 1; done";
@@ -97,7 +107,7 @@ impl BaseRecipe {
             packages: spec.package_names(),
             path_excludes: spec.path_excludes.clone(),
             grub_modules: GRUB_MODULES.iter().map(|s| s.to_string()).collect(),
-            dracut_args: DRACUT_ARGS.to_owned(),
+            dracut_args: dracut_args(&spec.initramfs_drivers),
         }
     }
 
@@ -122,6 +132,7 @@ pub struct ComposeOptions {
     pub manifest: PathBuf,
     pub flavor: String,
     pub arch: Arch,
+    pub platform: Platform,
     pub repo: PathBuf,
     pub cache: PathBuf,
     pub keys: PathBuf,
@@ -152,7 +163,7 @@ pub struct Composed {
 
 pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
     let started = Instant::now();
-    let mut spec = Manifest::load(&opts.manifest)?.resolve(&opts.flavor, opts.arch)?;
+    let mut spec = Manifest::load(&opts.manifest)?.resolve(&opts.flavor, opts.arch, opts.platform)?;
     if let Some(v) = &opts.version {
         spec.version = v.parse().with_context(|| format!("--version `{v}` is not a semantic version"))?;
     }
@@ -187,7 +198,7 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
 
     let ostree_ref = image_ref(&spec);
     let packages = ostree::string_dict(base.packages.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let subject = format!("{} {} ({}, {})", spec.name, spec.version, spec.arch, spec.flavor);
+    let subject = format!("{} {} ({}, {})", spec.name, spec.version, spec.arch, spec.variant());
     let commit = ostree::commit(
         &opts.repo,
         &Commit {
@@ -197,7 +208,7 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
             strings: vec![
                 (meta::VERSION, spec.version.to_string()),
                 (meta::ARCH, spec.arch.to_string()),
-                (meta::FLAVOR, spec.flavor.clone()),
+                (meta::FLAVOR, spec.variant()),
                 (meta::NAME, spec.name.clone()),
                 (meta::BASE_KEY, base.key.clone()),
                 (meta::KERNEL, base.kernel_release.clone()),
@@ -213,7 +224,7 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
         ostree_ref,
         version: spec.version.to_string(),
         arch: spec.arch,
-        flavor: spec.flavor.clone(),
+        flavor: spec.variant(),
         repo: opts.repo.clone(),
         base_key: base.key.clone(),
         kernel_release: base.kernel_release.clone(),
@@ -221,9 +232,10 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
     })
 }
 
-/// The ostree ref of an image: one per architecture, flavour and stream.
+/// The ostree ref of an image: one per architecture, variant (flavour and
+/// platform) and stream.
 pub fn image_ref(spec: &ImageSpec) -> String {
-    layout::ostree_ref(spec.arch, &format!("{}/{}", spec.flavor, spec.stream))
+    layout::ostree_ref(spec.arch, &format!("{}/{}", spec.variant(), spec.stream))
 }
 
 /// The agent's binaries, built for the image's architecture.
@@ -306,7 +318,7 @@ pub fn os_release(spec: &ImageSpec) -> String {
     format!(
         "NAME=\"{name}\"\nPRETTY_NAME=\"{name} {v} ({f})\"\nID=cairn\nID_LIKE=debian\nVERSION=\"{v} ({f})\"\nVERSION_ID={v}\nVARIANT_ID={f}\nIMAGE_ID={id}\nIMAGE_VERSION={v}\nVERSION_CODENAME={rel}\n",
         v = spec.version,
-        f = spec.flavor,
+        f = spec.variant(),
         id = spec.name,
         rel = spec.release,
     )
@@ -459,7 +471,8 @@ const COMPRESS_MODULES: &str = "find \"$1\"/usr/lib/modules -name '*.ko' -exec z
 fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Path, grub_debs: &Path) -> Result<()> {
     let q = |p: &Path| shell_quote(&p.display().to_string());
     let dracut = format!(
-        "chroot \"$1\" sh -c 'for k in /usr/lib/modules/*; do kver=${{k##*/}}; dracut {DRACUT_ARGS} \"$k/initramfs.img\" \"$kver\"; done'"
+        "chroot \"$1\" sh -c 'for k in /usr/lib/modules/*; do kver=${{k##*/}}; dracut {} \"$k/initramfs.img\" \"$kver\"; done'",
+        recipe.dracut_args
     );
     let mut cmd = Cmd::new("mmdebstrap")
         .args(["--mode=root", "--variant=minbase", "--format=directory"])
@@ -627,14 +640,14 @@ url = "http://127.0.0.1/repo"
 [flavors.dev]
 package-sets = ["base"]
 "#;
-        let spec = Manifest::parse(&path, text).unwrap().resolve("dev", Arch::X86_64).unwrap();
+        let spec = Manifest::parse(&path, text).unwrap().resolve("dev", Arch::X86_64, Platform::Generic).unwrap();
         let m = Mirrors { main: "http://a.example/debian".into(), security: "http://s.example/ds".into() };
         let k1 = BaseRecipe::new(&spec, &m).key();
-        let v2 = Manifest::parse(&path, &text.replace("1.0.0", "1.0.1")).unwrap().resolve("dev", Arch::X86_64).unwrap();
+        let v2 = Manifest::parse(&path, &text.replace("1.0.0", "1.0.1")).unwrap().resolve("dev", Arch::X86_64, Platform::Generic).unwrap();
         assert_eq!(BaseRecipe::new(&v2, &m).key(), k1, "the version is not part of the package layer");
         let p2 = Manifest::parse(&path, &text.replace("[\"systemd\"]", "[\"systemd\", \"runc\"]"))
             .unwrap()
-            .resolve("dev", Arch::X86_64)
+            .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
         assert_ne!(BaseRecipe::new(&p2, &m).key(), k1);
         let m2 = Mirrors { main: "http://b.example/debian".into(), ..m.clone() };

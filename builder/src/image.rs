@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use cairn_common::bootcfg::{self, GrubSettings};
 use cairn_common::grubenv::GrubEnv;
-use cairn_common::layout::{self, Arch};
+use cairn_common::layout::{self, Arch, Platform};
 use cairn_common::metadata as meta;
 use cairn_common::process::Cmd;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,7 @@ pub struct ImageOptions {
     pub manifest: PathBuf,
     pub flavor: String,
     pub arch: Arch,
+    pub platform: Platform,
     pub repo: PathBuf,
     pub output: PathBuf,
 }
@@ -41,6 +42,7 @@ pub struct BuiltImage {
     pub version: String,
     pub arch: Arch,
     pub flavor: String,
+    pub platform: Platform,
     pub commit: String,
     #[serde(rename = "ref")]
     pub ostree_ref: String,
@@ -55,14 +57,14 @@ pub struct BuiltImage {
 
 pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
     let started = Instant::now();
-    let spec = Manifest::load(&opts.manifest)?.resolve(&opts.flavor, opts.arch)?;
+    let spec = Manifest::load(&opts.manifest)?.resolve(&opts.flavor, opts.arch, opts.platform)?;
     let ostree_ref = image_ref(&spec);
     let commit = ostree::rev_parse(&opts.repo, &ostree_ref)?.with_context(|| {
         format!("{} has no ref {ostree_ref}: run `cairn-build compose` first", opts.repo.display())
     })?;
     let version = ostree::unquote(&ostree::metadata(&opts.repo, &commit, meta::VERSION)?);
     fs::create_dir_all(&opts.output).with_context(|| format!("creating {}", opts.output.display()))?;
-    let stem = format!("{}-{}-{}-{}", spec.name, version, spec.arch, spec.flavor);
+    let stem = format!("{}-{}-{}-{}", spec.name, version, spec.arch, spec.variant());
     let raw = opts.output.join(format!("{stem}.raw"));
     let qcow2 = opts.output.join(format!("{stem}.qcow2"));
 
@@ -90,6 +92,7 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
         version,
         arch: spec.arch,
         flavor: spec.flavor.clone(),
+        platform: spec.platform,
         commit,
         ostree_ref,
         raw,

@@ -5,6 +5,8 @@ pub mod cli;
 pub mod compose;
 pub mod disk;
 pub mod image;
+pub mod initramfs;
+pub mod kernel_check;
 pub mod keys;
 pub mod manifest;
 pub mod ostree;

@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
 use cairn_common::fsutil::line_col;
-use cairn_common::layout::Arch;
+use cairn_common::layout::{self, Arch, Platform};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -40,6 +40,9 @@ struct RawManifest {
     disk: RawDisk,
     update: RawUpdate,
     flavors: BTreeMap<String, Spanned<RawFlavor>>,
+    /// Platforms by name; a manifest without any builds only `generic`.
+    #[serde(default)]
+    platforms: BTreeMap<String, Spanned<RawPlatform>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +73,9 @@ struct RawKernel {
     flavour: Spanned<String>,
     #[serde(default)]
     args: Vec<Spanned<String>>,
+    /// kernel-config fragments every platform's kernel must satisfy.
+    #[serde(default)]
+    config: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +99,27 @@ struct RawFlavor {
     overlays: Vec<Spanned<String>>,
     #[serde(default)]
     kernel_args: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPlatform {
+    /// Architectures the platform exists on.
+    arch: Vec<Spanned<String>>,
+    /// Replaces `[kernel] flavour`.
+    kernel_flavour: Option<Spanned<String>>,
+    #[serde(default)]
+    kernel_args: Vec<Spanned<String>>,
+    /// Modules the initramfs must hold whatever dracut detects (storage and
+    /// network drivers the boot needs on this hardware).
+    #[serde(default)]
+    initramfs_drivers: Vec<Spanned<String>>,
+    /// Package sets added to every flavour's.
+    #[serde(default)]
+    package_sets: Vec<Spanned<String>>,
+    /// kernel-config fragments added to `[kernel] config`.
+    #[serde(default)]
+    kernel_config: Vec<Spanned<String>>,
 }
 
 /// Kernel package flavour: Debian's cloud kernel (VMs) or its full kernel
@@ -130,6 +157,7 @@ pub struct ImageSpec {
     pub stream: String,
     pub flavor: String,
     pub arch: Arch,
+    pub platform: Platform,
     pub release: String,
     pub mirror: Option<String>,
     pub security_mirror: Option<String>,
@@ -141,6 +169,10 @@ pub struct ImageSpec {
     pub packages: Vec<PackageRef>,
     pub kernel_package: String,
     pub kernel_args: Vec<String>,
+    /// Modules dracut must put in the initramfs.
+    pub initramfs_drivers: Vec<String>,
+    /// kernel-config fragments the kernel must satisfy, absolute.
+    pub kernel_config: Vec<PathBuf>,
     /// Overlay trees, absolute, applied in this order (later wins).
     pub overlays: Vec<PathBuf>,
     pub esp_size: u64,
@@ -151,6 +183,11 @@ pub struct ImageSpec {
 impl ImageSpec {
     pub fn package_names(&self) -> Vec<String> {
         self.packages.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// What hosts of this image take updates for (flavour and platform).
+    pub fn variant(&self) -> String {
+        layout::variant(&self.flavor, self.platform)
     }
 }
 
@@ -191,9 +228,10 @@ impl Manifest {
         locate(&self.path, &self.text, span, message.into())
     }
 
-    /// Validate everything and resolve the image for `flavor` on `arch`.
-    pub fn resolve(&self, flavor: &str, arch: Arch) -> Result<ImageSpec, ManifestError> {
+    /// Validate everything and resolve the image for `flavor` on `arch` and `platform`.
+    pub fn resolve(&self, flavor: &str, arch: Arch, platform: Platform) -> Result<ImageSpec, ManifestError> {
         let raw = &self.raw;
+        let plat = self.platform(platform, arch)?;
         let flav = raw.flavors.get(flavor).ok_or_else(|| {
             self.err(
                 0..0,
@@ -242,12 +280,13 @@ impl Manifest {
             path_excludes.push(g.clone());
         }
 
-        let kernel_flavour = match raw.kernel.flavour.get_ref().as_str() {
+        let flavour_value = plat.and_then(|p| p.kernel_flavour.as_ref()).unwrap_or(&raw.kernel.flavour);
+        let kernel_flavour = match flavour_value.get_ref().as_str() {
             "cloud" => KernelFlavour::Cloud,
             "generic" => KernelFlavour::Generic,
             other => {
                 return Err(self.err(
-                    raw.kernel.flavour.span(),
+                    flavour_value.span(),
                     format!("unknown kernel flavour `{other}` (expected `cloud` or `generic`)"),
                 ))
             }
@@ -255,12 +294,16 @@ impl Manifest {
         let kernel_package = kernel_flavour.package(arch);
 
         let mut packages: BTreeMap<String, PackageRef> = BTreeMap::new();
-        for set in &flav.get_ref().package_sets {
+        let flavor_owner = format!("flavor `{flavor}`");
+        let platform_owner = format!("platform `{platform}`");
+        let platform_sets = plat.map(|p| p.package_sets.as_slice()).unwrap_or_default();
+        let sets = flav.get_ref().package_sets.iter().map(|s| (&flavor_owner, s));
+        for (owner, set) in sets.chain(platform_sets.iter().map(|s| (&platform_owner, s))) {
             let members = raw.packages.get(set.get_ref()).ok_or_else(|| {
                 self.err(
                     set.span(),
                     format!(
-                        "flavor `{flavor}` names package set `{}`, which [packages] does not define (defined: {})",
+                        "{owner} names package set `{}`, which [packages] does not define (defined: {})",
                         set.get_ref(),
                         raw.packages.keys().cloned().collect::<Vec<_>>().join(", ")
                     ),
@@ -278,7 +321,7 @@ impl Manifest {
                 });
             }
         }
-        let (line, column) = line_col(&self.text, raw.kernel.flavour.span().start);
+        let (line, column) = line_col(&self.text, flavour_value.span().start);
         packages.entry(kernel_package.clone()).or_insert(PackageRef {
             name: kernel_package.clone(),
             line,
@@ -286,7 +329,8 @@ impl Manifest {
         });
 
         let mut kernel_args = Vec::new();
-        for arg in raw.kernel.args.iter().chain(&flav.get_ref().kernel_args) {
+        let platform_args = plat.map(|p| p.kernel_args.as_slice()).unwrap_or_default();
+        for arg in raw.kernel.args.iter().chain(platform_args).chain(&flav.get_ref().kernel_args) {
             let a = arg.get_ref();
             if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "\"'$\\;{}".contains(c)) {
                 return Err(self.err(arg.span(), format!("kernel argument {a:?} must be one word without quotes or `$`")));
@@ -295,6 +339,23 @@ impl Manifest {
         }
         // Last, so the serial port is /dev/console (status, emergency shell).
         kernel_args.push(arch.serial_console().to_owned());
+
+        let mut initramfs_drivers = Vec::new();
+        for d in plat.map(|p| p.initramfs_drivers.as_slice()).unwrap_or_default() {
+            let name = d.get_ref();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(self.err(d.span(), format!("`{name}` is not a kernel module name")));
+            }
+            initramfs_drivers.push(name.clone());
+        }
+        let platform_config = plat.map(|p| p.kernel_config.as_slice()).unwrap_or_default();
+        let kernel_config = raw
+            .kernel
+            .config
+            .iter()
+            .chain(platform_config)
+            .map(|f| self.input_file(f))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let mut overlays = Vec::new();
         for o in raw.image.overlays.iter().chain(&flav.get_ref().overlays) {
@@ -322,6 +383,7 @@ impl Manifest {
             stream,
             flavor: flavor.to_owned(),
             arch,
+            platform,
             release,
             mirror,
             security_mirror,
@@ -331,11 +393,55 @@ impl Manifest {
             packages: packages.into_values().collect(),
             kernel_package,
             kernel_args,
+            initramfs_drivers,
+            kernel_config,
             overlays,
             esp_size,
             root_size,
             update_url,
         })
+    }
+
+    /// The manifest's table for `platform`, checked against `arch`. A
+    /// manifest without platforms builds `generic` as its flavours say.
+    fn platform(&self, platform: Platform, arch: Arch) -> Result<Option<&RawPlatform>, ManifestError> {
+        let raw = &self.raw;
+        for (name, table) in &raw.platforms {
+            name.parse::<Platform>().map_err(|e| self.err(table.span(), e))?;
+        }
+        let Some(table) = raw.platforms.get(platform.as_str()) else {
+            if raw.platforms.is_empty() && platform == Platform::Generic {
+                return Ok(None);
+            }
+            let defined: Vec<&str> = raw.platforms.keys().map(String::as_str).collect();
+            return Err(self.err(
+                0..0,
+                format!("no platform `{platform}` (the manifest defines: {})", if defined.is_empty() { "none".into() } else { defined.join(", ") }),
+            ));
+        };
+        let table = table.get_ref();
+        let mut arches = Vec::new();
+        for a in &table.arch {
+            arches.push(a.get_ref().parse::<Arch>().map_err(|e| self.err(a.span(), e))?);
+        }
+        if !arches.contains(&arch) {
+            let span = table.arch.first().map_or(0..0, |a| a.span());
+            let names: Vec<&str> = arches.iter().map(|a| a.as_str()).collect();
+            return Err(self.err(span, format!("platform `{platform}` is for {}, not {arch}", names.join(" and "))));
+        }
+        Ok(Some(table))
+    }
+
+    /// A file the build reads (a kernel-config fragment), relative to the
+    /// manifest's folder; it must exist.
+    fn input_file(&self, v: &Spanned<String>) -> Result<PathBuf, ManifestError> {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let path = base.join(v.get_ref());
+        match path.canonicalize() {
+            Ok(real) if real.is_file() => Ok(real),
+            Ok(real) => Err(self.err(v.span(), format!("`{}` is not a file", real.display()))),
+            Err(e) => Err(self.err(v.span(), format!("`{}` cannot be read: {e}", path.display()))),
+        }
     }
 
     fn identifier(&self, v: &Spanned<String>, what: &str) -> Result<String, ManifestError> {
@@ -483,14 +589,14 @@ package-sets = ["base"]
         let (_d, path) = fixture();
         match Manifest::parse(&path, text) {
             Err(e) => e,
-            Ok(m) => m.resolve("dev", Arch::X86_64).unwrap_err(),
+            Ok(m) => m.resolve("dev", Arch::X86_64, Platform::Generic).unwrap_err(),
         }
     }
 
     #[test]
     fn resolves_dev_flavor() {
         let (_d, path) = fixture();
-        let spec = Manifest::parse(&path, GOOD).unwrap().resolve("dev", Arch::X86_64).unwrap();
+        let spec = Manifest::parse(&path, GOOD).unwrap().resolve("dev", Arch::X86_64, Platform::Generic).unwrap();
         assert_eq!(spec.version, semver::Version::new(1, 2, 3));
         assert_eq!(
             spec.package_names(),
@@ -500,7 +606,7 @@ package-sets = ["base"]
         assert_eq!(spec.overlays.len(), 2);
         assert_eq!(spec.esp_size, 64 << 20);
         assert_eq!(spec.update_url, "http://10.0.2.100/repo");
-        let prod = Manifest::parse(&path, GOOD).unwrap().resolve("prod", Arch::Aarch64).unwrap();
+        let prod = Manifest::parse(&path, GOOD).unwrap().resolve("prod", Arch::Aarch64, Platform::Generic).unwrap();
         assert_eq!(prod.package_names(), ["linux-image-cloud-arm64", "systemd", "udev"]);
         assert_eq!(prod.kernel_args.last().unwrap(), "console=ttyAMA0,115200");
     }
@@ -556,15 +662,82 @@ package-sets = ["base"]
         let (d, path) = fixture();
         std::os::unix::fs::symlink("/etc", d.path().join("overlay/sneaky")).unwrap();
         let text = GOOD.replace("\"overlay/dev\"", "\"overlay/sneaky\"");
-        let e = Manifest::parse(&path, &text).unwrap().resolve("dev", Arch::X86_64).unwrap_err();
+        let e = Manifest::parse(&path, &text).unwrap().resolve("dev", Arch::X86_64, Platform::Generic).unwrap_err();
         assert!(e.message.contains("outside the manifest's folder"), "{e}");
     }
 
     #[test]
     fn missing_flavor_lists_the_defined_ones() {
         let (_d, path) = fixture();
-        let e = Manifest::parse(&path, GOOD).unwrap().resolve("debug", Arch::X86_64).unwrap_err();
+        let e = Manifest::parse(&path, GOOD).unwrap().resolve("debug", Arch::X86_64, Platform::Generic).unwrap_err();
         assert!(e.message.contains("no flavor `debug` (the manifest defines: dev, prod)"), "{e}");
+    }
+
+    const PLATFORMS: &str = r#"
+[platforms.generic]
+arch = ["x86_64", "aarch64"]
+kernel-config = ["cloud.config"]
+
+[platforms.kunpeng920]
+arch = ["aarch64"]
+kernel-flavour = "generic"
+kernel-args = ["acpi=force"]
+initramfs-drivers = ["hisi_sas_v3_hw", "nvme"]
+package-sets = ["container"]
+kernel-config = ["kunpeng920.config"]
+"#;
+
+    fn with_platforms(extra: &str) -> (tempfile::TempDir, PathBuf, String) {
+        let (d, path) = fixture();
+        for f in ["common.config", "cloud.config", "kunpeng920.config"] {
+            std::fs::write(d.path().join(f), "CONFIG_X=y\n").unwrap();
+        }
+        let text = GOOD.replace("args = [\"rw\", \"panic=10\"]", "args = [\"rw\", \"panic=10\"]\nconfig = [\"common.config\"]") + PLATFORMS + extra;
+        (d, path, text)
+    }
+
+    #[test]
+    fn a_platform_sets_kernel_drivers_arguments_and_fragments() {
+        let (d, path, text) = with_platforms("");
+        let m = Manifest::parse(&path, &text).unwrap();
+        let k = m.resolve("prod", Arch::Aarch64, Platform::Kunpeng920).unwrap();
+        assert_eq!(k.kernel_package, "linux-image-arm64");
+        assert_eq!(k.kernel_args, ["rw", "panic=10", "acpi=force", "console=ttyAMA0,115200"]);
+        assert_eq!(k.initramfs_drivers, ["hisi_sas_v3_hw", "nvme"]);
+        assert!(k.package_names().contains(&"containerd".to_owned()), "the platform's package set is added");
+        let real = |f: &str| d.path().join(f).canonicalize().unwrap();
+        assert_eq!(k.kernel_config, [real("common.config"), real("kunpeng920.config")]);
+        assert_eq!(k.variant(), "prod-kunpeng920");
+
+        let g = m.resolve("prod", Arch::X86_64, Platform::Generic).unwrap();
+        assert_eq!(g.kernel_package, "linux-image-cloud-amd64");
+        assert_eq!(g.kernel_config, [real("common.config"), real("cloud.config")]);
+        assert!(g.initramfs_drivers.is_empty());
+        assert_eq!(g.variant(), "prod");
+    }
+
+    #[test]
+    fn platform_errors_name_what_is_wrong() {
+        let (_d, path, text) = with_platforms("");
+        let m = Manifest::parse(&path, &text).unwrap();
+        let e = m.resolve("prod", Arch::X86_64, Platform::Kunpeng920).unwrap_err();
+        assert!(e.message.contains("platform `kunpeng920` is for aarch64, not x86_64"), "{e}");
+        let e = m.resolve("prod", Arch::Aarch64, Platform::Phytium).unwrap_err();
+        assert!(e.message.contains("no platform `phytium` (the manifest defines: generic, kunpeng920)"), "{e}");
+
+        let (_d, path, text) = with_platforms("\n[platforms.tsv110]\narch = [\"aarch64\"]\n");
+        let e = Manifest::parse(&path, &text).unwrap().resolve("prod", Arch::Aarch64, Platform::Generic).unwrap_err();
+        assert!(e.message.contains("unknown platform `tsv110`"), "{e}");
+
+        let (_d, path, text) = with_platforms("");
+        let text = text.replace("\"kunpeng920.config\"", "\"missing.config\"");
+        let e = Manifest::parse(&path, &text).unwrap().resolve("prod", Arch::Aarch64, Platform::Kunpeng920).unwrap_err();
+        assert!(e.message.contains("missing.config` cannot be read"), "{e}");
+
+        let (_d, path, text) = with_platforms("");
+        let text = text.replace("\"nvme\"", "\"nvme;rm\"");
+        let e = Manifest::parse(&path, &text).unwrap().resolve("prod", Arch::Aarch64, Platform::Kunpeng920).unwrap_err();
+        assert!(e.message.contains("`nvme;rm` is not a kernel module name"), "{e}");
     }
 
     #[test]

@@ -120,6 +120,59 @@ impl FromStr for Arch {
     }
 }
 
+/// Where an image runs: a profile of an architecture. `generic` is a VM (any
+/// cloud, QEMU) on Debian's cloud kernel; the server platforms run on bare
+/// metal with Debian's full kernel and their drivers. What each one means for
+/// the image (kernel, drivers, arguments, kernel-config fragments) is data in
+/// the image manifest; this type only names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Generic,
+    /// Huawei Kunpeng 920 (HiSilicon Hi1620, TaiShan v110 cores) servers.
+    Kunpeng920,
+    /// Phytium FT-2000+/64 and S2500 servers.
+    Phytium,
+}
+
+impl Platform {
+    pub const ALL: [Platform; 3] = [Platform::Generic, Platform::Kunpeng920, Platform::Phytium];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Generic => "generic",
+            Platform::Kunpeng920 => "kunpeng920",
+            Platform::Phytium => "phytium",
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Platform {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Platform::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown platform `{s}` (expected generic, kunpeng920 or phytium)"))
+    }
+}
+
+/// The image variant: what a host of this flavour and platform takes updates
+/// for (`VARIANT_ID`, the ostree ref, release records). The generic platform
+/// is the flavour alone, so VM images keep their plain names.
+pub fn variant(flavor: &str, platform: Platform) -> String {
+    match platform {
+        Platform::Generic => flavor.to_owned(),
+        other => format!("{flavor}-{other}"),
+    }
+}
+
 /// The ostree ref a Cairn image of this architecture and stream is committed to.
 pub fn ostree_ref(arch: Arch, stream: &str) -> String {
     format!("cairn/{arch}/{stream}")
@@ -128,6 +181,16 @@ pub fn ostree_ref(arch: Arch, stream: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platforms_parse_and_name_their_variant() {
+        for p in Platform::ALL {
+            assert_eq!(p.as_str().parse::<Platform>().unwrap(), p);
+        }
+        assert!("tsv110".parse::<Platform>().unwrap_err().contains("tsv110"));
+        assert_eq!(variant("prod", Platform::Generic), "prod");
+        assert_eq!(variant("prod", Platform::Kunpeng920), "prod-kunpeng920");
+    }
 
     #[test]
     fn arch_round_trips_through_both_naming_schemes() {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use cairn_builder::image::BuiltImage;
-use cairn_common::layout::Arch;
+use cairn_common::layout::{Arch, Platform};
 use serde::{Deserialize, Serialize};
 
 pub const ENV: &str = "CAIRN_TEST_ARTIFACTS";
@@ -13,6 +13,7 @@ pub const ENV: &str = "CAIRN_TEST_ARTIFACTS";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Artifacts {
     pub arch: Arch,
+    pub platform: Platform,
     pub dev: BuiltImage,
     pub prod: BuiltImage,
     /// The `cairn-build` binary the images were built with.
@@ -22,6 +23,8 @@ pub struct Artifacts {
     pub cache: PathBuf,
     pub keys: PathBuf,
     pub agent_dir: PathBuf,
+    /// A static busybox built for `arch`: the test container's only binary.
+    pub busybox: PathBuf,
 }
 
 impl Artifacts {

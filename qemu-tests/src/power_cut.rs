@@ -135,7 +135,7 @@ impl<'a> Rig<'a> {
         let releases = TestReleases::new(artifacts, scratch);
         releases.publish_booted()?;
         let server = Server::start(&releases.www)?;
-        let mut opts = VmOptions::new(artifacts.arch, &artifacts.dev.raw);
+        let mut opts = VmOptions::of(&artifacts.dev);
         opts.forward_update_server(relay, server.port);
         let vm = Vm::start(&opts)?;
         vm.wait_for_root_shell(BOOT)?;

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cairn_common::layout::Arch;
+use cairn_common::layout::{Arch, Platform};
 use cairn_common::process::Cmd;
 
 /// How the boot disk is attached.
@@ -51,11 +51,29 @@ pub fn firmware(arch: Arch) -> Firmware {
     }
 }
 
-/// QEMU machine type of an architecture.
-pub fn machine(arch: Arch) -> &'static str {
-    match arch {
-        Arch::X86_64 => "q35",
-        Arch::Aarch64 => "virt,gic-version=3",
+/// The QEMU machine that stands in for a platform. No QEMU model of the
+/// Kunpeng 920 or of Phytium's SoCs exists: the server platforms run on
+/// `virt` with GICv3 (and, for the Kunpeng 920, an SMMUv3) and a CPU of
+/// the same generation.
+pub fn machine(arch: Arch, platform: Platform) -> &'static str {
+    match (arch, platform) {
+        (Arch::X86_64, _) => "q35",
+        (Arch::Aarch64, Platform::Kunpeng920) => "virt,gic-version=3,iommu=smmuv3",
+        (Arch::Aarch64, _) => "virt,gic-version=3",
+    }
+}
+
+/// The emulated CPU (TCG) of a platform.
+pub fn tcg_cpu(arch: Arch, platform: Platform) -> &'static str {
+    match (arch, platform) {
+        // TCG cannot run nested guests; advertising SVM/VMX only makes the
+        // guest load kvm_amd/kvm_intel (seen: a guest that stopped right
+        // after kvm_amd initialised under TCG).
+        (Arch::X86_64, _) => "max,svm=off,vmx=off",
+        // ARMv8.2 like the Kunpeng 920's TaiShan v110 cores.
+        (Arch::Aarch64, Platform::Kunpeng920) => "neoverse-n1",
+        // ARMv8.0 like Phytium's FTC662/FTC663 cores (and AWS Graviton 1).
+        (Arch::Aarch64, _) => "cortex-a72",
     }
 }
 
@@ -70,6 +88,7 @@ pub fn qemu_binary(arch: Arch) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
     pub arch: Arch,
+    pub platform: Platform,
     pub accel: Accel,
     /// Boot disk (qcow2 overlay or raw).
     pub disk: PathBuf,
@@ -94,15 +113,11 @@ impl QemuConfig {
         let mut a: Vec<String> = Vec::new();
         let mut push = |s: &str| a.push(s.to_owned());
         push("-machine");
-        push(&format!("{},accel={}", machine(self.arch), self.accel.as_str()));
+        push(&format!("{},accel={}", machine(self.arch, self.platform), self.accel.as_str()));
         push("-cpu");
-        push(match (self.arch, self.accel) {
-            (_, Accel::Kvm) => "host",
-            // TCG cannot run nested guests; advertising SVM/VMX only makes the
-            // guest load kvm_amd/kvm_intel (seen: a guest that stopped right
-            // after kvm_amd initialised under TCG).
-            (Arch::X86_64, Accel::Tcg) => "max,svm=off,vmx=off",
-            (Arch::Aarch64, Accel::Tcg) => "cortex-a72",
+        push(match self.accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => tcg_cpu(self.arch, self.platform),
         });
         a.extend(["-smp".into(), self.cpus.to_string(), "-m".into(), self.memory_mib.to_string()]);
         let serial = if self.interactive { "mon:stdio" } else { "stdio" };
@@ -175,7 +190,7 @@ fn probe_kvm(arch: Arch) -> Result<bool> {
     let fw = firmware(arch);
     let vars = dir.path().join("vars.fd");
     std::fs::copy(&fw.vars_template, &vars).with_context(|| format!("copying {}", fw.vars_template.display()))?;
-    let machine = format!("{},accel=kvm", machine(arch));
+    let machine = format!("{},accel=kvm", machine(arch, Platform::Generic));
     let mut child = Cmd::new(qemu_binary(arch))
         .args(["-machine", &machine, "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none"])
         .args(["-serial", "stdio", "-net", "none"])
@@ -228,6 +243,7 @@ mod tests {
     fn config(iface: DiskInterface) -> QemuConfig {
         QemuConfig {
             arch: Arch::X86_64,
+            platform: Platform::Generic,
             accel: Accel::Tcg,
             disk: "/d/disk.qcow2".into(),
             disk_interface: iface,
@@ -248,6 +264,26 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["-machine", "q35,accel=tcg"]));
         assert!(args.iter().any(|a| a.contains("format=qcow2")));
         assert!(args.contains(&"virtio-blk-pci,drive=extra0,serial=cairn-oci".to_owned()));
+    }
+
+    #[test]
+    fn server_platforms_get_their_stand_in_machine_and_cpu() {
+        let kunpeng = QemuConfig {
+            arch: Arch::Aarch64,
+            platform: Platform::Kunpeng920,
+            ..config(DiskInterface::VirtioBlk)
+        }
+        .args();
+        assert!(kunpeng.windows(2).any(|w| w == ["-machine", "virt,gic-version=3,iommu=smmuv3,accel=tcg"]));
+        assert!(kunpeng.windows(2).any(|w| w == ["-cpu", "neoverse-n1"]));
+        let phytium = QemuConfig {
+            arch: Arch::Aarch64,
+            platform: Platform::Phytium,
+            ..config(DiskInterface::VirtioBlk)
+        }
+        .args();
+        assert!(phytium.windows(2).any(|w| w == ["-machine", "virt,gic-version=3,accel=tcg"]));
+        assert!(phytium.windows(2).any(|w| w == ["-cpu", "cortex-a72"]));
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl<'a> TestReleases<'a> {
         let a = self.artifacts;
         vec![
             verb, "--manifest", path(&a.manifest), "--flavor", "dev", "--arch", a.arch.as_str(),
-            "--repo", path(repo), "--keys", path(&a.keys),
+            "--platform", a.platform.as_str(), "--repo", path(repo), "--keys", path(&a.keys),
         ]
     }
 

@@ -6,7 +6,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cairn_common::layout::Arch;
+use cairn_builder::image::BuiltImage;
+use cairn_common::layout::{Arch, Platform};
 use cairn_common::process::Cmd;
 
 use crate::console::Console;
@@ -16,6 +17,8 @@ use crate::qemu::{self, DiskInterface, QemuConfig};
 #[derive(Debug, Clone)]
 pub struct VmOptions {
     pub arch: Arch,
+    /// Which QEMU machine and CPU stand in for the platform.
+    pub platform: Platform,
     /// The built raw image; the VM writes to a copy-on-write overlay.
     pub image: PathBuf,
     pub disk_interface: DiskInterface,
@@ -31,12 +34,21 @@ impl VmOptions {
     pub fn new(arch: Arch, image: &Path) -> VmOptions {
         VmOptions {
             arch,
+            platform: Platform::Generic,
             image: image.to_owned(),
             disk_interface: DiskInterface::VirtioBlk,
             disk_size: 4 << 30,
             extra_disks: Vec::new(),
             memory_mib: 2048,
             forwards: Vec::new(),
+        }
+    }
+
+    /// A VM for a built image: its architecture, platform and raw disk.
+    pub fn of(image: &BuiltImage) -> VmOptions {
+        VmOptions {
+            platform: image.platform,
+            ..VmOptions::new(image.arch, &image.raw)
         }
     }
 
@@ -70,6 +82,7 @@ impl Vm {
         // the guest's memory: its page cache and requests in flight.
         let config = QemuConfig {
             arch: opts.arch,
+            platform: opts.platform,
             accel: qemu::accel(opts.arch),
             disk,
             disk_interface: opts.disk_interface,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cairn_common::layout::{Arch, REMOTE};
+use cairn_common::layout::REMOTE;
 use cairn_qemu_tests::oci;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
 use cairn_qemu_tests::{Artifacts, DiskInterface};
@@ -48,10 +48,9 @@ fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
     let scratch = tempfile::tempdir().unwrap();
     let marker = unique();
     let oci_archive = scratch.path().join("oci.tar");
-    assert_eq!(a.arch, Arch::host().unwrap(), "the test container image uses the host's busybox");
-    oci::write_archive(&oci_archive, a.arch, "/bin/busybox".as_ref(), &marker).unwrap();
+    oci::write_archive(&oci_archive, a.arch, &a.busybox, &marker).unwrap();
 
-    let mut opts = VmOptions::new(a.arch, &a.dev.raw);
+    let mut opts = VmOptions::of(&a.dev);
     opts.disk_size = 6 * GIB;
     opts.extra_disks.push((oci_archive, "cairn-oci".into()));
     let vm = Vm::start(&opts).unwrap();
@@ -111,7 +110,7 @@ fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
 
 fn boots_from(interface: DiskInterface, expected_root: &str) {
     let a = Artifacts::load().unwrap();
-    let mut opts = VmOptions::new(a.arch, &a.dev.raw);
+    let mut opts = VmOptions::of(&a.dev);
     opts.disk_interface = interface;
     opts.disk_size = 5 * GIB;
     let vm = Vm::start(&opts).unwrap();
@@ -140,7 +139,7 @@ fn dev_image_boots_from_virtio_scsi() {
 #[ignore = "boots a VM; run by `cargo xtask test`"]
 fn prod_image_reaches_multi_user_and_offers_no_login() {
     let a = Artifacts::load().unwrap();
-    let vm = Vm::start(&VmOptions::new(a.arch, &a.prod.raw)).unwrap();
+    let vm = Vm::start(&VmOptions::of(&a.prod)).unwrap();
     let c = &vm.console;
     c.wait_for("cairn login:", BOOT).unwrap();
     // systemd stops printing unit status once the serial getty owns the

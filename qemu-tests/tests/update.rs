@@ -56,7 +56,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     assert_eq!(v2["deltas_from"], serde_json::json!([a.dev.version]));
 
     let server = Server::start(&releases.www).unwrap();
-    let mut opts = VmOptions::new(a.arch, &a.dev.raw);
+    let mut opts = VmOptions::of(&a.dev);
     opts.forward_update_server(Path::new(RELAY), server.port);
     let vm = Vm::start(&opts).unwrap();
     vm.wait_for_root_shell(BOOT).unwrap();
@@ -293,7 +293,7 @@ fn empty_initramfs_overlay(releases: &TestReleases, scratch: &Path) -> PathBuf {
     let kernel = cairn_common::process::Cmd::new("ostree")
         .arg(format!("--repo={}", releases.build_repo.display()))
         .args(["show", &format!("--print-metadata-key={}", cairn_common::metadata::KERNEL)])
-        .arg(format!("cairn/{}/dev/stable", a.arch))
+        .arg(&a.dev.ostree_ref)
         .output()
         .unwrap()
         .stdout;

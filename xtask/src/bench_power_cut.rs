@@ -49,8 +49,9 @@ impl Random {
     }
 }
 
-pub fn campaign(arch: Arch, points: usize, seed: Option<u64>) -> Result<()> {
-    let (artifacts, _) = test::artifacts(arch)?;
+pub fn campaign(target: &crate::Target, points: usize, seed: Option<u64>) -> Result<()> {
+    let arch = target.arch;
+    let (artifacts, _) = test::artifacts(target)?;
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
     });

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cairn_builder::image::BuiltImage;
-use cairn_common::layout::Arch;
 use cairn_common::process::Cmd;
 use cairn_qemu_tests::http::Server;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
 use serde::Serialize;
 
-use crate::{build, paths};
+use crate::build::{self, ImageTarget};
+use crate::paths;
 
 /// The package the benchmark release adds (small, no dependencies).
 const ADDED_PACKAGE: &str = "tree";
@@ -37,13 +37,13 @@ pub struct UpdateFigures {
     pub agent_idle_rss_kib: u64,
 }
 
-/// `cairn-build <verb>` for one manifest, flavour, arch and repo, plus `extra`.
-fn cairn_build(verb: &str, manifest: &Path, flavor: &str, arch: Arch, repo: &Path, extra: &[&OsStr]) -> Result<String> {
+/// `cairn-build <verb>` for one manifest, image target and repo, plus `extra`.
+fn cairn_build(verb: &str, manifest: &Path, t: &ImageTarget, repo: &Path, extra: &[&OsStr]) -> Result<String> {
     Ok(Cmd::new(build::builder())
         .arg(verb)
         .arg("--manifest")
         .arg(manifest)
-        .args(["--flavor", flavor, "--arch", arch.as_str()])
+        .args(["--flavor", &t.flavor, "--arch", t.arch.as_str(), "--platform", t.platform.as_str()])
         .arg("--repo")
         .arg(repo)
         .args(extra)
@@ -52,7 +52,8 @@ fn cairn_build(verb: &str, manifest: &Path, flavor: &str, arch: Arch, repo: &Pat
         .stdout)
 }
 
-pub fn measure(arch: Arch, v1: &BuiltImage, full_image_bytes: u64) -> Result<UpdateFigures> {
+pub fn measure(t: &ImageTarget, agent_dir: &Path, v1: &BuiltImage, full_image_bytes: u64) -> Result<UpdateFigures> {
+    let arch = t.arch;
     let scratch = tempfile::Builder::new().prefix("cairn-bench-update-").tempdir()?;
     let www = scratch.path().join("www");
     let updates = www.join("repo");
@@ -61,7 +62,7 @@ pub fn measure(arch: Arch, v1: &BuiltImage, full_image_bytes: u64) -> Result<Upd
     // v1: the image under test, as built.
     let publish = |manifest: &Path, repo: &Path| -> Result<String> {
         let extra = [OsStr::new("--update-repo"), updates.as_os_str(), OsStr::new("--keys"), keys.as_os_str()];
-        cairn_build("publish", manifest, &v1.flavor, arch, repo, &extra)
+        cairn_build("publish", manifest, t, repo, &extra)
     };
     publish(&paths::manifest(), &paths::repo(arch))?;
 
@@ -81,7 +82,7 @@ pub fn measure(arch: Arch, v1: &BuiltImage, full_image_bytes: u64) -> Result<Upd
     std::fs::write(&manifest, text.replacen(anchor, &format!("{anchor}\"{ADDED_PACKAGE}\", "), 1))?;
     let mut v2 = semver::Version::parse(&v1.version)?;
     v2.patch += 1;
-    let (cache, agent_dir, version) = (paths::cache(), paths::release_bin(), v2.to_string());
+    let (cache, version) = (paths::cache(), v2.to_string());
     let extra = [
         OsStr::new("--cache"),
         cache.as_os_str(),
@@ -92,7 +93,7 @@ pub fn measure(arch: Arch, v1: &BuiltImage, full_image_bytes: u64) -> Result<Upd
         OsStr::new("--version"),
         OsStr::new(&version),
     ];
-    cairn_build("compose", &manifest, &v1.flavor, arch, &build_repo, &extra)?;
+    cairn_build("compose", &manifest, t, &build_repo, &extra)?;
     publish(&manifest, &build_repo)?;
 
     // The agent in a VM applies it.
@@ -102,7 +103,7 @@ pub fn measure(arch: Arch, v1: &BuiltImage, full_image_bytes: u64) -> Result<Upd
         .run()?;
     let relay = paths::workspace().join("target/debug/cairn-test-relay");
     let server = Server::start(&www)?;
-    let mut opts = VmOptions::new(arch, &v1.raw);
+    let mut opts = VmOptions::of(v1);
     opts.forward_update_server(&relay, server.port);
     let vm = Vm::start(&opts)?;
     vm.wait_for_root_shell(BOOT)?;

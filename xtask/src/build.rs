@@ -1,25 +1,44 @@
 //! `cargo xtask build`: host tools, binaries, key, compose, image.
 
-use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
 use cairn_builder::image::BuiltImage;
-use cairn_common::layout::Arch;
+use cairn_common::layout::{Arch, Platform};
 use cairn_common::process::Cmd;
 
-use crate::{host, paths};
+use crate::{cross, host, paths};
 
-/// Build the agent and builder binaries for `arch` (release profile), and
-/// the test relay that lets VMs reach a loopback update server.
-pub fn binaries(arch: Arch) -> Result<()> {
-    if Arch::host() != Some(arch) {
-        bail!("building {arch} images on a {} host needs the cross toolchain, which is not set up yet", std::env::consts::ARCH);
+/// One image to build: architecture, platform, flavour.
+#[derive(Debug, Clone)]
+pub struct ImageTarget {
+    pub arch: Arch,
+    pub platform: Platform,
+    pub flavor: String,
+}
+
+/// Build the builder and the test relay (that lets VMs reach a loopback
+/// update server) for this host, and the agent for `arch` (cross-built when
+/// `arch` is not this host's); returns the agent's folder.
+pub fn binaries(arch: Arch) -> Result<PathBuf> {
+    let native = Arch::host() == Some(arch);
+    let mut packages = vec!["--package", "cairn-builder", "--package", "cairn-qemu-tests"];
+    if native {
+        packages.extend(["--package", "cairn-agent"]);
     }
     Cmd::new(env!("CARGO"))
-        .args(["build", "--release", "--package", "cairn-agent", "--package", "cairn-builder"])
-        .args(["--package", "cairn-qemu-tests"])
+        .args(["build", "--release"])
+        .args(packages)
         .current_dir(paths::workspace())
         .progress()
         .run()
-        .context("building the agent and the builder")
+        .context("building the builder (and the agent)")?;
+    if native {
+        Ok(paths::release_bin())
+    } else {
+        host::ensure_cross_tools(arch)?;
+        cross::agent(arch)
+    }
 }
 
 /// `cairn-test-relay`, QEMU's guestfwd command for reaching a loopback server.
@@ -31,16 +50,17 @@ pub fn builder() -> std::path::PathBuf {
     paths::release_bin().join("cairn-build")
 }
 
-/// Compose and write the image of `flavor` with the given cache and manifest.
-pub fn image_with(arch: Arch, flavor: &str, manifest: &std::path::Path, cache: &std::path::Path) -> Result<BuiltImage> {
+/// Compose and write the image of `t` with the given manifest, cache and
+/// agent binaries (see [`binaries`]).
+pub fn image_with(t: &ImageTarget, manifest: &Path, cache: &Path, agent_dir: &Path) -> Result<BuiltImage> {
     let builder = builder();
     let keys = paths::keys();
-    let repo = paths::repo(arch);
+    let repo = paths::repo(t.arch);
     Cmd::new(&builder).arg("keygen").arg("--keys").arg(&keys).run()?;
     let target = |cmd: Cmd| {
         cmd.arg("--manifest")
             .arg(manifest)
-            .args(["--flavor", flavor, "--arch", arch.as_str()])
+            .args(["--flavor", &t.flavor, "--arch", t.arch.as_str(), "--platform", t.platform.as_str()])
             .arg("--repo")
             .arg(&repo)
     };
@@ -50,22 +70,22 @@ pub fn image_with(arch: Arch, flavor: &str, manifest: &std::path::Path, cache: &
         .arg("--keys")
         .arg(&keys)
         .arg("--agent-dir")
-        .arg(paths::release_bin())
+        .arg(agent_dir)
         .progress()
         .run()
         .context("composing")?;
     let out = target(Cmd::new(&builder).arg("image"))
         .arg("--output")
-        .arg(paths::images(arch))
+        .arg(paths::images(t.arch))
         .progress()
         .output()
         .context("writing the disk image")?;
     serde_json::from_str(&out.stdout).context("reading what cairn-build image wrote")
 }
 
-/// The whole build of one flavour from the repo's manifest.
-pub fn build(arch: Arch, flavor: &str) -> Result<BuiltImage> {
+/// The whole build of one image from the repo's manifest.
+pub fn build(t: &ImageTarget) -> Result<BuiltImage> {
     host::ensure_build_tools()?;
-    binaries(arch)?;
-    image_with(arch, flavor, &paths::manifest(), &paths::cache())
+    let agent_dir = binaries(t.arch)?;
+    image_with(t, &paths::manifest(), &paths::cache(), &agent_dir)
 }

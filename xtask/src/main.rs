@@ -11,12 +11,13 @@ mod bench;
 mod bench_power_cut;
 mod bench_update;
 mod build;
+mod cross;
 mod host;
 mod paths;
 mod run;
 mod test;
 
-use cairn_common::layout::Arch;
+use cairn_common::layout::{Arch, Platform};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,21 @@ pub struct Target {
     /// Target architecture.
     #[arg(long, default_value = "x86_64")]
     pub arch: Arch,
+    /// Where the image runs: `generic` (VMs), `kunpeng920` or `phytium`
+    /// (aarch64 servers; QEMU stands in with a like machine and CPU).
+    #[arg(long, default_value = "generic")]
+    pub platform: Platform,
+}
+
+impl Target {
+    /// The image of `flavor` for this architecture and platform.
+    pub fn image(&self, flavor: &str) -> build::ImageTarget {
+        build::ImageTarget {
+            arch: self.arch,
+            platform: self.platform,
+            flavor: flavor.to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,16 +99,16 @@ enum BenchCampaign {
 fn main() -> std::process::ExitCode {
     cairn_common::logging::init("info");
     let result = match Cli::parse().command {
-        Command::Build { target, flavor } => build::build(target.arch, &flavor).map(|built| {
+        Command::Build { target, flavor } => build::build(&target.image(&flavor)).map(|built| {
             println!("{}", built.raw.display());
         }),
-        Command::Run { target, flavor } => run::run(target.arch, &flavor),
-        Command::Test { target, filter } => test::test(target.arch, filter.as_deref()),
-        Command::Bench { target, campaign: None } => bench::bench(target.arch),
+        Command::Run { target, flavor } => run::run(&target.image(&flavor)),
+        Command::Test { target, filter } => test::test(&target, filter.as_deref()),
+        Command::Bench { target, campaign: None } => bench::bench(&target),
         Command::Bench {
             target,
             campaign: Some(BenchCampaign::PowerCut { points, seed }),
-        } => bench_power_cut::campaign(target.arch, points, seed),
+        } => bench_power_cut::campaign(&target, points, seed),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

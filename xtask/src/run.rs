@@ -1,20 +1,22 @@
 //! `cargo xtask run`: boot the dev image with its console on this terminal.
 
 use anyhow::{bail, Result};
-use cairn_common::layout::Arch;
 use cairn_common::process::Cmd;
 use cairn_qemu_tests::qemu::{self, DiskInterface, QemuConfig};
 
-use crate::{build, host, paths};
+use crate::build::{self, ImageTarget};
+use crate::{host, paths};
 
-pub fn run(arch: Arch, flavor: &str) -> Result<()> {
+pub fn run(t: &ImageTarget) -> Result<()> {
+    let arch = t.arch;
     host::ensure_vm_tools(arch)?;
-    let built = build::build(arch, flavor)?;
+    let built = build::build(t)?;
     let dir = paths::out(arch).join("run");
     std::fs::create_dir_all(&dir)?;
     let _ = std::fs::remove_file(dir.join("disk.qcow2"));
     let config = QemuConfig {
         arch,
+        platform: t.platform,
         accel: qemu::accel(arch),
         disk: qemu::overlay_disk(&built.raw, &dir, 8 << 30)?,
         disk_interface: DiskInterface::VirtioBlk,
@@ -26,9 +28,12 @@ pub fn run(arch: Arch, flavor: &str) -> Result<()> {
         interactive: true,
     };
     eprintln!(
-        "Booting {} {} ({flavor}) with {}; the VM's disk is {}. Quit with Ctrl-a x.",
+        "Booting {} {} ({}, {}) on {} with {}; the VM's disk is {}. Quit with Ctrl-a x.",
         built.name,
         built.version,
+        t.flavor,
+        t.platform,
+        qemu::tcg_cpu(arch, t.platform),
         config.accel.as_str(),
         config.disk.display()
     );

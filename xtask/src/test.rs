@@ -6,16 +6,20 @@
 //!    cores), with the images handed over in a JSON file.
 
 use anyhow::{Context, Result};
-use cairn_common::layout::Arch;
 use cairn_common::process::Cmd;
 use cairn_qemu_tests::{artifacts, qemu, Artifacts};
 
-use crate::{build, host, paths};
+use crate::{build, cross, host, paths, Target};
 
-pub fn test(arch: Arch, filter: Option<&str>) -> Result<()> {
+pub fn test(target: &Target, filter: Option<&str>) -> Result<()> {
+    let arch = target.arch;
     cargo(&["test", "--workspace"]).context("unit tests")?;
+    if cairn_common::layout::Arch::host() != Some(arch) {
+        host::ensure_cross_tools(arch)?;
+        cross::unit_tests(arch)?;
+    }
 
-    let (_, file) = artifacts(arch)?;
+    let (_, file) = artifacts(target)?;
 
     // Probe KVM once here rather than in every test process.
     let accel = qemu::accel(arch);
@@ -34,14 +38,16 @@ pub fn test(arch: Arch, filter: Option<&str>) -> Result<()> {
 }
 
 /// Host tools, binaries and both images, described for the VM tests (and
-/// written to `target/cairn/<arch>/test-artifacts.json`).
-pub fn artifacts(arch: Arch) -> Result<(Artifacts, std::path::PathBuf)> {
+/// written to `target/cairn/<arch>/test-artifacts-<platform>.json`).
+pub fn artifacts(target: &Target) -> Result<(Artifacts, std::path::PathBuf)> {
+    let arch = target.arch;
     host::ensure_vm_tools(arch)?;
-    build::binaries(arch)?;
-    let dev = build::image_with(arch, "dev", &paths::manifest(), &paths::cache())?;
-    let prod = build::image_with(arch, "prod", &paths::manifest(), &paths::cache())?;
+    let agent_dir = build::binaries(arch)?;
+    let dev = build::image_with(&target.image("dev"), &paths::manifest(), &paths::cache(), &agent_dir)?;
+    let prod = build::image_with(&target.image("prod"), &paths::manifest(), &paths::cache(), &agent_dir)?;
     let a = Artifacts {
         arch,
+        platform: target.platform,
         dev,
         prod,
         builder: build::builder(),
@@ -49,9 +55,10 @@ pub fn artifacts(arch: Arch) -> Result<(Artifacts, std::path::PathBuf)> {
         repo: paths::repo(arch),
         cache: paths::cache(),
         keys: paths::keys(),
-        agent_dir: paths::release_bin(),
+        agent_dir,
+        busybox: host::static_busybox(arch, &paths::cache())?,
     };
-    let file = paths::out(arch).join("test-artifacts.json");
+    let file = paths::out(arch).join(format!("test-artifacts-{}.json", target.platform));
     std::fs::write(&file, serde_json::to_vec_pretty(&a)?)?;
     Ok((a, file))
 }

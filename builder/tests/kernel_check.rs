@@ -1,0 +1,333 @@
+//! The kernel-config fragments against Debian's real kernels.
+//!
+//! The kernels' configurations and module lists are captured under
+//! `tests/data/kernel-configs/` (see its README): no network, no root.
+//! Which fragments apply to which profile mirrors the table in
+//! `kernel-config/README.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use cairn_builder::initramfs;
+use cairn_builder::kernel_check::{
+    check, load_fragments, normalize_module, parse_kernel_config, Fragment, KernelFacts, Unmet, Want,
+};
+use cairn_common::layout::Arch;
+
+const CLOUD_AMD64: &str = "linux-image-6.1.0-56-cloud-amd64";
+const FULL_AMD64: &str = "linux-image-6.1.0-56-amd64";
+const CLOUD_ARM64: &str = "linux-image-6.1.0-56-cloud-arm64";
+const FULL_ARM64: &str = "linux-image-6.1.0-56-arm64";
+
+/// A platform profile: the fragments it enforces and the Debian kernel it ships.
+struct Profile {
+    name: &'static str,
+    arch: Arch,
+    package: &'static str,
+    fragments: &'static [&'static str],
+}
+
+const GENERIC: &[&str] = &["container-host", "ostree-boot", "virtio-qemu", "cloud-vm"];
+const KUNPENG920: &[&str] = &["container-host", "ostree-boot", "virtio-qemu", "arm64-server", "kunpeng920"];
+const PHYTIUM: &[&str] = &["container-host", "ostree-boot", "virtio-qemu", "arm64-server", "phytium"];
+
+const PROFILES: &[Profile] = &[
+    Profile { name: "generic", arch: Arch::X86_64, package: CLOUD_AMD64, fragments: GENERIC },
+    Profile { name: "generic", arch: Arch::Aarch64, package: CLOUD_ARM64, fragments: GENERIC },
+    Profile { name: "kunpeng920", arch: Arch::Aarch64, package: FULL_ARM64, fragments: KUNPENG920 },
+    Profile { name: "phytium", arch: Arch::Aarch64, package: FULL_ARM64, fragments: PHYTIUM },
+];
+
+fn kernel_config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("kernel-config")
+}
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kernel-configs").join(name);
+    let compressed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    String::from_utf8(zstd::decode_all(compressed.as_slice()).unwrap()).unwrap()
+}
+
+fn config_text(package: &str) -> String {
+    fixture(&format!("{package}.config.zst"))
+}
+
+/// Module names (normalized) a package ships.
+fn shipped_modules(package: &str) -> BTreeSet<String> {
+    let list = fixture(&format!("{package}.modules.zst"));
+    initramfs::kernel_modules(list.lines()).iter().map(|m| normalize_module(m)).collect()
+}
+
+/// The facts of a Debian kernel package, without an initramfs.
+fn package_facts(package: &str) -> KernelFacts {
+    KernelFacts {
+        kernel_release: package.trim_start_matches("linux-image-").to_owned(),
+        config: parse_kernel_config(&config_text(package)),
+        modules: shipped_modules(package),
+        initramfs_modules: None,
+    }
+}
+
+fn fragments(names: &[&str]) -> Vec<Fragment> {
+    load_fragments(&kernel_config_dir(), names).unwrap()
+}
+
+/// Every module the profile's fragments want in the initramfs.
+fn boot_modules(fragments: &[Fragment], arch: Arch) -> BTreeSet<String> {
+    let requirements = fragments.iter().flat_map(|f| f.requirements_for(arch));
+    requirements.filter(|r| r.initramfs).flat_map(|r| r.modules.iter().map(|m| normalize_module(m))).collect()
+}
+
+fn assert_profile_passes(name: &str, arch: Arch) {
+    let profile = PROFILES.iter().find(|p| p.name == name && p.arch == arch).unwrap();
+    let fragments = fragments(profile.fragments);
+    let report = check(&fragments, arch, &package_facts(profile.package));
+    assert!(report.is_ok(), "{}", report);
+    assert!(report.checked > 50, "{report}");
+    assert!(!report.initramfs_checked);
+    // Every wanted option is really missing: one Debian ships becomes enforced.
+    let wanted: usize = fragments.iter().map(|f| f.wanted_for(arch).count()).sum();
+    assert_eq!(report.wanted.len(), wanted, "{report}");
+    println!("{report}");
+}
+
+#[test]
+fn generic_x86_64_passes_on_debian_cloud_amd64() {
+    assert_profile_passes("generic", Arch::X86_64);
+}
+
+#[test]
+fn generic_aarch64_passes_on_debian_cloud_arm64() {
+    assert_profile_passes("generic", Arch::Aarch64);
+}
+
+#[test]
+fn kunpeng920_passes_on_debian_full_arm64() {
+    assert_profile_passes("kunpeng920", Arch::Aarch64);
+}
+
+#[test]
+fn phytium_passes_on_debian_full_arm64() {
+    assert_profile_passes("phytium", Arch::Aarch64);
+}
+
+#[test]
+fn every_enforced_option_exists_in_the_kernels_it_applies_to() {
+    let mut missing = Vec::new();
+    for profile in PROFILES {
+        let config = parse_kernel_config(&config_text(profile.package));
+        for fragment in fragments(profile.fragments) {
+            for r in fragment.requirements_for(profile.arch) {
+                if !config.contains_key(&r.option) {
+                    missing.push(format!("{}:{}: {} ({})", fragment.path.display(), r.line, r.option, profile.package));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "options the kernels do not know:\n{}", missing.join("\n"));
+}
+
+#[test]
+fn every_named_module_is_a_real_module_file() {
+    // Per architecture, the modules any of its Debian kernels ship (an option
+    // built in by the cloud flavour is a module in the full one).
+    let mut shipped: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for (arch, package) in
+        [("x86_64", CLOUD_AMD64), ("x86_64", FULL_AMD64), ("aarch64", CLOUD_ARM64), ("aarch64", FULL_ARM64)]
+    {
+        shipped.entry(arch).or_default().extend(shipped_modules(package));
+    }
+    let mut unknown = Vec::new();
+    let names = all_fragment_names();
+    for fragment in fragments(&names.iter().map(String::as_str).collect::<Vec<_>>()) {
+        for r in &fragment.requirements {
+            for arch in Arch::ALL.into_iter().filter(|a| fragment.applies_to(*a) && r.arch.is_none_or(|b| b == *a)) {
+                for module in &r.modules {
+                    if !shipped[arch.as_str()].contains(&normalize_module(module)) {
+                        unknown.push(format!(
+                            "{}:{}: {} module {module} ({arch})",
+                            fragment.path.display(),
+                            r.line,
+                            r.option
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(unknown.is_empty(), "module names no Debian kernel ships:\n{}", unknown.join("\n"));
+}
+
+/// Every `*.config` in kernel-config/, by name.
+fn all_fragment_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(kernel_config_dir()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if let Some(stem) = name.strip_suffix(".config") {
+            names.push(stem.to_owned());
+        }
+    }
+    names.sort();
+    names
+}
+
+#[test]
+fn every_fragment_belongs_to_a_profile_and_profiles_do_not_conflict() {
+    for name in all_fragment_names() {
+        assert!(PROFILES.iter().any(|p| p.fragments.contains(&name.as_str())), "{name}.config is in no profile");
+    }
+    for profile in PROFILES {
+        let mut seen: BTreeMap<String, (Want, String)> = BTreeMap::new();
+        for fragment in fragments(profile.fragments) {
+            for r in fragment.requirements_for(profile.arch) {
+                let here = format!("{}:{}", fragment.path.display(), r.line);
+                if let Some((want, there)) = seen.get(&r.option) {
+                    assert_eq!(want, &r.want, "{} {}: {here} conflicts with {there}", profile.name, r.option);
+                } else {
+                    seen.insert(r.option.clone(), (r.want.clone(), here));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_option_sits_under_a_comment_saying_why() {
+    for name in all_fragment_names() {
+        let path = kernel_config_dir().join(format!("{name}.config"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        // A block is a run of non-blank lines; its options need a prose
+        // comment above them in the block.
+        let mut explained = false;
+        for (index, line) in text.lines().enumerate() {
+            let is_option =
+                line.starts_with("CONFIG_") || (line.starts_with("# CONFIG_") && line.ends_with(" is not set"));
+            if line.trim().is_empty() {
+                explained = false;
+            } else if is_option {
+                assert!(explained, "{}:{}: `{line}` has no comment saying why", path.display(), index + 1);
+            } else if line.starts_with("# ") && !line.starts_with("# cairn") {
+                explained = true;
+            }
+        }
+    }
+}
+
+/// Where `line` is in a fragment (1-based).
+fn line_of(fragment: &str, line: &str) -> usize {
+    let text = std::fs::read_to_string(kernel_config_dir().join(fragment)).unwrap();
+    text.lines().position(|l| l == line).unwrap() + 1
+}
+
+#[test]
+fn a_kernel_missing_required_options_fails_naming_each_option_and_line() {
+    let config = config_text(CLOUD_AMD64);
+    assert!(
+        config.contains("\nCONFIG_SECCOMP_FILTER=y\n") && config.contains("\n# CONFIG_RT_GROUP_SCHED is not set\n")
+    );
+    let config = config
+        .replace("\nCONFIG_SECCOMP_FILTER=y\n", "\n")
+        .replace("\n# CONFIG_RT_GROUP_SCHED is not set\n", "\nCONFIG_RT_GROUP_SCHED=y\n");
+    let facts = KernelFacts { config: parse_kernel_config(&config), ..package_facts(CLOUD_AMD64) };
+    let report = check(&fragments(GENERIC), Arch::X86_64, &facts);
+
+    let seccomp = line_of("container-host.config", "CONFIG_SECCOMP_FILTER=y");
+    let rt = line_of("container-host.config", "# CONFIG_RT_GROUP_SCHED is not set");
+    let problems: Vec<(String, usize)> = report.problems.iter().map(|p| (p.option.clone(), p.line)).collect();
+    assert_eq!(problems, [("CONFIG_RT_GROUP_SCHED".to_owned(), rt), ("CONFIG_SECCOMP_FILTER".to_owned(), seccomp)]);
+    assert!(report.problems.iter().all(|p| p.fragment.ends_with("container-host.config")));
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!(
+            "container-host.config:{seccomp}: CONFIG_SECCOMP_FILTER: required =y, kernel has no such option"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("container-host.config:{rt}: CONFIG_RT_GROUP_SCHED: required not set, kernel has =y")),
+        "{text}"
+    );
+    assert!(text.contains("2 of "), "{text}");
+}
+
+#[test]
+fn a_module_that_does_not_ship_fails() {
+    let mut facts = package_facts(FULL_ARM64);
+    assert!(facts.modules.remove("hns3"));
+    let report = check(&fragments(KUNPENG920), Arch::Aarch64, &facts);
+    assert_eq!(report.problems.len(), 1, "{report}");
+    let problem = &report.problems[0];
+    assert_eq!(problem.option, "CONFIG_HNS3_ENET");
+    assert_eq!(problem.line, line_of("kunpeng920.config", "CONFIG_HNS3_ENET=m"));
+    assert_eq!(problem.unmet, Unmet::ModuleNotShipped { modules: vec!["hns3".into()] });
+    assert!(report.to_string().contains("kernel has =m but no hns3.ko* ships"), "{report}");
+}
+
+#[test]
+fn a_boot_module_missing_from_the_initramfs_fails() {
+    let fragments = fragments(KUNPENG920);
+    let mut facts = package_facts(FULL_ARM64);
+    let boot = boot_modules(&fragments, Arch::Aarch64);
+    // The full kernel builds these as modules: the initramfs must hold them.
+    for module in ["ext4", "crc32c_generic", "nvme", "ahci", "sd_mod", "hisi_sas_v3_hw", "virtio_blk"] {
+        assert!(boot.contains(module), "{module} is not marked `initramfs`");
+    }
+    facts.initramfs_modules = Some(boot.clone());
+    let report = check(&fragments, Arch::Aarch64, &facts);
+    assert!(report.is_ok() && report.initramfs_checked, "{report}");
+
+    let mut without = boot;
+    without.remove("hisi_sas_v3_hw");
+    facts.initramfs_modules = Some(without);
+    let report = check(&fragments, Arch::Aarch64, &facts);
+    assert_eq!(report.problems.len(), 1, "{report}");
+    let problem = &report.problems[0];
+    assert_eq!(problem.option, "CONFIG_SCSI_HISI_SAS_PCI");
+    assert_eq!(problem.unmet, Unmet::NotInInitramfs { modules: vec!["hisi_sas_v3_hw".into()] });
+    let line = line_of("kunpeng920.config", "CONFIG_SCSI_HISI_SAS_PCI=m");
+    assert!(
+        report.to_string().contains(&format!(
+            "kunpeng920.config:{line}: CONFIG_SCSI_HISI_SAS_PCI: required =m in the initramfs (module hisi_sas_v3_hw), kernel has =m but hisi_sas_v3_hw is not in the initramfs"
+        )),
+        "{report}"
+    );
+}
+
+#[test]
+fn the_cloud_arm64_kernel_fails_kunpeng920_which_needs_the_full_flavour() {
+    let report = check(&fragments(KUNPENG920), Arch::Aarch64, &package_facts(CLOUD_ARM64));
+    assert!(!report.is_ok());
+    println!("{report}");
+    let unmet: BTreeSet<&str> = report.problems.iter().map(|p| p.option.as_str()).collect();
+    // The BMC console, IPMI, and the PCIe storage and NICs are missing ...
+    for option in [
+        "CONFIG_DRM_HISI_HIBMC",
+        "CONFIG_IPMI_HANDLER",
+        "CONFIG_SATA_AHCI",
+        "CONFIG_MEGARAID_SAS",
+        "CONFIG_IXGBE",
+        "CONFIG_USB_XHCI_PCI",
+    ] {
+        assert!(unmet.contains(option), "{option} not reported:\n{report}");
+    }
+    // ... while the SoC's own Ethernet (HNS3) and SAS are in the cloud flavour too.
+    for option in ["CONFIG_HNS3", "CONFIG_HNS3_ENET", "CONFIG_SCSI_HISI_SAS_PCI"] {
+        assert!(!unmet.contains(option), "{option} reported:\n{report}");
+    }
+    let line = line_of("kunpeng920.config", "CONFIG_DRM_HISI_HIBMC=m");
+    assert!(
+        report.to_string().contains(&format!(
+            "kunpeng920.config:{line}: CONFIG_DRM_HISI_HIBMC: required =m (module hibmc-drm), kernel has no such option"
+        )),
+        "{report}"
+    );
+}
+
+#[test]
+fn arm64_only_fragments_check_nothing_on_x86_64() {
+    // Not a profile (x86_64 servers are not targeted), but the fragments'
+    // arch gating must hold: arm64-only fragments check nothing on x86_64.
+    let report =
+        check(&fragments(&["arm64-server", "kunpeng920", "phytium"]), Arch::X86_64, &package_facts(CLOUD_AMD64));
+    assert!(report.is_ok() && report.checked == 0, "{report}");
+}
