@@ -6,7 +6,7 @@ use anyhow::Result;
 use cairn_common::layout::{Arch, Platform};
 use clap::{Parser, Subcommand};
 
-use crate::{compose, image, keys, publish, tuf_repo};
+use crate::{compose, image, kernel_check, keys, publish, tuf_repo};
 
 #[derive(Debug, Parser)]
 #[command(name = "cairn-build", version, about = "Build Cairn OS images: packages → signed OSTree commit → UEFI disk image")]
@@ -100,6 +100,29 @@ enum Command {
         #[arg(long, default_value = "90d")]
         metadata_expires: String,
     },
+    /// Check a kernel against the kernel-config fragments of a platform and
+    /// print the report: every unmet option with its fragment and line, and
+    /// what Debian's kernel lacks that the platform would want. Exits 1 when
+    /// an enforced option is unmet.
+    KernelCheck {
+        #[arg(long, default_value = "rootfs/image.toml")]
+        manifest: PathBuf,
+        #[arg(long, default_value = "dev")]
+        flavor: String,
+        #[arg(long, default_value = "x86_64")]
+        arch: Arch,
+        #[arg(long, default_value = "generic")]
+        platform: Platform,
+        /// Check the kernel of this unpacked root tree (`usr/lib/modules/<kver>`)
+        /// instead of the manifest's package layer.
+        #[arg(long, conflicts_with = "cache")]
+        root: Option<PathBuf>,
+        /// Package cache: the package layer is built there if it is not yet.
+        #[arg(long, required_unless_present = "root")]
+        cache: Option<PathBuf>,
+        #[arg(long, default_value = "/etc/apt")]
+        apt_dir: PathBuf,
+    },
     /// Write a bootable GPT disk image (raw and qcow2) of the committed tree.
     Image {
         #[command(flatten)]
@@ -170,6 +193,35 @@ pub fn run(cli: Cli) -> Result<()> {
                 extra_overlays: overlays,
             })?;
             println!("{}", serde_json::to_string_pretty(&composed)?);
+        }
+        Command::KernelCheck {
+            manifest,
+            flavor,
+            arch,
+            platform,
+            root,
+            cache,
+            apt_dir,
+        } => {
+            let spec = crate::manifest::Manifest::load(&manifest)?.resolve(&flavor, arch, platform)?;
+            let report = match (root, cache) {
+                (Some(root), _) => {
+                    let fragments =
+                        spec.kernel_config.iter().map(|p| kernel_check::Fragment::load(p)).collect::<Result<Vec<_>>>()?;
+                    kernel_check::check(&fragments, arch, &kernel_check::KernelFacts::from_tree(&root)?)
+                }
+                (None, Some(cache)) => {
+                    let mirrors = crate::apt_sources::resolve(&apt_dir, &spec.release, spec.mirror.as_deref(), spec.security_mirror.as_deref())?;
+                    let cache = compose::Cache::new(&cache)?;
+                    let base = cache.base(&spec, &mirrors)?;
+                    compose::check_kernel(&spec, &cache, &base)?
+                }
+                (None, None) => unreachable!("clap requires --cache without --root"),
+            };
+            print!("{report}");
+            if !report.is_ok() {
+                anyhow::bail!("the kernel misses {} required option(s) of {platform} (listed above)", report.problems.len());
+            }
         }
         Command::Image { target, output } => {
             let built = image::build_image(&image::ImageOptions {

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::apt_sources::{self, Mirrors};
+use crate::kernel_check::{self, Fragment, KernelFacts};
 use crate::keys::SigningKey;
 use crate::manifest::{ImageSpec, Manifest};
 use crate::ostree::{self, Commit, Tree};
@@ -186,6 +187,11 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
     )?;
     let cache = Cache::new(&opts.cache)?;
     let base = cache.base(&spec, &mirrors)?;
+    // The kernel must meet the platform's kernel-config fragments before
+    // anything is committed.
+    let report = check_kernel(&spec, &cache, &base)?;
+    report.ensure_ok()?;
+    tracing::info!(kernel = %base.kernel_release, options = report.checked, notes = report.wanted.len(), "kernel meets the kernel-config fragments");
 
     ostree::ensure_archive_repo(&opts.repo)?;
     ostree::pull_local(&opts.repo, &cache.base_repo(), &base.commit, None)?;
@@ -230,6 +236,19 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
         kernel_release: base.kernel_release.clone(),
         packages: base.packages.len(),
     })
+}
+
+/// Check the package layer's kernel (its config, the modules it ships, the
+/// initramfs) against the kernel-config fragments of the image's platform.
+pub fn check_kernel(spec: &ImageSpec, cache: &Cache, base: &Base) -> Result<kernel_check::Report> {
+    let fragments = spec.kernel_config.iter().map(|p| Fragment::load(p)).collect::<Result<Vec<_>>>()?;
+    let tree = tempfile::Builder::new().prefix("kernel-").tempdir_in(cache.tmp())?;
+    let subpath = format!("/usr/lib/modules/{}", base.kernel_release);
+    let dest = tree.path().join(subpath.trim_start_matches('/'));
+    fs::create_dir_all(dest.parent().expect("has parent"))?;
+    ostree::checkout_subpath(&cache.base_repo(), &base.commit, &subpath, &dest)?;
+    let facts = KernelFacts::from_tree(tree.path())?;
+    Ok(kernel_check::check(&fragments, spec.arch, &facts))
 }
 
 /// The ostree ref of an image: one per architecture, variant (flavour and

@@ -97,6 +97,15 @@ pub fn pull_local(dst: &Path, src: &Path, rev: &str, remote: Option<&str>) -> Re
     cmd.arg(src).arg(rev).run().with_context(|| format!("pulling {rev} from {}", src.display()))
 }
 
+/// Check out the folder `subpath` of `rev` to `dest` (which must not exist).
+pub fn checkout_subpath(repo: &Path, rev: &str, subpath: &str, dest: &Path) -> Result<()> {
+    ostree(repo)
+        .args(["checkout", &format!("--subpath={subpath}"), rev])
+        .arg(dest)
+        .run()
+        .with_context(|| format!("checking out {subpath} of {rev}"))
+}
+
 /// A metadata value of a commit, in GVariant text form.
 pub fn metadata(repo: &Path, rev: &str, key: &str) -> Result<String> {
     Ok(ostree(repo)

@@ -27,6 +27,20 @@ pub struct Artifacts {
     pub busybox: PathBuf,
 }
 
+/// Copy an image definition to `dest` for editing: the manifest's folder
+/// (overlays) as `dest/rootfs` and the `kernel-config` folder beside it (the
+/// manifest names fragments as `../kernel-config/…`). Returns the copy's
+/// manifest path.
+pub fn copy_image_definition(manifest: &Path, dest: &Path) -> Result<PathBuf> {
+    let folder = manifest.parent().context("the manifest has no folder")?;
+    let kernel_config = folder.parent().context("the manifest's folder has no parent")?.join("kernel-config");
+    for (from, to) in [(folder, dest.join("rootfs")), (kernel_config.as_path(), dest.join("kernel-config"))] {
+        std::fs::create_dir_all(&to)?;
+        cairn_common::process::Cmd::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(&to).run()?;
+    }
+    Ok(dest.join("rootfs").join(manifest.file_name().context("the manifest has no file name")?))
+}
+
 impl Artifacts {
     /// Load the artifacts of this run; fails (never skips) when absent, so
     /// an ignored test run by hand says what it needs.

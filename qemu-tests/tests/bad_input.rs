@@ -22,10 +22,7 @@ fn build(a: &Artifacts, args: &[&str]) -> Run {
 /// A copy of the image definition folder with `edit` applied to the manifest.
 fn manifest_copy(a: &Artifacts, edit: impl Fn(&str) -> String) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let src = a.manifest.parent().unwrap();
-    let status = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(dir.path()).status().unwrap();
-    assert!(status.success());
-    let path = dir.path().join("image.toml");
+    let path = cairn_qemu_tests::artifacts::copy_image_definition(&a.manifest, dir.path()).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     let edited = edit(&text);
     assert_ne!(edited, text, "the edit changed nothing");
@@ -49,6 +46,8 @@ fn compose(a: &Artifacts, manifest: &Path, repo: &Path, keys: &Path) -> Run {
             "dev",
             "--arch",
             a.arch.as_str(),
+            "--platform",
+            a.platform.as_str(),
             "--repo",
             repo.to_str().unwrap(),
             "--cache",
@@ -103,6 +102,31 @@ fn unknown_package_is_refused_where_the_manifest_names_it() {
     let a = Artifacts::load().unwrap();
     let (_d, m) = manifest_copy(&a, |t| t.replacen("debug = [\"procps\"", "debug = [\"cairn-no-such-package\", \"procps\"", 1));
     assert_compose_refused(&a, &m, line_of(&m, "cairn-no-such-package"), "package `cairn-no-such-package` is not in the configured Debian suites");
+}
+
+#[test]
+#[ignore = "runs the builder; run by `cargo xtask test`"]
+fn a_kernel_missing_fragment_options_is_refused_naming_each_one() {
+    let a = Artifacts::load().unwrap();
+    let (d, m) = manifest_copy(&a, |t| {
+        t.replacen("config = [\n", "config = [\n  \"../kernel-config/test-missing.config\",\n", 1)
+    });
+    std::fs::write(
+        d.path().join("kernel-config/test-missing.config"),
+        "# Options no kernel has.\n# A made-up feature.\nCONFIG_CAIRN_TEST_MISSING=y\n# Another.\n# cairn: module=cairn_test_missing\nCONFIG_CAIRN_TEST_MISSING_TOO=m\n",
+    )
+    .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = scratch.path().join("repo");
+    let run = compose(&a, &m, &repo, &a.keys);
+    assert!(!run.ok, "compose accepted a kernel that misses options");
+    for expected in [
+        "test-missing.config:3: CONFIG_CAIRN_TEST_MISSING: required =y",
+        "test-missing.config:6: CONFIG_CAIRN_TEST_MISSING_TOO: required =m",
+    ] {
+        assert!(run.stderr.contains(expected), "error lacks {expected:?}:\n{}", run.stderr);
+    }
+    assert!(!repo.exists(), "a repo was created for a refused kernel");
 }
 
 #[test]

@@ -314,3 +314,52 @@ fn assert_running_without_failures(vm: &Vm) {
     let state = vm.console.run("systemctl is-system-running --wait", BOOT).unwrap();
     assert_eq!(state.output.trim(), "running", "{}", vm.console.tail(3000));
 }
+
+/// The core of the test above, short enough for an emulated foreign
+/// architecture (`cargo xtask test --arch aarch64` runs it instead of the
+/// long one): v1 → v2 is committed keeping `/etc` and `/var`; v3 fails its
+/// health gate and the host comes back on v2 by itself, v3 marked bad.
+#[test]
+#[ignore = "boots a VM; run by `cargo xtask test`"]
+fn update_is_committed_and_a_failed_health_gate_rolls_back() {
+    let a = Artifacts::load().unwrap();
+    let scratch = tempfile::Builder::new().prefix("cairn-update-test-").tempdir().unwrap();
+    let releases = TestReleases::new(&a, scratch.path());
+    releases.publish_booted().unwrap();
+    releases.compose("0.2.0", &[]).unwrap();
+    releases.publish().unwrap();
+
+    let server = Server::start(&releases.www).unwrap();
+    let mut opts = VmOptions::of(&a.dev);
+    opts.forward_update_server(Path::new(RELAY), server.port);
+    let vm = Vm::start(&opts).unwrap();
+    vm.wait_for_root_shell(BOOT).unwrap();
+    let c = &vm.console;
+    c.run_ok(
+        "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\n[boot]\\ntries = 1\\n' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent",
+        COMMAND,
+    )
+    .unwrap();
+    assert_eq!(booted_version(&status(&vm)), a.dev.version);
+
+    c.run_ok("echo kept > /etc/cairn-update-test && mkdir -p /var/lib/cairn-test && echo kept > /var/lib/cairn-test/data && sync", COMMAND)
+        .unwrap();
+    c.send("cairn-agent update\n").unwrap();
+    c.wait_for("Linux version", BOOT).unwrap();
+    vm.wait_for_root_shell(BOOT).unwrap();
+    let s = wait_status(&vm, "v2 to be committed", |s| s["phase"]["phase"] == "idle" && s["trial"].is_null());
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
+    assert_eq!(c.run_ok("cat /etc/cairn-update-test /var/lib/cairn-test/data", COMMAND).unwrap().trim(), "kept\nkept");
+    assert_eq!(c.run_ok("uname -m", COMMAND).unwrap().trim(), a.arch.as_str());
+
+    releases.compose("0.3.0", &[fixture("failing-health")]).unwrap();
+    releases.publish().unwrap();
+    c.send("cairn-agent update\n").unwrap();
+    c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v3
+    c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
+    vm.wait_for_root_shell(BOOT).unwrap();
+    let s = wait_status(&vm, "v3 to be rolled back", |s| is_bad(s, "0.3.0") && s["trial"].is_null());
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
+    let versions: Vec<&str> = s["deployments"].as_array().unwrap().iter().filter_map(|d| d["version"].as_str()).collect();
+    assert!(!versions.contains(&"0.3.0"), "the failed deployment is still there: {s:#}");
+}

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use cairn_builder::image::BuiltImage;
 use cairn_common::layout::{Arch, Platform};
-use cairn_common::process::Cmd;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
 use serde::Serialize;
 
@@ -56,15 +55,11 @@ pub fn bench(target: &crate::Target) -> Result<()> {
     // Warm: the real cache (warmed by the line below), one overlay file changed.
     build::image_with(&dev, &paths::manifest(), &paths::cache(), &agent_dir)?;
     let edited = tempfile::Builder::new().prefix("cairn-bench-rootfs-").tempdir()?;
-    Cmd::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", paths::workspace().join("rootfs").display()))
-        .arg(edited.path())
-        .run()?;
+    let manifest = cairn_qemu_tests::artifacts::copy_image_definition(&paths::manifest(), edited.path())?;
     let stamp = format!("Cairn (bench {:?})\n", std::time::SystemTime::now());
-    std::fs::write(edited.path().join("overlay/base/etc/issue.net"), stamp)?;
+    std::fs::write(edited.path().join("rootfs/overlay/base/etc/issue.net"), stamp)?;
     let t = Instant::now();
-    let built = build::image_with(&dev, &edited.path().join("image.toml"), &paths::cache(), &agent_dir)?;
+    let built = build::image_with(&dev, &manifest, &paths::cache(), &agent_dir)?;
     let warm = t.elapsed();
 
     let raw_meta = std::fs::metadata(&built.raw)?;

@@ -67,13 +67,7 @@ pub fn measure(t: &ImageTarget, agent_dir: &Path, v1: &BuiltImage, full_image_by
     publish(&paths::manifest(), &paths::repo(arch))?;
 
     // v2: the same manifest with one package more.
-    let rootfs = scratch.path().join("rootfs");
-    Cmd::new("cp")
-        .arg("-a")
-        .arg(paths::workspace().join("rootfs"))
-        .arg(&rootfs)
-        .run()?;
-    let manifest = rootfs.join("image.toml");
+    let manifest = cairn_qemu_tests::artifacts::copy_image_definition(&paths::manifest(), scratch.path())?;
     let text = std::fs::read_to_string(&manifest)?;
     let anchor = "debug = [";
     if !text.contains(anchor) {
