@@ -10,12 +10,17 @@ use serde::{Deserialize, Serialize};
 
 pub const ENV: &str = "CAIRN_TEST_ARTIFACTS";
 
+/// The VM tests that boot the prod image.
+pub const PROD_TESTS: &[&str] = &["prod_image_reaches_multi_user_and_offers_no_login"];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Artifacts {
     pub arch: Arch,
     pub platform: Platform,
     pub dev: BuiltImage,
-    pub prod: BuiltImage,
+    /// Built only when a selected test needs it (see [`PROD_TESTS`]): on an
+    /// emulated foreign arch its package layer alone takes ten minutes.
+    pub prod: Option<BuiltImage>,
     /// The `cairn-build` binary the images were built with.
     pub builder: PathBuf,
     pub manifest: PathBuf,

@@ -139,7 +139,8 @@ fn dev_image_boots_from_virtio_scsi() {
 #[ignore = "boots a VM; run by `cargo xtask test`"]
 fn prod_image_reaches_multi_user_and_offers_no_login() {
     let a = Artifacts::load().unwrap();
-    let vm = Vm::start(&VmOptions::of(&a.prod)).unwrap();
+    let prod = a.prod.as_ref().expect("xtask builds the prod image when this test is selected (artifacts::PROD_TESTS)");
+    let vm = Vm::start(&VmOptions::of(prod)).unwrap();
     let c = &vm.console;
     c.wait_for("cairn login:", BOOT).unwrap();
     // systemd stops printing unit status once the serial getty owns the

@@ -51,7 +51,7 @@ impl Random {
 
 pub fn campaign(target: &crate::Target, points: usize, seed: Option<u64>) -> Result<()> {
     let arch = target.arch;
-    let (artifacts, _) = test::artifacts(target)?;
+    let (artifacts, _) = test::artifacts(target, false)?;
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
     });

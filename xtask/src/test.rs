@@ -19,7 +19,8 @@ pub fn test(target: &Target, filter: Option<&str>) -> Result<()> {
         cross::unit_tests(arch)?;
     }
 
-    let (_, file) = artifacts(target)?;
+    let needs_prod = filter.is_none_or(|f| artifacts::PROD_TESTS.iter().any(|t| t.contains(f)));
+    let (_, file) = artifacts(target, needs_prod)?;
 
     // Probe KVM once here rather than in every test process.
     let accel = qemu::accel(arch);
@@ -41,14 +42,19 @@ pub fn test(target: &Target, filter: Option<&str>) -> Result<()> {
         .context("VM and builder tests")
 }
 
-/// Host tools, binaries and both images, described for the VM tests (and
-/// written to `target/cairn/<arch>/test-artifacts-<platform>.json`).
-pub fn artifacts(target: &Target) -> Result<(Artifacts, std::path::PathBuf)> {
+/// Host tools, binaries, the dev image and (if asked) the prod image,
+/// described for the VM tests (and written to
+/// `target/cairn/<arch>/test-artifacts-<platform>.json`).
+pub fn artifacts(target: &Target, with_prod: bool) -> Result<(Artifacts, std::path::PathBuf)> {
     let arch = target.arch;
     host::ensure_vm_tools(arch)?;
     let agent_dir = build::binaries(arch)?;
     let dev = build::image_with(&target.image("dev"), &paths::manifest(), &paths::cache(), &agent_dir)?;
-    let prod = build::image_with(&target.image("prod"), &paths::manifest(), &paths::cache(), &agent_dir)?;
+    let prod = if with_prod {
+        Some(build::image_with(&target.image("prod"), &paths::manifest(), &paths::cache(), &agent_dir)?)
+    } else {
+        None
+    };
     let a = Artifacts {
         arch,
         platform: target.platform,
