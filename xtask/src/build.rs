@@ -83,6 +83,25 @@ pub fn image_with(t: &ImageTarget, manifest: &Path, cache: &Path, agent_dir: &Pa
     serde_json::from_str(&out.stdout).context("reading what cairn-build image wrote")
 }
 
+/// `cairn-build kernel-check` on the package layer of `t` (built if need be).
+pub fn kernel_check(t: &ImageTarget) -> Result<()> {
+    host::ensure_build_tools()?;
+    host::ensure_foreign_root(t.arch)?;
+    Cmd::new(env!("CARGO"))
+        .args(["build", "--release", "--package", "cairn-builder"])
+        .current_dir(paths::workspace())
+        .progress()
+        .run()?;
+    Cmd::new(builder())
+        .arg("kernel-check")
+        .arg("--manifest")
+        .arg(paths::manifest())
+        .args(["--flavor", &t.flavor, "--arch", t.arch.as_str(), "--platform", t.platform.as_str()])
+        .arg("--cache")
+        .arg(paths::cache())
+        .run_inherited()
+}
+
 /// The whole build of one image from the repo's manifest.
 pub fn build(t: &ImageTarget) -> Result<BuiltImage> {
     host::ensure_build_tools()?;

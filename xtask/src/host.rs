@@ -41,7 +41,16 @@ pub fn ensure_cross_tools(arch: Arch) -> Result<()> {
     let std_lib = format!("libstd-rust-web-dev:{foreign}");
     let gcc = format!("gcc-{}", crate::cross::gnu_triple(arch));
     let libc = format!("libc6-dev-{foreign}-cross");
-    ensure(&["rustc-web", "cargo-web", &std_lib, &gcc, &libc], &["qemu-user-static"])?;
+    ensure(&["rustc-web", "cargo-web", &std_lib, &gcc, &libc], &[])?;
+    ensure_foreign_root(arch)
+}
+
+/// Building a foreign architecture's root: qemu-user, registered with binfmt_misc.
+pub fn ensure_foreign_root(arch: Arch) -> Result<()> {
+    if Arch::host() == Some(arch) {
+        return Ok(());
+    }
+    ensure(&[], &["qemu-user-static"])?;
     register_binfmt(arch)
 }
 

@@ -4,6 +4,7 @@
 //!   compose and write the image; the last stdout line is the raw image.
 //! - `run`: build the dev image and boot it with the console on this terminal.
 //! - `test`: unit tests, images, then every VM and builder test.
+//! - `kernel-check`: the package layer's kernel against the kernel-config fragments.
 //! - `bench`: build and boot figures, as a table and JSON;
 //!   `bench power-cut`: a campaign of power cuts at random moments.
 
@@ -66,6 +67,14 @@ enum Command {
         #[arg(long, default_value = "dev")]
         flavor: String,
     },
+    /// Check the kernel of the image's package layer (built if need be)
+    /// against the platform's kernel-config fragments; print the report.
+    KernelCheck {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = "dev")]
+        flavor: String,
+    },
     /// The whole suite: unit tests, image builds, VM and builder tests.
     Test {
         #[command(flatten)]
@@ -103,6 +112,7 @@ fn main() -> std::process::ExitCode {
             println!("{}", built.raw.display());
         }),
         Command::Run { target, flavor } => run::run(&target.image(&flavor)),
+        Command::KernelCheck { target, flavor } => build::kernel_check(&target.image(&flavor)),
         Command::Test { target, filter } => test::test(&target, filter.as_deref()),
         Command::Bench { target, campaign: None } => bench::bench(&target),
         Command::Bench {
