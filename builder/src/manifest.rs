@@ -419,7 +419,11 @@ impl Manifest {
                 format!("no platform `{platform}` (the manifest defines: {})", if defined.is_empty() { "none".into() } else { defined.join(", ") }),
             ));
         };
+        let span = table.span();
         let table = table.get_ref();
+        if table.arch.is_empty() {
+            return Err(self.err(span, format!("platform `{platform}` has an empty `arch` list")));
+        }
         let mut arches = Vec::new();
         for a in &table.arch {
             arches.push(a.get_ref().parse::<Arch>().map_err(|e| self.err(a.span(), e))?);

@@ -239,6 +239,23 @@ impl Cmd {
         }
     }
 
+    /// A program that is not there is named as such up front: where `exec`
+    /// failures surface as exit status 127 of the child (qemu-user, which
+    /// runs the aarch64 agent's tests), `spawn` alone would not say so.
+    fn ensure_found(&self, shown: &str) -> Result<()> {
+        let program = Path::new(self.command.get_program());
+        let found = if program.components().count() > 1 {
+            program.exists()
+        } else {
+            std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+        };
+        if found {
+            Ok(())
+        } else {
+            Err(anyhow!("starting `{shown}` (is it installed?): {} not found", program.display()))
+        }
+    }
+
     fn run_capturing(mut self) -> Result<(ExitStatus, Output, String)> {
         let shown = self.display();
         tracing::info!(command = %shown, "running");
@@ -251,6 +268,7 @@ impl Cmd {
             // Its own process group, so the watchdog kills what it started too.
             std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
         }
+        self.ensure_found(&shown)?;
         let mut child = self
             .command
             .spawn()
@@ -433,8 +451,8 @@ mod tests {
 
     #[test]
     fn missing_program_is_a_clear_error() {
-        let err = Cmd::new("cairn-no-such-program").run().unwrap_err();
-        assert!(format!("{err:#}").contains("starting `cairn-no-such-program` (is it installed?)"));
+        let err = format!("{:#}", Cmd::new("cairn-no-such-program").run().unwrap_err());
+        assert!(err.contains("starting `cairn-no-such-program` (is it installed?)"), "{err}");
     }
 
     #[test]

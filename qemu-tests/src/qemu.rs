@@ -63,6 +63,14 @@ pub fn machine(arch: Arch, platform: Platform) -> &'static str {
     }
 }
 
+/// The `-cpu` of a VM: the host's under KVM, else the platform's stand-in.
+pub fn cpu(arch: Arch, platform: Platform, accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "host",
+        Accel::Tcg => tcg_cpu(arch, platform),
+    }
+}
+
 /// The emulated CPU (TCG) of a platform.
 pub fn tcg_cpu(arch: Arch, platform: Platform) -> &'static str {
     match (arch, platform) {
@@ -115,10 +123,7 @@ impl QemuConfig {
         push("-machine");
         push(&format!("{},accel={}", machine(self.arch, self.platform), self.accel.as_str()));
         push("-cpu");
-        push(match self.accel {
-            Accel::Kvm => "host",
-            Accel::Tcg => tcg_cpu(self.arch, self.platform),
-        });
+        push(cpu(self.arch, self.platform, self.accel));
         a.extend(["-smp".into(), self.cpus.to_string(), "-m".into(), self.memory_mib.to_string()]);
         let serial = if self.interactive { "mon:stdio" } else { "stdio" };
         a.extend(["-nodefaults".into(), "-display".into(), "none".into(), "-serial".into(), serial.into()]);

@@ -96,13 +96,13 @@ impl<'a> TestReleases<'a> {
 
     /// A release record of this test image's line for `commit`.
     pub fn record(&self, version: &str, commit: &str) -> Release {
-        let arch = self.artifacts.arch;
+        let a = self.artifacts;
         Release {
             version: version.into(),
-            arch,
-            flavor: "dev".into(),
+            arch: a.arch,
+            flavor: cairn_common::layout::variant("dev", a.platform),
             stream: "stable".into(),
-            ostree_ref: format!("cairn/{arch}/dev/stable"),
+            ostree_ref: a.dev.ostree_ref.clone(),
             commit: commit.into(),
             requires: None,
         }
@@ -156,7 +156,7 @@ impl<'a> TestReleases<'a> {
             .arg(format!("--tree=ref={base}"))
             .arg(format!("--add-metadata-string={}={version}", meta::VERSION))
             .arg(format!("--add-metadata-string={}={arch}", meta::ARCH))
-            .arg(format!("--add-metadata-string={}=dev", meta::FLAVOR))
+            .arg(format!("--add-metadata-string={}={}", meta::FLAVOR, cairn_common::layout::variant("dev", self.artifacts.platform)))
             .arg(format!("--subject=test copy of {base} as {version}"));
         if sign {
             let key = cairn_builder::keys::SigningKey::open(&self.artifacts.keys)?;

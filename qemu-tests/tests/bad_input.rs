@@ -160,6 +160,8 @@ fn disk_too_small_for_the_os_is_refused_and_leaves_no_image() {
             "dev",
             "--arch",
             a.arch.as_str(),
+            "--platform",
+            a.platform.as_str(),
             "--repo",
             a.repo.to_str().unwrap(),
             "--output",

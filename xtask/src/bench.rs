@@ -43,6 +43,7 @@ struct Results {
 pub fn bench(target: &crate::Target) -> Result<()> {
     let arch = target.arch;
     let dev = target.image("dev");
+    build::validate(&dev)?;
     host::ensure_vm_tools(arch)?;
     let agent_dir = build::binaries(arch)?;
 
@@ -74,7 +75,7 @@ pub fn bench(target: &crate::Target) -> Result<()> {
     let results = Results {
         arch,
         platform: target.platform,
-        cpu: cairn_qemu_tests::qemu::tcg_cpu(arch, target.platform),
+        cpu: cairn_qemu_tests::qemu::cpu(arch, target.platform, cairn_qemu_tests::qemu::accel(arch)),
         accel: cairn_qemu_tests::qemu::accel(arch).as_str(),
         cold_build_secs: cold.as_secs_f64(),
         warm_rebuild_secs: warm.as_secs_f64(),

@@ -83,8 +83,16 @@ pub fn image_with(t: &ImageTarget, manifest: &Path, cache: &Path, agent_dir: &Pa
     serde_json::from_str(&out.stdout).context("reading what cairn-build image wrote")
 }
 
+/// Refuse an arch/platform/flavour the manifest does not define before any
+/// slow step (the builder would, but only after building itself).
+pub fn validate(t: &ImageTarget) -> Result<()> {
+    cairn_builder::manifest::Manifest::load(&paths::manifest())?.resolve(&t.flavor, t.arch, t.platform)?;
+    Ok(())
+}
+
 /// `cairn-build kernel-check` on the package layer of `t` (built if need be).
 pub fn kernel_check(t: &ImageTarget) -> Result<()> {
+    validate(t)?;
     host::ensure_build_tools()?;
     host::ensure_foreign_root(t.arch)?;
     Cmd::new(env!("CARGO"))
@@ -104,6 +112,7 @@ pub fn kernel_check(t: &ImageTarget) -> Result<()> {
 
 /// The whole build of one image from the repo's manifest.
 pub fn build(t: &ImageTarget) -> Result<BuiltImage> {
+    validate(t)?;
     host::ensure_build_tools()?;
     let agent_dir = binaries(t.arch)?;
     image_with(t, &paths::manifest(), &paths::cache(), &agent_dir)

@@ -50,7 +50,7 @@ fn cargo(arch: Arch) -> Cmd {
         .env(format!("CARGO_TARGET_{env_target}_LINKER"), format!("{triple}-gcc"))
         .env(format!("CARGO_TARGET_{env_target}_RUSTFLAGS"), "-C target-feature=+crt-static")
         // Unit tests run under qemu-user (static binaries: no -L needed).
-        .env(format!("CARGO_TARGET_{env_target}_RUNNER"), format!("qemu-{}", arch.as_str()))
+        .env(format!("CARGO_TARGET_{env_target}_RUNNER"), format!("qemu-{}-static", arch.as_str()))
         .env(format!("CC_{cc_target}"), format!("{triple}-gcc"))
         .env(format!("AR_{cc_target}"), format!("{triple}-ar"))
         .arg("--quiet")

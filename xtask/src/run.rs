@@ -33,7 +33,7 @@ pub fn run(t: &ImageTarget) -> Result<()> {
         built.version,
         t.flavor,
         t.platform,
-        qemu::tcg_cpu(arch, t.platform),
+        qemu::cpu(arch, t.platform, config.accel),
         config.accel.as_str(),
         config.disk.display()
     );

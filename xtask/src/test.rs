@@ -13,6 +13,7 @@ use crate::{build, cross, host, paths, Target};
 
 pub fn test(target: &Target, filter: Option<&str>) -> Result<()> {
     let arch = target.arch;
+    build::validate(&target.image("dev"))?;
     cargo(&["test", "--workspace"]).context("unit tests")?;
     if cairn_common::layout::Arch::host() != Some(arch) {
         host::ensure_cross_tools(arch)?;
