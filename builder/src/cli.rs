@@ -15,8 +15,9 @@ pub struct Cli {
     command: Command,
 }
 
+/// Which image: manifest, flavour, architecture, platform.
 #[derive(Debug, clap::Args)]
-struct Target {
+struct Image {
     /// Image manifest.
     #[arg(long, default_value = "rootfs/image.toml")]
     manifest: PathBuf,
@@ -29,6 +30,19 @@ struct Target {
     /// Where the image runs: `generic` (VMs, clouds), `kunpeng920`, `phytium`.
     #[arg(long, default_value = "generic")]
     platform: Platform,
+}
+
+impl Image {
+    fn resolve(&self) -> Result<crate::manifest::ImageSpec> {
+        Ok(crate::manifest::Manifest::load(&self.manifest)?.resolve(&self.flavor, self.arch, self.platform)?)
+    }
+}
+
+/// An image and the OSTree repository it is committed to.
+#[derive(Debug, clap::Args)]
+struct Target {
+    #[command(flatten)]
+    image: Image,
     /// OSTree archive repository the image is committed to.
     #[arg(long)]
     repo: PathBuf,
@@ -105,14 +119,8 @@ enum Command {
     /// what Debian's kernel lacks that the platform would want. Exits 1 when
     /// an enforced option is unmet.
     KernelCheck {
-        #[arg(long, default_value = "rootfs/image.toml")]
-        manifest: PathBuf,
-        #[arg(long, default_value = "dev")]
-        flavor: String,
-        #[arg(long, default_value = "x86_64")]
-        arch: Arch,
-        #[arg(long, default_value = "generic")]
-        platform: Platform,
+        #[command(flatten)]
+        image: Image,
         /// Check the kernel of this unpacked root tree (`usr/lib/modules/<kver>`)
         /// instead of the manifest's package layer.
         #[arg(long, conflicts_with = "cache")]
@@ -157,7 +165,7 @@ pub fn run(cli: Cli) -> Result<()> {
             timestamp_expires,
             metadata_expires,
         } => {
-            let spec = crate::manifest::Manifest::load(&target.manifest)?.resolve(&target.flavor, target.arch, target.platform)?;
+            let spec = target.image.resolve()?;
             let published = publish::publish(&publish::PublishOptions {
                 build_repo: target.repo,
                 rev: compose::image_ref(&spec),
@@ -180,10 +188,10 @@ pub fn run(cli: Cli) -> Result<()> {
             overlays,
         } => {
             let composed = compose::compose(&compose::ComposeOptions {
-                manifest: target.manifest,
-                flavor: target.flavor,
-                arch: target.arch,
-                platform: target.platform,
+                manifest: target.image.manifest,
+                flavor: target.image.flavor,
+                arch: target.image.arch,
+                platform: target.image.platform,
                 repo: target.repo,
                 cache,
                 keys,
@@ -195,20 +203,17 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&composed)?);
         }
         Command::KernelCheck {
-            manifest,
-            flavor,
-            arch,
-            platform,
+            image,
             root,
             cache,
             apt_dir,
         } => {
-            let spec = crate::manifest::Manifest::load(&manifest)?.resolve(&flavor, arch, platform)?;
+            let spec = image.resolve()?;
             let report = match (root, cache) {
                 (Some(root), _) => {
                     let fragments =
                         spec.kernel_config.iter().map(|p| kernel_check::Fragment::load(p)).collect::<Result<Vec<_>>>()?;
-                    kernel_check::check(&fragments, arch, &kernel_check::KernelFacts::from_tree(&root)?)
+                    kernel_check::check(&fragments, spec.arch, &kernel_check::KernelFacts::from_tree(&root)?)
                 }
                 (None, Some(cache)) => {
                     let mirrors = crate::apt_sources::resolve(&apt_dir, &spec.release, spec.mirror.as_deref(), spec.security_mirror.as_deref())?;
@@ -220,15 +225,15 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             print!("{report}");
             if !report.is_ok() {
-                anyhow::bail!("the kernel misses {} required option(s) of {platform} (listed above)", report.problems.len());
+                anyhow::bail!("the kernel misses {} required option(s) of {} (listed above)", report.problems.len(), spec.platform);
             }
         }
         Command::Image { target, output } => {
             let built = image::build_image(&image::ImageOptions {
-                manifest: target.manifest,
-                flavor: target.flavor,
-                arch: target.arch,
-                platform: target.platform,
+                manifest: target.image.manifest,
+                flavor: target.image.flavor,
+                arch: target.image.arch,
+                platform: target.image.platform,
                 repo: target.repo,
                 output,
             })?;

@@ -40,6 +40,24 @@ fn wait_status(vm: &Vm, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     agent_status::wait_status(&vm.console, what, BOOT, done).unwrap()
 }
 
+/// Serve `releases` on loopback, boot the dev image with it forwarded as
+/// the update server, and give the agent `agent_toml` (printf-escaped) as
+/// `/etc/cairn/agent.d/50-test.toml`.
+fn boot_with_update_server(a: &Artifacts, releases: &TestReleases, agent_toml: &str) -> (Server, Vm) {
+    let server = Server::start(&releases.www).unwrap();
+    let mut opts = VmOptions::of(&a.dev);
+    opts.forward_update_server(Path::new(RELAY), server.port);
+    let vm = Vm::start(&opts).unwrap();
+    vm.wait_for_root_shell(BOOT).unwrap();
+    vm.console
+        .run_ok(
+            &format!("mkdir -p /etc/cairn/agent.d && printf '{agent_toml}' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent"),
+            COMMAND,
+        )
+        .unwrap();
+    (server, vm)
+}
+
 #[test]
 #[ignore = "boots a VM; run by `cargo xtask test`"]
 fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
@@ -55,18 +73,13 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     let v2 = releases.publish().unwrap();
     assert_eq!(v2["deltas_from"], serde_json::json!([a.dev.version]));
 
-    let server = Server::start(&releases.www).unwrap();
-    let mut opts = VmOptions::of(&a.dev);
-    opts.forward_update_server(Path::new(RELAY), server.port);
-    let vm = Vm::start(&opts).unwrap();
-    vm.wait_for_root_shell(BOOT).unwrap();
-    let c = &vm.console;
     // The test drives updates itself, and one failed trial boot is enough.
-    c.run_ok(
-        "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\ndownload-retries = 5\\ndownload-stall-timeout = \"15s\"\\n[boot]\\ntries = 1\\n' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent",
-        COMMAND,
-    )
-    .unwrap();
+    let (server, vm) = boot_with_update_server(
+        &a,
+        &releases,
+        "[update]\\nauto = false\\ndownload-retries = 5\\ndownload-stall-timeout = \"15s\"\\n[boot]\\ntries = 1\\n",
+    );
+    let c = &vm.console;
     let s = status(&vm);
     assert_eq!(booted_version(&s), a.dev.version, "{s:#}");
 
@@ -329,17 +342,8 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
     releases.compose("0.2.0", &[]).unwrap();
     releases.publish().unwrap();
 
-    let server = Server::start(&releases.www).unwrap();
-    let mut opts = VmOptions::of(&a.dev);
-    opts.forward_update_server(Path::new(RELAY), server.port);
-    let vm = Vm::start(&opts).unwrap();
-    vm.wait_for_root_shell(BOOT).unwrap();
+    let (_server, vm) = boot_with_update_server(&a, &releases, "[update]\\nauto = false\\n[boot]\\ntries = 1\\n");
     let c = &vm.console;
-    c.run_ok(
-        "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\n[boot]\\ntries = 1\\n' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent",
-        COMMAND,
-    )
-    .unwrap();
     assert_eq!(booted_version(&status(&vm)), a.dev.version);
 
     c.run_ok("echo kept > /etc/cairn-update-test && mkdir -p /var/lib/cairn-test && echo kept > /var/lib/cairn-test/data && sync", COMMAND)
