@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cairn_common::layout::REMOTE;
+use cairn_common::layout::{Platform, REMOTE};
 use cairn_qemu_tests::oci;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
 use cairn_qemu_tests::{Artifacts, DiskInterface};
@@ -41,6 +41,26 @@ fn root_fs_bytes(vm: &Vm) -> u64 {
     out.trim().parse().unwrap_or_else(|_| panic!("df printed {out:?}"))
 }
 
+/// The machine is the one the platform stands for: the guest's CPU
+/// architecture, and on the server platforms the ACPI path real firmware
+/// takes (IORT) with an interrupt translation service, plus, for the
+/// Kunpeng 920, devices behind the SMMUv3.
+fn assert_platform(vm: &Vm, a: &Artifacts) {
+    let c = &vm.console;
+    assert_eq!(c.run_ok("uname -m", COMMAND).unwrap().trim(), a.arch.as_str());
+    if a.platform == Platform::Generic {
+        return;
+    }
+    let acpi = c.run_ok("ls /sys/firmware/acpi/tables", COMMAND).unwrap();
+    assert!(acpi.split_whitespace().any(|t| t == "IORT"), "no ACPI IORT table (acpi=force): {acpi}");
+    let its = c.run_ok("dmesg | grep -c 'ITS@' || true", COMMAND).unwrap();
+    assert!(its.trim().parse::<u32>().unwrap_or(0) > 0, "the GICv3 ITS was not set up");
+    if a.platform == Platform::Kunpeng920 {
+        let groups = c.run_ok("ls /sys/kernel/iommu_groups | wc -l", COMMAND).unwrap();
+        assert!(groups.trim().parse::<u32>().unwrap_or(0) > 0, "no device sits behind the SMMUv3");
+    }
+}
+
 #[test]
 #[ignore = "boots a VM; run by `cargo xtask test`"]
 fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
@@ -59,6 +79,7 @@ fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
 
     assert_running_without_failures(&vm);
     assert_booted(&vm, &a.dev);
+    assert_platform(&vm, &a);
 
     // The commit's signature verifies against the key baked into the image.
     let sig = c

@@ -79,8 +79,8 @@ enum Command {
     Test {
         #[command(flatten)]
         target: Target,
-        /// Only run tests whose name contains this.
-        filter: Option<String>,
+        /// Only run the VM and builder tests whose name contains one of these.
+        filters: Vec<String>,
     },
     /// Measure build time, image sizes, boot time and updates.
     Bench {
@@ -113,7 +113,7 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Run { target, flavor } => run::run(&target.image(&flavor)),
         Command::KernelCheck { target, flavor } => build::kernel_check(&target.image(&flavor)),
-        Command::Test { target, filter } => test::test(&target, filter.as_deref()),
+        Command::Test { target, filters } => test::test(&target, &filters),
         Command::Bench { target, campaign: None } => bench::bench(&target),
         Command::Bench {
             target,

@@ -11,28 +11,26 @@ use cairn_qemu_tests::{artifacts, qemu, Artifacts};
 
 use crate::{build, cross, host, paths, Target};
 
-pub fn test(target: &Target, filter: Option<&str>) -> Result<()> {
+pub fn test(target: &Target, filters: &[String]) -> Result<()> {
     let arch = target.arch;
     build::validate(&target.image("dev"))?;
     cargo(&["test", "--workspace"]).context("unit tests")?;
     // The agent's unit tests built for a foreign arch, under qemu-user
     // (minutes to compile): with the whole suite, not when a filter picks
     // VM tests.
-    if cairn_common::layout::Arch::host() != Some(arch) && filter.is_none() {
+    if cairn_common::layout::Arch::host() != Some(arch) && filters.is_empty() {
         host::ensure_cross_tools(arch)?;
         cross::unit_tests(arch)?;
     }
 
-    let needs_prod = filter.is_none_or(|f| artifacts::PROD_TESTS.iter().any(|t| t.contains(f)));
+    let needs_prod = filters.is_empty() || filters.iter().any(|f| artifacts::PROD_TESTS.iter().any(|t| t.contains(f.as_str())));
     let (_, file) = artifacts(target, needs_prod)?;
 
     // Probe KVM once here rather than in every test process.
     let accel = qemu::accel(arch);
     let mut args = vec!["test", "--package", "cairn-qemu-tests", "--tests", "--"];
     args.extend(["--ignored", "--test-threads=1"]);
-    if let Some(f) = filter {
-        args.push(f);
-    }
+    args.extend(filters.iter().map(String::as_str));
     let native = accel == qemu::Accel::Kvm || cairn_common::layout::Arch::host() == Some(arch);
     for skipped in skipped_tests(native) {
         args.extend(["--skip", skipped]);
