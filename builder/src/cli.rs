@@ -223,7 +223,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => unreachable!("clap requires --cache without --root"),
             };
-            print!("{report}");
+            println!("{report}");
             if !report.is_ok() {
                 anyhow::bail!("the kernel misses {} required option(s) of {} (listed above)", report.problems.len(), spec.platform);
             }
