@@ -1,9 +1,12 @@
 //! `cargo xtask test`: the whole suite, in tiers.
 //!
-//! 1. `cargo test --workspace`: unit tests (no root, no network, no VM).
-//! 2. Build the dev and prod images (host tools installed first).
+//! 1. `cargo test --workspace`: unit tests (no root, no network, no VM);
+//!    for a foreign `--arch`, also the agent's unit tests under qemu-user.
+//! 2. Build the dev image, and the prod image if a selected test boots it
+//!    (host tools installed first).
 //! 3. The ignored tests of `qemu-tests`, one at a time (each VM takes both
-//!    cores), with the images handed over in a JSON file.
+//!    cores), with the images handed over in a JSON file; under emulation
+//!    of a foreign arch the long ones are left out (see `skipped_tests`).
 
 use anyhow::{Context, Result};
 use cairn_common::process::Cmd;
