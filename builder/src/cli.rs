@@ -6,7 +6,7 @@ use anyhow::Result;
 use cairn_common::layout::{Arch, Platform};
 use clap::{Parser, Subcommand};
 
-use crate::{compose, image, kernel_check, keys, publish, tuf_repo};
+use crate::{compose, image, keys, publish, tuf_repo};
 
 #[derive(Debug, Parser)]
 #[command(name = "cairn-build", version, about = "Build Cairn OS images: packages → signed OSTree commit → UEFI disk image")]
@@ -210,11 +210,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let spec = image.resolve()?;
             let report = match (root, cache) {
-                (Some(root), _) => {
-                    let fragments =
-                        spec.kernel_config.iter().map(|p| kernel_check::Fragment::load(p)).collect::<Result<Vec<_>>>()?;
-                    kernel_check::check(&fragments, spec.arch, &kernel_check::KernelFacts::from_tree(&root)?)
-                }
+                (Some(root), _) => compose::check_kernel_in(&spec, &root)?,
                 (None, Some(cache)) => {
                     let mirrors = crate::apt_sources::resolve(&apt_dir, &spec.release, spec.mirror.as_deref(), spec.security_mirror.as_deref())?;
                     let cache = compose::Cache::new(&cache)?;

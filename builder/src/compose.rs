@@ -241,14 +241,19 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
 /// Check the package layer's kernel (its config, the modules it ships, the
 /// initramfs) against the kernel-config fragments of the image's platform.
 pub fn check_kernel(spec: &ImageSpec, cache: &Cache, base: &Base) -> Result<kernel_check::Report> {
-    let fragments = spec.kernel_config.iter().map(|p| Fragment::load(p)).collect::<Result<Vec<_>>>()?;
     let tree = tempfile::Builder::new().prefix("kernel-").tempdir_in(cache.tmp())?;
     let subpath = format!("/usr/lib/modules/{}", base.kernel_release);
     let dest = tree.path().join(subpath.trim_start_matches('/'));
     fs::create_dir_all(dest.parent().expect("has parent"))?;
     ostree::checkout_subpath(&cache.base_repo(), &base.commit, &subpath, &dest)?;
-    let facts = KernelFacts::from_tree(tree.path())?;
-    Ok(kernel_check::check(&fragments, spec.arch, &facts))
+    check_kernel_in(spec, tree.path())
+}
+
+/// Check the kernel of the root tree `root` against the kernel-config
+/// fragments of the image's platform.
+pub fn check_kernel_in(spec: &ImageSpec, root: &Path) -> Result<kernel_check::Report> {
+    let fragments = spec.kernel_config.iter().map(|p| Fragment::load(p)).collect::<Result<Vec<_>>>()?;
+    Ok(kernel_check::check(&fragments, spec.arch, &KernelFacts::from_tree(root)?))
 }
 
 /// The ostree ref of an image: one per architecture, variant (flavour and
