@@ -97,9 +97,7 @@ impl Console {
 
     /// The last `n` characters printed, for error messages.
     pub fn tail(&self, n: usize) -> String {
-        let t = self.transcript();
-        let start = t.char_indices().rev().nth(n).map_or(0, |(i, _)| i);
-        t[start..].to_owned()
+        tail_of(&self.transcript(), n)
     }
 
     /// Wait until `needle` appears after the cursor; return the text up to
@@ -114,8 +112,13 @@ impl Console {
     }
 
     /// Wait for the first of several texts; returns its index and the text.
+    /// Stops early with a [`GuestStalled`] error when the guest kernel
+    /// reports a lost timer: that guest will never get there.
     pub fn wait_for_any(&self, needles: &[&str], timeout: Duration) -> Result<(usize, String)> {
         self.wait_any_inner(needles, timeout).map_err(|e| {
+            if e.is::<GuestStalled>() {
+                return e;
+            }
             anyhow!("{e}\n--- last console output ---\n{}\n---", self.tail(3000))
         })
     }
@@ -139,6 +142,14 @@ impl Console {
                 return Ok((i, text[from..end].to_owned()));
             }
             drop(cursor);
+            if let Some(signature) = stall_signature(&text[from..]) {
+                return Err(GuestStalled {
+                    signature,
+                    waiting_for: format!("{needles:?}"),
+                    console_tail: tail_of(&text, 3000),
+                }
+                .into());
+            }
             if s.closed {
                 bail!("the VM exited before printing any of {needles:?}");
             }
@@ -192,6 +203,53 @@ impl Console {
         }
         Ok(out.output)
     }
+}
+
+/// The guest kernel reported that a CPU's timer stopped firing, so the
+/// guest can no longer make progress. Seen under TCG only (the CPU idles in
+/// `hlt` and the emulator never delivers its timer interrupt; the other CPU
+/// then reports the stall every minute): a fault of the emulated machine,
+/// not of the image, so the harness may start a fresh VM instead.
+#[derive(Debug)]
+pub struct GuestStalled {
+    /// The kernel's line that says so.
+    pub signature: String,
+    pub waiting_for: String,
+    pub console_tail: String,
+}
+
+impl std::fmt::Display for GuestStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the guest kernel reports a CPU whose timer stopped firing (`{}`), while waiting for any of {}; the VM cannot go on\n--- last console output ---\n{}\n---",
+            self.signature, self.waiting_for, self.console_tail
+        )
+    }
+}
+
+impl std::error::Error for GuestStalled {}
+
+/// The kernel's words for a CPU whose timer interrupt stopped (RCU's stall
+/// detector: "rcu_preempt kthread timer wakeup didn't happen for N jiffies!
+/// … Possible timer handling issue on cpu=0"). Ordinary RCU stall warnings
+/// (a slow emulated CPU) are not this: they pass.
+const STALL_SIGNATURES: &[&str] = &["Possible timer handling issue on cpu="];
+
+/// The console line holding a stall signature, if `text` has one.
+pub fn stall_signature(text: &str) -> Option<String> {
+    STALL_SIGNATURES.iter().find_map(|needle| {
+        let at = text.find(needle)?;
+        let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        Some(text[start..end].trim().to_owned())
+    })
+}
+
+/// The last `n` characters of `text`.
+fn tail_of(text: &str, n: usize) -> String {
+    let start = text.char_indices().rev().nth(n).map_or(0, |(i, _)| i);
+    text[start..].to_owned()
 }
 
 /// Remove terminal escape sequences and carriage returns.
@@ -262,6 +320,31 @@ mod tests {
         let out = console.run("printf 'a\\nb\\n'", Duration::from_secs(10)).unwrap();
         assert_eq!((out.status, out.output.as_str()), (0, "a\nb"));
         assert!(console.run_ok("exit 3", Duration::from_secs(5)).is_err());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_lost_timer_is_recognised_and_ordinary_stall_warnings_are_not() {
+        let lost = "[  401.299] rcu: rcu_preempt kthread timer wakeup didn't happen for 15755 jiffies! g-1131\n[  401.299442] rcu: \tPossible timer handling issue on cpu=0 timer-softirq=8\n[  401.2996] rcu: rcu_preempt kthread starved";
+        assert_eq!(
+            stall_signature(lost).as_deref(),
+            Some("[  401.299442] rcu: \tPossible timer handling issue on cpu=0 timer-softirq=8")
+        );
+        let slow = "[   60.1] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n[   60.2] rcu: \t1-....: (1 GPs behind)\nroot@cairn:~# ";
+        assert_eq!(stall_signature(slow), None);
+    }
+
+    #[test]
+    fn a_guest_that_reports_a_lost_timer_fails_the_wait_at_once() {
+        let (mut child, console) = shell();
+        console.send("echo 'rcu: Possible timer ha''ndling issue on cpu=1 timer-softirq=3'\n").unwrap();
+        let started = Instant::now();
+        let e = console.wait_for("never printed", Duration::from_secs(60)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(30), "waited {:?}", started.elapsed());
+        let stalled = e.downcast_ref::<GuestStalled>().expect("a GuestStalled error");
+        assert!(stalled.signature.contains("cpu=1"), "{stalled}");
+        assert!(stalled.to_string().contains("never printed"), "{stalled}");
         let _ = child.kill();
         let _ = child.wait();
     }

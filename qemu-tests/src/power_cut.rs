@@ -137,8 +137,7 @@ impl<'a> Rig<'a> {
         let server = Server::start(&releases.www)?;
         let mut opts = VmOptions::of(&artifacts.dev);
         opts.forward_update_server(relay, server.port);
-        let vm = Vm::start(&opts)?;
-        vm.wait_for_root_shell(BOOT)?;
+        let vm = Vm::boot(&opts, BOOT)?;
         // Synced: a power cut must not take the setting with it (a lost
         // `auto = false` lets the daemon update and reboot on its own).
         vm.console.run_ok(

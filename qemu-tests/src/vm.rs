@@ -10,7 +10,7 @@ use cairn_builder::image::BuiltImage;
 use cairn_common::layout::{Arch, Platform};
 use cairn_common::process::Cmd;
 
-use crate::console::Console;
+use crate::console::{Console, GuestStalled};
 use crate::qemu::{self, DiskInterface, QemuConfig};
 
 /// How to start a VM from a built image.
@@ -71,7 +71,44 @@ pub struct Vm {
     boots: u32,
 }
 
+/// How many VMs a first boot may start when the emulator stalls them.
+const FIRST_BOOT_ATTEMPTS: u32 = 3;
+
 impl Vm {
+    /// Start a VM from the image and wait for root's shell (development
+    /// images log root in by themselves).
+    pub fn boot(opts: &VmOptions, timeout: Duration) -> Result<Vm> {
+        Vm::start_until(opts, |vm| vm.wait_for_root_shell(timeout))
+    }
+
+    /// Start a VM from the image and wait until `booted` returns. A guest
+    /// that reports a lost timer ([`GuestStalled`]) on this first boot is
+    /// the emulated machine's fault and nothing has happened on its disk
+    /// yet, so it is thrown away and a fresh VM started, up to
+    /// `FIRST_BOOT_ATTEMPTS` in all, each said on stderr. Any other failure,
+    /// and a stall on a later boot of the same VM, is the test's.
+    pub fn start_until(opts: &VmOptions, booted: impl Fn(&Vm) -> Result<()>) -> Result<Vm> {
+        let mut attempt = 1;
+        loop {
+            let vm = Vm::start(opts)?;
+            match booted(&vm) {
+                Ok(()) => return Ok(vm),
+                Err(e) if attempt < FIRST_BOOT_ATTEMPTS && e.downcast_ref::<GuestStalled>().is_some() => {
+                    let signature = e.downcast_ref::<GuestStalled>().map(|s| s.signature.clone()).unwrap_or_default();
+                    eprintln!(
+                        "VM {} stalled in its first boot ({signature}); starting a fresh one ({} of {FIRST_BOOT_ATTEMPTS})",
+                        vm.dir.path().display(),
+                        attempt + 1
+                    );
+                    tracing::warn!(%signature, attempt, "the guest lost a timer on its first boot; starting a fresh VM");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Start a VM from the image (a fresh overlay disk and UEFI variables).
     pub fn start(opts: &VmOptions) -> Result<Vm> {
         let dir = tempfile::Builder::new().prefix("cairn-vm-").tempdir()?;
         let disk = qemu::overlay_disk(&opts.image, dir.path(), opts.disk_size)?;

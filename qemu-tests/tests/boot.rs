@@ -73,8 +73,7 @@ fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
     let mut opts = VmOptions::of(&a.dev);
     opts.disk_size = 6 * GIB;
     opts.extra_disks.push((oci_archive, "cairn-oci".into()));
-    let vm = Vm::start(&opts).unwrap();
-    vm.wait_for_root_shell(BOOT).unwrap();
+    let vm = Vm::boot(&opts, BOOT).unwrap();
     let c = &vm.console;
 
     assert_running_without_failures(&vm);
@@ -134,8 +133,7 @@ fn boots_from(interface: DiskInterface, expected_root: &str) {
     let mut opts = VmOptions::of(&a.dev);
     opts.disk_interface = interface;
     opts.disk_size = 5 * GIB;
-    let vm = Vm::start(&opts).unwrap();
-    vm.wait_for_root_shell(BOOT).unwrap();
+    let vm = Vm::boot(&opts, BOOT).unwrap();
     assert_running_without_failures(&vm);
     assert_booted(&vm, &a.dev);
     let source = vm.console.run_ok("findmnt -no SOURCE /sysroot", COMMAND).unwrap();
@@ -161,12 +159,11 @@ fn dev_image_boots_from_virtio_scsi() {
 fn prod_image_reaches_multi_user_and_offers_no_login() {
     let a = Artifacts::load().unwrap();
     let prod = a.prod.as_ref().expect("xtask builds the prod image when this test is selected (artifacts::PROD_TESTS)");
-    let vm = Vm::start(&VmOptions::of(prod)).unwrap();
-    let c = &vm.console;
     // systemd stops printing unit status once the serial getty owns the
     // console; the agent's verdict in the kernel log says how the boot ended.
     // It and the login prompt come in either order.
-    c.wait_for("is up: system", BOOT).unwrap();
+    let vm = Vm::start_until(&VmOptions::of(prod), |vm| vm.console.wait_for("is up: system", BOOT).map(drop)).unwrap();
+    let c = &vm.console;
     let verdict = c.wait_for("\n", COMMAND).unwrap();
     assert_eq!(verdict.trim(), "running", "the boot did not end well:\n{}", c.tail(3000));
     if !c.transcript().contains("cairn login:") {

@@ -47,8 +47,7 @@ fn boot_with_update_server(a: &Artifacts, releases: &TestReleases, agent_toml: &
     let server = Server::start(&releases.www).unwrap();
     let mut opts = VmOptions::of(&a.dev);
     opts.forward_update_server(Path::new(RELAY), server.port);
-    let vm = Vm::start(&opts).unwrap();
-    vm.wait_for_root_shell(BOOT).unwrap();
+    let vm = Vm::boot(&opts, BOOT).unwrap();
     vm.console
         .run_ok(
             &format!("mkdir -p /etc/cairn/agent.d && printf '{agent_toml}' > /etc/cairn/agent.d/50-test.toml && systemctl restart cairn-agent"),

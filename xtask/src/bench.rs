@@ -124,8 +124,7 @@ fn zstd_size(path: &Path) -> Result<u64> {
 /// the console's getty starts, so ask systemd on the console instead).
 fn boot_time(built: &BuiltImage) -> Result<Duration> {
     let limit = Duration::from_secs(900);
-    let vm = Vm::start(&VmOptions::of(built))?;
-    vm.wait_for_root_shell(limit)?;
+    let vm = Vm::boot(&VmOptions::of(built), limit)?;
     let state = vm.console.run_ok("systemctl is-system-running --wait", limit)?;
     let elapsed = vm.started.elapsed();
     anyhow::ensure!(state.trim() == "running", "the benchmark boot ended {:?}", state.trim());

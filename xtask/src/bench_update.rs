@@ -99,8 +99,7 @@ pub fn measure(t: &ImageTarget, agent_dir: &Path, v1: &BuiltImage, full_image_by
     let server = Server::start(&www)?;
     let mut opts = VmOptions::of(v1);
     opts.forward_update_server(&relay, server.port);
-    let vm = Vm::start(&opts)?;
-    vm.wait_for_root_shell(BOOT)?;
+    let vm = Vm::boot(&opts, BOOT)?;
     let c = &vm.console;
     c.run_ok(
         "mkdir -p /etc/cairn/agent.d && printf '[update]\\nauto = false\\n' > /etc/cairn/agent.d/50-bench.toml && systemctl restart cairn-agent && systemctl is-system-running --wait",
