@@ -61,7 +61,8 @@ pub fn read<V: Read + Write + Seek>(volume: V) -> Result<GrubEnv> {
     let fs = open_fat(volume)?;
     let mut file = open_grubenv(&fs)?;
     let mut block = Vec::with_capacity(BLOCK_SIZE);
-    file.read_to_end(&mut block).with_context(|| format!("reading {GRUBENV_ESP_PATH}"))?;
+    file.read_to_end(&mut block)
+        .with_context(|| format!("reading {GRUBENV_ESP_PATH}"))?;
     GrubEnv::parse(&block).with_context(|| format!("{GRUBENV_ESP_PATH} on the ESP"))
 }
 
@@ -75,7 +76,8 @@ pub fn write<V: Read + Write + Seek>(volume: V, env: &GrubEnv) -> Result<()> {
         bail!("{GRUBENV_ESP_PATH} on the ESP is {size} bytes, not {BLOCK_SIZE}: refusing to move its clusters");
     }
     file.seek(SeekFrom::Start(0))?;
-    file.write_all(&block).with_context(|| format!("writing {GRUBENV_ESP_PATH}"))?;
+    file.write_all(&block)
+        .with_context(|| format!("writing {GRUBENV_ESP_PATH}"))?;
     file.flush()?;
     drop(file);
     fs.unmount().context("closing the ESP")?;
@@ -124,7 +126,8 @@ impl Esp {
             .open(&self.device)
             .with_context(|| format!("opening the ESP {}", self.device.display()))?;
         write(&mut f, &env).with_context(|| format!("ESP {}", self.device.display()))?;
-        f.sync_all().with_context(|| format!("flushing the ESP {}", self.device.display()))?;
+        f.sync_all()
+            .with_context(|| format!("flushing the ESP {}", self.device.display()))?;
         Ok(())
     }
 }
@@ -171,7 +174,10 @@ mod tests {
         let mut volume = Cursor::new(vec![0u8; 8 << 20]);
         fatfs::format_volume(&mut volume, fatfs::FormatVolumeOptions::new()).unwrap();
         let err = read(&mut volume).unwrap_err();
-        assert!(format!("{err:#}").contains("opening EFI/cairn/grubenv on the ESP"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("opening EFI/cairn/grubenv on the ESP"),
+            "{err:#}"
+        );
         let err = read(Cursor::new(vec![0u8; 4096])).unwrap_err();
         assert!(format!("{err:#}").contains("not a FAT file system"), "{err:#}");
     }

@@ -39,7 +39,10 @@ pub fn pretty_name(os_release: &str) -> Option<String> {
 
 /// Wait until the boot has finished, then write the verdict to the kernel log.
 pub fn report_when_booted() -> Result<()> {
-    let out = Cmd::new("systemctl").args(["is-system-running", "--wait"]).status_output()?.1;
+    let out = Cmd::new("systemctl")
+        .args(["is-system-running", "--wait"])
+        .status_output()?
+        .1;
     let state = out.stdout.trim().to_owned();
     let failed = if state == "running" { Vec::new() } else { failed_units() };
     let name = std::fs::read_to_string("/usr/lib/os-release")
@@ -56,7 +59,13 @@ pub fn failed_units() -> Vec<String> {
     Cmd::new("systemctl")
         .args(["list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"])
         .output()
-        .map(|o| o.stdout.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect())
+        .map(|o| {
+            o.stdout
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -77,9 +86,15 @@ mod tests {
         let failed = vec!["a.service".to_owned(), "b.mount".to_owned()];
         assert_eq!(
             verdict("Cairn 1.2 (prod)", "degraded", &failed),
-            (3, "cairn-agent: Cairn 1.2 (prod) is up: system degraded; failed units: a.service, b.mount".to_owned())
+            (
+                3,
+                "cairn-agent: Cairn 1.2 (prod) is up: system degraded; failed units: a.service, b.mount".to_owned()
+            )
         );
-        assert_eq!(verdict("Cairn", "stopping", &[]), (3, "cairn-agent: Cairn is up: system stopping".to_owned()));
+        assert_eq!(
+            verdict("Cairn", "stopping", &[]),
+            (3, "cairn-agent: Cairn is up: system stopping".to_owned())
+        );
     }
 
     #[test]

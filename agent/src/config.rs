@@ -202,14 +202,20 @@ impl ConfigBuilder {
         if let Some(url) = u.url {
             let value = url.get_ref().trim_end_matches('/').to_owned();
             if !(value.starts_with("http://") || value.starts_with("https://")) {
-                return Err(err(url.span(), format!("update url `{value}` is not an http:// or https:// URL")));
+                return Err(err(
+                    url.span(),
+                    format!("update url `{value}` is not an http:// or https:// URL"),
+                ));
             }
             self.config.url = Some(value);
         }
         if let Some(stream) = u.stream {
             let s = stream.get_ref();
             if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(err(stream.span(), format!("stream `{s}` must be letters, digits, `-` or `_`")));
+                return Err(err(
+                    stream.span(),
+                    format!("stream `{s}` must be letters, digits, `-` or `_`"),
+                ));
             }
             self.config.stream = s.clone();
         }
@@ -365,7 +371,10 @@ mod tests {
     #[test]
     fn later_files_override_key_by_key() {
         let c = merged(&[
-            ("10-image.toml", "[update]\nurl = \"http://10.0.2.100/\"\nstream = \"stable\"\ncheck-interval = \"6h\"\n"),
+            (
+                "10-image.toml",
+                "[update]\nurl = \"http://10.0.2.100/\"\nstream = \"stable\"\ncheck-interval = \"6h\"\n",
+            ),
             ("50-host.toml", "[update]\nstream = \"canary\"\n[boot]\ntries = 2\n"),
         ])
         .unwrap();
@@ -385,7 +394,10 @@ mod tests {
         std::fs::write(host.path().join("10-update.toml"), "[update]\nstream = \"b\"\n").unwrap();
         std::fs::write(host.path().join("notes.txt"), "ignored").unwrap();
         let files = drop_in_files(&[image.path(), host.path()]).unwrap();
-        assert_eq!(files, vec![host.path().join("10-update.toml"), image.path().join("20-boot.toml")]);
+        assert_eq!(
+            files,
+            vec![host.path().join("10-update.toml"), image.path().join("20-boot.toml")]
+        );
         let c = load(&[image.path(), host.path()]).unwrap();
         assert_eq!((c.stream.as_str(), c.boot_tries), ("b", 4));
         // Missing folders are no configuration, not an error.
@@ -399,9 +411,15 @@ mod tests {
         assert_eq!(e.at, Some((3, 1)), "{e}");
         assert!(e.message.contains("unknown field `speed`"), "{e}");
         let e = merged(&[("b.toml", "[update]\ncheck-interval = \"soon\"\n")]).unwrap_err();
-        assert_eq!(e.to_string(), "b.toml:2:18: `soon` is not a duration (examples: 90s, 15m, 6h, 1h30m)");
+        assert_eq!(
+            e.to_string(),
+            "b.toml:2:18: `soon` is not a duration (examples: 90s, 15m, 6h, 1h30m)"
+        );
         let e = merged(&[("c.toml", "[boot]\ntries = 12\n")]).unwrap_err();
-        assert!(e.to_string().starts_with("c.toml:2:9: boot tries must be 1 to 9"), "{e}");
+        assert!(
+            e.to_string().starts_with("c.toml:2:9: boot tries must be 1 to 9"),
+            "{e}"
+        );
         let e = merged(&[("d.toml", "[update\n")]).unwrap_err();
         assert_eq!(e.at.map(|a| a.0), Some(1), "{e}");
         let e = merged(&[("e.toml", "[update]\nurl = \"ftp://x\"\n")]).unwrap_err();
@@ -411,7 +429,10 @@ mod tests {
     #[test]
     fn maintenance_window_may_be_split_across_files_but_must_be_complete() {
         let c = merged(&[
-            ("10.toml", "[reboot]\nwindow-start = \"03:30\"\nwindow-length = \"2h\"\n"),
+            (
+                "10.toml",
+                "[reboot]\nwindow-start = \"03:30\"\nwindow-length = \"2h\"\n",
+            ),
             ("20.toml", "[reboot]\nstrategy = \"maintenance-window\"\n"),
         ])
         .unwrap();
@@ -423,7 +444,10 @@ mod tests {
             }
         );
         let e = merged(&[("w.toml", "[reboot]\nstrategy = \"maintenance-window\"\n")]).unwrap_err();
-        assert_eq!(e.to_string(), "w.toml:2:12: reboot strategy maintenance-window needs window-start (HH:MM)");
+        assert_eq!(
+            e.to_string(),
+            "w.toml:2:12: reboot strategy maintenance-window needs window-start (HH:MM)"
+        );
         let e = merged(&[("w.toml", "[reboot]\nwindow-start = \"25:00\"\n")]).unwrap_err();
         assert!(e.to_string().contains("not a time of day"), "{e}");
     }

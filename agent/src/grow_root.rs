@@ -43,7 +43,9 @@ pub fn plan(dev: &RootDevice) -> Plan {
     let end = dev.part_start + dev.part_sectors;
     let free = dev.disk_sectors.saturating_sub(end);
     if free > SLACK_SECTORS {
-        Plan::Grow { extra_sectors: free - SLACK_SECTORS }
+        Plan::Grow {
+            extra_sectors: free - SLACK_SECTORS,
+        }
     } else {
         Plan::FilesystemOnly
     }
@@ -75,7 +77,11 @@ pub fn find_root_device(sys: &Path, mountinfo: &str, mount_point: &str) -> Resul
     }
     let number = read_u64(number_path)? as u32;
     let disk_dir = part_dir.parent().context("partition has no disk")?;
-    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     Ok(RootDevice {
         disk: Path::new("/dev").join(name(disk_dir)),
         partition: Path::new("/dev").join(name(&part_dir)),
@@ -136,14 +142,22 @@ mod tests {
     fn image_sized_disk_needs_no_growth() {
         // 1 MiB + 64 MiB ESP + 2 GiB root + 1 MiB tail, as the builder lays it out.
         let mib = 2048;
-        assert_eq!(plan(&dev((66 + 2048) * mib, 65 * mib, 2048 * mib)), Plan::FilesystemOnly);
+        assert_eq!(
+            plan(&dev((66 + 2048) * mib, 65 * mib, 2048 * mib)),
+            Plan::FilesystemOnly
+        );
     }
 
     #[test]
     fn bigger_disk_grows_by_all_but_the_slack() {
         let mib = 2048;
         let d = dev(8192 * mib, 65 * mib, 2048 * mib);
-        assert_eq!(plan(&d), Plan::Grow { extra_sectors: (8192 - 65 - 2048) * mib - SLACK_SECTORS });
+        assert_eq!(
+            plan(&d),
+            Plan::Grow {
+                extra_sectors: (8192 - 65 - 2048) * mib - SLACK_SECTORS
+            }
+        );
     }
 
     #[test]
@@ -164,7 +178,10 @@ mod tests {
         let d = find_root_device(sys, mountinfo, "/sysroot").unwrap();
         assert_eq!(d.disk, PathBuf::from("/dev/vda"));
         assert_eq!(d.partition, PathBuf::from("/dev/vda2"));
-        assert_eq!((d.number, d.disk_sectors, d.part_start, d.part_sectors), (2, 16777216, 133120, 4194304));
+        assert_eq!(
+            (d.number, d.disk_sectors, d.part_start, d.part_sectors),
+            (2, 16777216, 133120, 4194304)
+        );
         let e = find_root_device(sys, mountinfo, "/boot").unwrap_err();
         assert!(e.to_string().contains("/boot is not mounted"));
     }

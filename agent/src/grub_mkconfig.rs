@@ -21,7 +21,9 @@ pub fn parse_args(args: &[String]) -> Result<PathBuf> {
             bail!("unexpected argument `{a}` (usage: cairn-grub-mkconfig -o /boot/loader.N/grub.cfg)");
         }
     }
-    output.map(PathBuf::from).context("no output file (usage: cairn-grub-mkconfig -o /boot/loader.N/grub.cfg)")
+    output
+        .map(PathBuf::from)
+        .context("no output file (usage: cairn-grub-mkconfig -o /boot/loader.N/grub.cfg)")
 }
 
 /// Generate the configuration for the entries next to `output`.

@@ -87,9 +87,15 @@ impl Gate {
             let name = check.display().to_string();
             let limit = self.check_timeout.min(left());
             if limit.is_zero() {
-                return Err(fail(&name, format!("the health gate's {}s ran out", self.timeout.as_secs())));
+                return Err(fail(
+                    &name,
+                    format!("the health gate's {}s ran out", self.timeout.as_secs()),
+                ));
             }
-            Cmd::new(&check).timeout(limit).run().map_err(|e| fail(&name, format!("{e:#}")))?;
+            Cmd::new(&check)
+                .timeout(limit)
+                .run()
+                .map_err(|e| fail(&name, format!("{e:#}")))?;
         }
         Ok(())
     }

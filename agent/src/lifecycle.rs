@@ -70,14 +70,19 @@ fn parse(release: &Release) -> Result<(Version, Option<VersionReq>), Refusal> {
         None => None,
     };
     if !Release::is_checksum(&release.commit) {
-        return Err(Refusal::Invalid(format!("commit `{}` is not a SHA-256 checksum", release.commit)));
+        return Err(Refusal::Invalid(format!(
+            "commit `{}` is not a SHA-256 checksum",
+            release.commit
+        )));
     }
     Ok((version, requires))
 }
 
 /// Choose the release to update to, among those TUF vouched for.
 pub fn select(releases: &[Release], host: &Host<'_>, request: &Request) -> Result<Selection, Refusal> {
-    let in_stream = releases.iter().filter(|r| r.stream == host.stream && r.flavor == host.flavor);
+    let in_stream = releases
+        .iter()
+        .filter(|r| r.stream == host.stream && r.flavor == host.flavor);
     match request {
         Request::Latest => {
             let mut best: Option<(Version, &Release)> = None;
@@ -161,7 +166,12 @@ pub enum BootOutcome {
 
 /// Classify this boot from what the agent recorded, what is booted, which
 /// deployments exist, and whether GRUB says it fell back.
-pub fn classify_boot(trial: Option<&Trial>, booted_commit: &str, deployed: &[String], grub_fell_back: bool) -> BootOutcome {
+pub fn classify_boot(
+    trial: Option<&Trial>,
+    booted_commit: &str,
+    deployed: &[String],
+    grub_fell_back: bool,
+) -> BootOutcome {
     let Some(trial) = trial else { return BootOutcome::Normal };
     if booted_commit == trial.commit {
         return BootOutcome::OnTrial(trial.clone());
@@ -205,12 +215,20 @@ mod tests {
 
     #[test]
     fn latest_takes_the_newest_allowed_release() {
-        let releases = [rel("1.0.0", Arch::X86_64), rel("1.2.0", Arch::X86_64), rel("1.1.0", Arch::X86_64), rel("9.0.0", Arch::Aarch64)];
+        let releases = [
+            rel("1.0.0", Arch::X86_64),
+            rel("1.2.0", Arch::X86_64),
+            rel("1.1.0", Arch::X86_64),
+            rel("9.0.0", Arch::Aarch64),
+        ];
         let (booted, bad) = (v("1.0.0"), BTreeSet::new());
         let got = select(&releases, &host(&booted, &bad), &Request::Latest).unwrap();
         assert_eq!(got, Selection::Update(releases[1].clone()));
         let booted = v("1.2.0");
-        assert_eq!(select(&releases, &host(&booted, &bad), &Request::Latest).unwrap(), Selection::UpToDate);
+        assert_eq!(
+            select(&releases, &host(&booted, &bad), &Request::Latest).unwrap(),
+            Selection::UpToDate
+        );
     }
 
     #[test]
@@ -218,7 +236,10 @@ mod tests {
         let mut releases = vec![rel("1.0.0", Arch::X86_64), rel("1.1.0", Arch::X86_64)];
         let booted = v("1.0.0");
         let bad = BTreeSet::from(["1.1.0".to_owned()]);
-        assert_eq!(select(&releases, &host(&booted, &bad), &Request::Latest).unwrap(), Selection::UpToDate);
+        assert_eq!(
+            select(&releases, &host(&booted, &bad), &Request::Latest).unwrap(),
+            Selection::UpToDate
+        );
         releases.push(rel("1.1.1", Arch::X86_64));
         assert_eq!(
             select(&releases, &host(&booted, &bad), &Request::Latest).unwrap(),
@@ -232,17 +253,27 @@ mod tests {
         r.requires = Some(">=1.5.0".into());
         let (booted, bad) = (v("1.0.0"), BTreeSet::new());
         let releases = [r];
-        assert_eq!(select(&releases, &host(&booted, &bad), &Request::Latest).unwrap(), Selection::UpToDate);
+        assert_eq!(
+            select(&releases, &host(&booted, &bad), &Request::Latest).unwrap(),
+            Selection::UpToDate
+        );
         let exact = Request::Exact {
             version: v("2.0.0"),
             allow_downgrade: false,
         };
-        assert!(matches!(select(&releases, &host(&booted, &bad), &exact), Err(Refusal::Unreachable { .. })));
+        assert!(matches!(
+            select(&releases, &host(&booted, &bad), &exact),
+            Err(Refusal::Unreachable { .. })
+        ));
     }
 
     #[test]
     fn exact_requests_refuse_downgrade_wrong_arch_and_unknown_versions() {
-        let releases = [rel("1.0.0", Arch::X86_64), rel("2.0.0", Arch::X86_64), rel("3.0.0", Arch::Aarch64)];
+        let releases = [
+            rel("1.0.0", Arch::X86_64),
+            rel("2.0.0", Arch::X86_64),
+            rel("3.0.0", Arch::Aarch64),
+        ];
         let (booted, bad) = (v("2.0.0"), BTreeSet::new());
         let h = host(&booted, &bad);
         let ask = |s: &str, allow_downgrade| Request::Exact {
@@ -253,13 +284,22 @@ mod tests {
             select(&releases, &h, &ask("1.0.0", false)).unwrap_err().to_string(),
             "release 1.0.0 is older than the booted 2.0.0: a downgrade needs --allow-downgrade"
         );
-        assert_eq!(select(&releases, &h, &ask("1.0.0", true)).unwrap(), Selection::Update(releases[0].clone()));
+        assert_eq!(
+            select(&releases, &h, &ask("1.0.0", true)).unwrap(),
+            Selection::Update(releases[0].clone())
+        );
         assert_eq!(
             select(&releases, &h, &ask("3.0.0", false)).unwrap_err().to_string(),
             "release 3.0.0 is for aarch64, this host is x86_64"
         );
-        assert_eq!(select(&releases, &h, &ask("4.0.0", false)).unwrap_err(), Refusal::NotFound(v("4.0.0")));
-        assert_eq!(select(&releases, &h, &ask("2.0.0", false)).unwrap(), Selection::UpToDate);
+        assert_eq!(
+            select(&releases, &h, &ask("4.0.0", false)).unwrap_err(),
+            Refusal::NotFound(v("4.0.0"))
+        );
+        assert_eq!(
+            select(&releases, &h, &ask("2.0.0", false)).unwrap(),
+            Selection::UpToDate
+        );
     }
 
     #[test]
@@ -269,7 +309,10 @@ mod tests {
         let releases = [broken, rel("1.1.0", Arch::X86_64)];
         let (booted, bad) = (v("1.0.0"), BTreeSet::new());
         let h = host(&booted, &bad);
-        assert_eq!(select(&releases, &h, &Request::Latest).unwrap(), Selection::Update(releases[1].clone()));
+        assert_eq!(
+            select(&releases, &h, &Request::Latest).unwrap(),
+            Selection::Update(releases[1].clone())
+        );
         let exact = Request::Exact {
             version: v("1.5.0"),
             allow_downgrade: false,
@@ -288,12 +331,27 @@ mod tests {
         let both = ["new".to_owned(), "old".to_owned()];
         let old_only = ["old".to_owned()];
         assert_eq!(classify_boot(None, "old", &both, false), BootOutcome::Normal);
-        assert_eq!(classify_boot(Some(&trial), "new", &both, false), BootOutcome::OnTrial(trial.clone()));
-        assert_eq!(classify_boot(Some(&trial), "old", &both, true), BootOutcome::FellBack(trial.clone()));
+        assert_eq!(
+            classify_boot(Some(&trial), "new", &both, false),
+            BootOutcome::OnTrial(trial.clone())
+        );
+        assert_eq!(
+            classify_boot(Some(&trial), "old", &both, true),
+            BootOutcome::FellBack(trial.clone())
+        );
         // GRUB's flag may be lost with the ESP write; the failed deployment still tells.
-        assert_eq!(classify_boot(Some(&trial), "old", &both, false), BootOutcome::FellBack(trial.clone()));
+        assert_eq!(
+            classify_boot(Some(&trial), "old", &both, false),
+            BootOutcome::FellBack(trial.clone())
+        );
         // Undeployed already (the agent stopped half way): GRUB's flag tells.
-        assert_eq!(classify_boot(Some(&trial), "old", &old_only, true), BootOutcome::FellBack(trial.clone()));
-        assert_eq!(classify_boot(Some(&trial), "old", &old_only, false), BootOutcome::StageLost(trial));
+        assert_eq!(
+            classify_boot(Some(&trial), "old", &old_only, true),
+            BootOutcome::FellBack(trial.clone())
+        );
+        assert_eq!(
+            classify_boot(Some(&trial), "old", &old_only, false),
+            BootOutcome::StageLost(trial)
+        );
     }
 }

@@ -13,7 +13,11 @@ use cairn_agent::updater::{self, Agent, Identity, UpdateOutcome};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cairn-agent", version, about = "Cairn's on-host agent: signed updates with automatic rollback")]
+#[command(
+    name = "cairn-agent",
+    version,
+    about = "Cairn's on-host agent: signed updates with automatic rollback"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,8 +98,7 @@ fn reboot_per_strategy(agent: &Agent<HostSysroot>, no_reboot: bool) -> Result<()
         println!("staged; reboot to apply");
         return Ok(());
     }
-    let secs = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
-        .map_or(0, |d| d.as_secs());
+    let secs = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_secs());
     match schedule::reboot_delay(&agent.config.reboot, secs) {
         Some(d) if d.is_zero() => updater::reboot("update staged"),
         Some(d) => {
@@ -202,7 +205,11 @@ fn daemon() -> Result<()> {
         tracing::info!(?outcome, "boot settled");
     }
     loop {
-        let wait = schedule::next_check(agent.config.check_interval, agent.config.check_jitter, schedule::random_fraction());
+        let wait = schedule::next_check(
+            agent.config.check_interval,
+            agent.config.check_jitter,
+            schedule::random_fraction(),
+        );
         if agent.config.auto_update && agent.config.url.is_some() {
             let staged = {
                 let _lock = lock()?;

@@ -41,7 +41,8 @@ impl UpdateRepo {
 
     /// Every release the repository's valid, signed metadata names.
     pub fn releases(&self) -> Result<Vec<Release>> {
-        let root = std::fs::read(&self.root).with_context(|| format!("reading the TUF root {}", self.root.display()))?;
+        let root =
+            std::fs::read(&self.root).with_context(|| format!("reading the TUF root {}", self.root.display()))?;
         std::fs::create_dir_all(&self.datastore).with_context(|| format!("creating {}", self.datastore.display()))?;
         let (metadata, targets) = (self.dir_url(TUF_DIR)?, self.dir_url(TARGETS_DIR)?);
         let transport = HttpTransportBuilder::new()
@@ -72,8 +73,12 @@ impl UpdateRepo {
             let custom = serde_json::Value::Object(target.custom.clone().into_iter().collect());
             match serde_json::from_value::<Release>(custom) {
                 Ok(r) if r.target_name() == name.raw() => out.push(r),
-                Ok(r) => tracing::warn!(target = name.raw(), named = %r.target_name(), "skipping a target whose record names another release"),
-                Err(e) => tracing::warn!(target = name.raw(), error = %e, "skipping a target that is not a Cairn release"),
+                Ok(r) => {
+                    tracing::warn!(target = name.raw(), named = %r.target_name(), "skipping a target whose record names another release")
+                }
+                Err(e) => {
+                    tracing::warn!(target = name.raw(), error = %e, "skipping a target that is not a Cairn release")
+                }
             }
         }
         Ok(out)

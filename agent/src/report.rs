@@ -19,7 +19,12 @@ fn when(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 pub fn status_text(s: &Status) -> String {
@@ -53,7 +58,12 @@ pub fn status_text(s: &Status) -> String {
     if let Some(t) = s.boot_tries_left {
         let _ = writeln!(out, "  trials: {t} boots left before falling back");
     }
-    let _ = writeln!(out, "  stream: {} from {}", s.stream, s.url.as_deref().unwrap_or("(no update url)"));
+    let _ = writeln!(
+        out,
+        "  stream: {} from {}",
+        s.stream,
+        s.url.as_deref().unwrap_or("(no update url)")
+    );
     let _ = writeln!(out, " checked: {}", s.last_check.map_or("never".into(), when));
     if let Some(v) = &s.available {
         let _ = writeln!(out, "   newer: {v}");

@@ -167,13 +167,20 @@ mod tests {
         let file = StateFile::new(dir.path().join("agent/state.json"));
         assert_eq!(file.load().unwrap(), AgentState::default());
         file.update(|s| {
-            s.phase = Phase::Staged { version: "1.1.0".into() };
+            s.phase = Phase::Staged {
+                version: "1.1.0".into(),
+            };
             s.bad_versions.insert("1.0.1".into());
             s.record(EventKind::Staged, Some("1.1.0"), "staged");
         })
         .unwrap();
         let s = file.load().unwrap();
-        assert_eq!(s.phase, Phase::Staged { version: "1.1.0".into() });
+        assert_eq!(
+            s.phase,
+            Phase::Staged {
+                version: "1.1.0".into()
+            }
+        );
         assert!(s.bad_versions.contains("1.0.1"));
         assert_eq!(s.history.len(), 1);
     }
@@ -184,7 +191,10 @@ mod tests {
         let path = dir.path().join("state.json");
         std::fs::write(&path, "{not json").unwrap();
         let err = StateFile::new(&path).load().unwrap_err();
-        assert!(format!("{err:#}").contains("state.json is not a valid agent state record"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("state.json is not a valid agent state record"),
+            "{err:#}"
+        );
     }
 
     #[test]

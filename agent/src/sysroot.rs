@@ -152,14 +152,17 @@ impl Sysroot for HostSysroot {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.expect("at least one attempt")).context(format!("pulling {commit} failed after {} attempts", retries + 1))
+        Err(last.expect("at least one attempt"))
+            .context(format!("pulling {commit} failed after {} attempts", retries + 1))
     }
 
     fn commit_metadata(&self, commit: &str, key: &str) -> Result<Option<String>> {
         let (status, out) = Self::repo()
             .args(["show", commit, &format!("--print-metadata-key={key}")])
             .status_output()?;
-        Ok(status.success().then(|| out.stdout.trim().trim_matches('\'').to_owned()))
+        Ok(status
+            .success()
+            .then(|| out.stdout.trim().trim_matches('\'').to_owned()))
     }
 
     fn stage(&self, commit: &str) -> Result<()> {
@@ -194,7 +197,10 @@ fn pull_progress(pid: u32) -> u64 {
         }
     }
     if let Ok(tmp) = std::fs::read_dir(format!("{REPO_PATH}/tmp")) {
-        for staging in tmp.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("staging-")) {
+        for staging in tmp
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("staging-"))
+        {
             total = total.wrapping_add(count_files(&staging.path()));
         }
     }
@@ -250,7 +256,10 @@ mod tests {
         assert!(d[0].staged && !d[0].booted);
         assert_eq!(d[0].version.as_deref(), Some("0.2.0"));
         assert!(d[1].booted);
-        assert_eq!(d[1].commit, "37dbfe301b49b8d094ce9d5460e07ffe734cb893d5b90112f4dbd5d797dad664");
+        assert_eq!(
+            d[1].commit,
+            "37dbfe301b49b8d094ce9d5460e07ffe734cb893d5b90112f4dbd5d797dad664"
+        );
         assert_eq!(d[1].version.as_deref(), Some("0.1.0"));
         assert!(d[2].rollback);
         assert_eq!((d[2].index, d[2].serial), (2, 1));

@@ -91,7 +91,10 @@ fn booted(deployments: &[Deployment]) -> Result<&Deployment> {
 }
 
 fn version_of(d: &Deployment) -> Result<Version> {
-    let v = d.version.as_deref().with_context(|| format!("deployment {} has no version", d.commit))?;
+    let v = d
+        .version
+        .as_deref()
+        .with_context(|| format!("deployment {} has no version", d.commit))?;
     Version::parse(v).with_context(|| format!("deployment {} has version `{v}`, not a semantic version", d.commit))
 }
 
@@ -282,7 +285,12 @@ impl<S: Sysroot> Agent<S> {
         let current = booted(&deployments)?.clone();
         let env = self.esp.read()?;
         let commits: Vec<String> = deployments.iter().map(|d| d.commit.clone()).collect();
-        let outcome = lifecycle::classify_boot(state.trial.as_ref(), &current.commit, &commits, boot_counter::fell_back(&env));
+        let outcome = lifecycle::classify_boot(
+            state.trial.as_ref(),
+            &current.commit,
+            &commits,
+            boot_counter::fell_back(&env),
+        );
         match &outcome {
             BootOutcome::Normal => {
                 if boot_counter::tries_left(&env).is_some() || boot_counter::fell_back(&env) {
@@ -381,7 +389,9 @@ impl<S: Sysroot> Agent<S> {
             let version = previous.version.clone().unwrap_or_else(|| previous.commit.clone());
             self.sysroot.stage(&previous.commit)?;
             self.state.update(|s| {
-                s.phase = Phase::Staged { version: version.clone() };
+                s.phase = Phase::Staged {
+                    version: version.clone(),
+                };
                 s.record(
                     EventKind::RolledBack,
                     Some(&version),
@@ -420,7 +430,10 @@ pub fn trial_deadline(esp: &Esp, limit: std::time::Duration) -> Result<()> {
         tracing::info!("no trial armed");
         return Ok(());
     }
-    tracing::info!(limit_secs = limit.as_secs(), "trial boot: the health gate must commit it in time");
+    tracing::info!(
+        limit_secs = limit.as_secs(),
+        "trial boot: the health gate must commit it in time"
+    );
     std::thread::sleep(limit);
     if boot_counter::tries_left(&esp.read()?).is_none() {
         return Ok(());

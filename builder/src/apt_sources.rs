@@ -112,9 +112,7 @@ pub fn choose_mirrors(sources: &[Source], release: &str) -> Result<Mirrors> {
             .map(|s| s.uri.clone())
     };
     let Some(main) = serving(release) else {
-        bail!(
-            "no apt source of this host serves `{release}`; set `mirror` in the manifest's [debian] table"
-        );
+        bail!("no apt source of this host serves `{release}`; set `mirror` in the manifest's [debian] table");
     };
     let security = serving(&format!("{release}-security")).unwrap_or_else(|| main.clone());
     Ok(Mirrors { main, security })
@@ -149,17 +147,13 @@ pub fn host_sources(apt_dir: &Path) -> Result<Vec<Source>> {
 }
 
 /// The mirrors to build `release` from: the manifest's, else the host's.
-pub fn resolve(
-    apt_dir: &Path,
-    release: &str,
-    mirror: Option<&str>,
-    security_mirror: Option<&str>,
-) -> Result<Mirrors> {
+pub fn resolve(apt_dir: &Path, release: &str, mirror: Option<&str>, security_mirror: Option<&str>) -> Result<Mirrors> {
     let host = match mirror {
         Some(_) => None,
-        None => Some(choose_mirrors(&host_sources(apt_dir)?, release).with_context(|| {
-            format!("finding a Debian mirror in {}", apt_dir.display())
-        })?),
+        None => Some(
+            choose_mirrors(&host_sources(apt_dir)?, release)
+                .with_context(|| format!("finding a Debian mirror in {}", apt_dir.display()))?,
+        ),
     };
     let main = mirror
         .map(str::to_owned)
@@ -216,7 +210,13 @@ Components: main
         let s = parse_one_line(
             "deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian/ bookworm main\n# deb http://x bookworm main\ndeb-src http://m.example/debian bookworm main\n",
         );
-        assert_eq!(s, vec![Source { uri: "http://m.example/debian".into(), suites: vec!["bookworm".into()] }]);
+        assert_eq!(
+            s,
+            vec![Source {
+                uri: "http://m.example/debian".into(),
+                suites: vec!["bookworm".into()]
+            }]
+        );
     }
 
     #[test]

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::{compose, image, keys, publish, tuf_repo};
 
 #[derive(Debug, Parser)]
-#[command(name = "cairn-build", version, about = "Build Cairn OS images: packages → signed OSTree commit → UEFI disk image")]
+#[command(
+    name = "cairn-build",
+    version,
+    about = "Build Cairn OS images: packages → signed OSTree commit → UEFI disk image"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -154,7 +158,10 @@ pub fn run(cli: Cli) -> Result<()> {
             let key = keys::keygen(&keys, &owner)?;
             let expires = chrono::Utc::now() + chrono::Duration::from_std(duration(&root_expires, "--root-expires")?)?;
             let root = tuf_repo::keygen(&keys, root_keys, root_threshold, expires)?;
-            println!("{}", serde_json::json!({ "keys": key.homedir, "key-id": key.key_id, "tuf-root": root }));
+            println!(
+                "{}",
+                serde_json::json!({ "keys": key.homedir, "key-id": key.key_id, "tuf-root": root })
+            );
         }
         Command::Publish {
             target,
@@ -212,7 +219,12 @@ pub fn run(cli: Cli) -> Result<()> {
             let report = match (root, cache) {
                 (Some(root), _) => compose::check_kernel_in(&spec, &root)?,
                 (None, Some(cache)) => {
-                    let mirrors = crate::apt_sources::resolve(&apt_dir, &spec.release, spec.mirror.as_deref(), spec.security_mirror.as_deref())?;
+                    let mirrors = crate::apt_sources::resolve(
+                        &apt_dir,
+                        &spec.release,
+                        spec.mirror.as_deref(),
+                        spec.security_mirror.as_deref(),
+                    )?;
                     let cache = compose::Cache::new(&cache)?;
                     let base = cache.base(&spec, &mirrors)?;
                     compose::check_kernel(&spec, &cache, &base)?
@@ -221,7 +233,11 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             println!("{report}");
             if !report.is_ok() {
-                anyhow::bail!("the kernel misses {} required option(s) of {} (listed above)", report.problems.len(), spec.platform);
+                anyhow::bail!(
+                    "the kernel misses {} required option(s) of {} (listed above)",
+                    report.problems.len(),
+                    spec.platform
+                );
             }
         }
         Command::Image { target, output } => {

@@ -40,8 +40,24 @@ pub const EFI_TREE_PATH: &str = "usr/lib/cairn/efi";
 
 /// GRUB modules built into the EFI image (no modules are loaded at run time).
 const GRUB_MODULES: &[&str] = &[
-    "part_gpt", "fat", "ext2", "normal", "linux", "search", "search_label", "search_fs_uuid",
-    "configfile", "loadenv", "test", "echo", "gzio", "regexp", "efi_gop", "sleep", "reboot", "halt",
+    "part_gpt",
+    "fat",
+    "ext2",
+    "normal",
+    "linux",
+    "search",
+    "search_label",
+    "search_fs_uuid",
+    "configfile",
+    "loadenv",
+    "test",
+    "echo",
+    "gzio",
+    "regexp",
+    "efi_gop",
+    "sleep",
+    "reboot",
+    "halt",
 ];
 
 /// The ESP's `EFI/BOOT/grub.cfg`, which GRUB's normal mode reads from its
@@ -166,7 +182,9 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
     let started = Instant::now();
     let mut spec = Manifest::load(&opts.manifest)?.resolve(&opts.flavor, opts.arch, opts.platform)?;
     if let Some(v) = &opts.version {
-        spec.version = v.parse().with_context(|| format!("--version `{v}` is not a semantic version"))?;
+        spec.version = v
+            .parse()
+            .with_context(|| format!("--version `{v}` is not a semantic version"))?;
     }
     for overlay in &opts.extra_overlays {
         let real = overlay
@@ -252,8 +270,16 @@ pub fn check_kernel(spec: &ImageSpec, cache: &Cache, base: &Base) -> Result<kern
 /// Check the kernel of the root tree `root` against the kernel-config
 /// fragments of the image's platform.
 pub fn check_kernel_in(spec: &ImageSpec, root: &Path) -> Result<kernel_check::Report> {
-    let fragments = spec.kernel_config.iter().map(|p| Fragment::load(p)).collect::<Result<Vec<_>>>()?;
-    Ok(kernel_check::check(&fragments, spec.arch, &KernelFacts::from_tree(root)?))
+    let fragments = spec
+        .kernel_config
+        .iter()
+        .map(|p| Fragment::load(p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(kernel_check::check(
+        &fragments,
+        spec.arch,
+        &KernelFacts::from_tree(root)?,
+    ))
 }
 
 /// The ostree ref of an image: one per architecture, variant (flavour and
@@ -287,7 +313,13 @@ impl AgentBinaries {
 }
 
 /// Write the image's own layer into `staging`: overlays, agent, identity.
-fn stage_image_files(staging: &Path, spec: &ImageSpec, agent: &AgentBinaries, key: &SigningKey, tuf_root: &Path) -> Result<()> {
+fn stage_image_files(
+    staging: &Path,
+    spec: &ImageSpec,
+    agent: &AgentBinaries,
+    key: &SigningKey,
+    tuf_root: &Path,
+) -> Result<()> {
     for overlay in &spec.overlays {
         apply_overlay(overlay, staging)?;
     }
@@ -393,7 +425,11 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
         }
         fs::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
         // Git keeps only the executable bit: normalise to 0644 / 0755.
-        let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+        let mode = if meta.permissions().mode() & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
         fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
     } else {
         bail!("{} is neither a file, a folder nor a symlink", src.display());
@@ -464,7 +500,12 @@ impl Cache {
         tracing::info!(elapsed = ?started.elapsed(), "packages installed");
 
         let packages = installed_packages(&root)?;
-        build_grub_image(spec.arch, &grub_debs, &work.path().join("grub"), &root.join(EFI_TREE_PATH))?;
+        build_grub_image(
+            spec.arch,
+            &grub_debs,
+            &work.path().join("grub"),
+            &root.join(EFI_TREE_PATH),
+        )?;
         let converted = ostree_layout::convert(&root)?;
         let commit = ostree::commit(
             &self.base_repo(),
@@ -511,7 +552,12 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Pat
         .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
         .arg("--dpkgopt=path-include=/usr/share/locale/locale.alias")
         .arg("--dpkgopt=path-exclude=/usr/share/info/*")
-        .args(recipe.path_excludes.iter().map(|g| format!("--dpkgopt=path-exclude={g}")))
+        .args(
+            recipe
+                .path_excludes
+                .iter()
+                .map(|g| format!("--dpkgopt=path-exclude={g}")),
+        )
         .arg(format!("--include={}", recipe.packages.join(",")))
         // Downloaded packages persist in the cache between builds.
         .args(["--skip=download/empty", "--skip=essential/unlink"])
@@ -632,7 +678,10 @@ mod tests {
         apply_overlay(&overlay, &staging).unwrap();
         assert_eq!(fs::read_to_string(staging.join("usr/etc/hostname")).unwrap(), "cairn\n");
         assert!(staging.join("usr/lib/systemd/system/x.service").is_file());
-        assert_eq!(fs::read_link(staging.join("usr/etc/systemd/masked")).unwrap(), Path::new("/dev/null"));
+        assert_eq!(
+            fs::read_link(staging.join("usr/etc/systemd/masked")).unwrap(),
+            Path::new("/dev/null")
+        );
 
         fs::create_dir_all(overlay.join("var/lib")).unwrap();
         let e = apply_overlay(&overlay, &staging).unwrap_err().to_string();
@@ -664,17 +713,33 @@ url = "http://127.0.0.1/repo"
 [flavors.dev]
 package-sets = ["base"]
 "#;
-        let spec = Manifest::parse(&path, text).unwrap().resolve("dev", Arch::X86_64, Platform::Generic).unwrap();
-        let m = Mirrors { main: "http://a.example/debian".into(), security: "http://s.example/ds".into() };
+        let spec = Manifest::parse(&path, text)
+            .unwrap()
+            .resolve("dev", Arch::X86_64, Platform::Generic)
+            .unwrap();
+        let m = Mirrors {
+            main: "http://a.example/debian".into(),
+            security: "http://s.example/ds".into(),
+        };
         let k1 = BaseRecipe::new(&spec, &m).key();
-        let v2 = Manifest::parse(&path, &text.replace("1.0.0", "1.0.1")).unwrap().resolve("dev", Arch::X86_64, Platform::Generic).unwrap();
-        assert_eq!(BaseRecipe::new(&v2, &m).key(), k1, "the version is not part of the package layer");
+        let v2 = Manifest::parse(&path, &text.replace("1.0.0", "1.0.1"))
+            .unwrap()
+            .resolve("dev", Arch::X86_64, Platform::Generic)
+            .unwrap();
+        assert_eq!(
+            BaseRecipe::new(&v2, &m).key(),
+            k1,
+            "the version is not part of the package layer"
+        );
         let p2 = Manifest::parse(&path, &text.replace("[\"systemd\"]", "[\"systemd\", \"runc\"]"))
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
         assert_ne!(BaseRecipe::new(&p2, &m).key(), k1);
-        let m2 = Mirrors { main: "http://b.example/debian".into(), ..m.clone() };
+        let m2 = Mirrors {
+            main: "http://b.example/debian".into(),
+            ..m.clone()
+        };
         assert_ne!(BaseRecipe::new(&spec, &m2).key(), k1);
         assert_eq!(k1.len(), 32);
     }

@@ -52,17 +52,15 @@ fn align_up(v: u64, to: u64) -> u64 {
 
 /// Write a protective MBR and a GPT with the ESP and root partitions.
 pub fn write_partition_table(file: &mut File, layout: &DiskLayout, arch: Arch) -> Result<()> {
-    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(
-        u32::try_from(layout.total_size / SECTOR - 1).unwrap_or(0xFFFF_FFFF),
-    );
+    let mbr =
+        gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(layout.total_size / SECTOR - 1).unwrap_or(0xFFFF_FFFF));
     mbr.overwrite_lba0(file).context("writing the protective MBR")?;
     let mut disk = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
         .create_from_device(&mut *file, None)
         .context("creating the GPT")?;
-    let root_type = Type::from_str(arch.root_partition_type())
-        .map_err(|e| anyhow!("root partition type GUID: {e}"))?;
+    let root_type = Type::from_str(arch.root_partition_type()).map_err(|e| anyhow!("root partition type GUID: {e}"))?;
     disk.add_partition_at(
         ESP_LABEL,
         ESP_PARTNUM,
@@ -113,12 +111,17 @@ pub fn write_esp(file: &mut File, layout: &DiskLayout, files: &[EspFile<'_>]) ->
         for p in parts {
             dir = match dir.open_dir(p) {
                 Ok(d) => d,
-                Err(_) => dir.create_dir(p).with_context(|| format!("creating ESP directory {p}"))?,
+                Err(_) => dir
+                    .create_dir(p)
+                    .with_context(|| format!("creating ESP directory {p}"))?,
             };
         }
-        let mut out = dir.create_file(name).with_context(|| format!("creating ESP file {}", f.path))?;
+        let mut out = dir
+            .create_file(name)
+            .with_context(|| format!("creating ESP file {}", f.path))?;
         out.truncate()?;
-        out.write_all(f.contents).with_context(|| format!("writing ESP file {}", f.path))?;
+        out.write_all(f.contents)
+            .with_context(|| format!("writing ESP file {}", f.path))?;
         out.flush()?;
     }
     fs.unmount().context("closing the ESP")?;
@@ -138,7 +141,12 @@ pub struct Window<'a> {
 impl<'a> Window<'a> {
     pub fn new(file: &'a mut File, start: u64, len: u64) -> io::Result<Self> {
         file.seek(SeekFrom::Start(start))?;
-        Ok(Self { file, start, len, pos: 0 })
+        Ok(Self {
+            file,
+            start,
+            len,
+            pos: 0,
+        })
     }
 
     fn remaining(&self) -> u64 {
@@ -162,7 +170,10 @@ impl Write for Window<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = (buf.len() as u64).min(self.remaining()) as usize;
         if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "write past the end of the partition"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write past the end of the partition",
+            ));
         }
         let written = self.file.write(&buf[..n])?;
         self.pos += written as u64;
@@ -215,8 +226,14 @@ mod tests {
             &mut f,
             &layout,
             &[
-                EspFile { path: "EFI/BOOT/BOOTX64.EFI", contents: b"MZ-not-really" },
-                EspFile { path: "EFI/cairn/grubenv", contents: &env },
+                EspFile {
+                    path: "EFI/BOOT/BOOTX64.EFI",
+                    contents: b"MZ-not-really",
+                },
+                EspFile {
+                    path: "EFI/cairn/grubenv",
+                    contents: &env,
+                },
             ],
         )
         .unwrap();
@@ -235,10 +252,18 @@ mod tests {
         assert_eq!(fs.fat_type(), fatfs::FatType::Fat32);
         assert_eq!(fs.volume_label(), ESP_LABEL);
         let mut s = Vec::new();
-        fs.root_dir().open_file("EFI/BOOT/BOOTX64.EFI").unwrap().read_to_end(&mut s).unwrap();
+        fs.root_dir()
+            .open_file("EFI/BOOT/BOOTX64.EFI")
+            .unwrap()
+            .read_to_end(&mut s)
+            .unwrap();
         assert_eq!(s, b"MZ-not-really");
         s.clear();
-        fs.root_dir().open_file("EFI/cairn/grubenv").unwrap().read_to_end(&mut s).unwrap();
+        fs.root_dir()
+            .open_file("EFI/cairn/grubenv")
+            .unwrap()
+            .read_to_end(&mut s)
+            .unwrap();
         assert_eq!(s.len(), 1024);
     }
 

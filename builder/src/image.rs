@@ -60,7 +60,10 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
     let spec = Manifest::load(&opts.manifest)?.resolve(&opts.flavor, opts.arch, opts.platform)?;
     let ostree_ref = image_ref(&spec);
     let commit = ostree::rev_parse(&opts.repo, &ostree_ref)?.with_context(|| {
-        format!("{} has no ref {ostree_ref}: run `cairn-build compose` first", opts.repo.display())
+        format!(
+            "{} has no ref {ostree_ref}: run `cairn-build compose` first",
+            opts.repo.display()
+        )
     })?;
     let version = ostree::unquote(&ostree::metadata(&opts.repo, &commit, meta::VERSION)?);
     fs::create_dir_all(&opts.output).with_context(|| format!("creating {}", opts.output.display()))?;
@@ -115,7 +118,9 @@ fn deploy(sysroot: &Path, repo: &Path, ostree_ref: &str, spec: &ImageSpec) -> Re
     let repo_arg = format!("--repo={}", sys_repo.display());
     fs::create_dir_all(sysroot)?;
     Cmd::new("ostree").args(["admin", "init-fs"]).arg(sysroot).run()?;
-    Cmd::new("ostree").args(["admin", "os-init", layout::OSNAME, &sys_arg]).run()?;
+    Cmd::new("ostree")
+        .args(["admin", "os-init", layout::OSNAME, &sys_arg])
+        .run()?;
     Cmd::new("ostree")
         .args([&repo_arg, "remote", "add", "--set=gpg-verify=true", layout::REMOTE])
         .arg(format!("{}/{}", spec.update_url, cairn_common::release::OSTREE_DIR))
@@ -127,11 +132,17 @@ fn deploy(sysroot: &Path, repo: &Path, ostree_ref: &str, spec: &ImageSpec) -> Re
     for karg in &spec.kernel_args {
         cmd = cmd.arg(format!("--karg={karg}"));
     }
-    cmd.arg(format!("{}:{ostree_ref}", layout::REMOTE)).run().context("deploying the commit")?;
+    cmd.arg(format!("{}:{ostree_ref}", layout::REMOTE))
+        .run()
+        .context("deploying the commit")?;
 
     // The GRUB menu, from ostree's entries, by the code the agent runs later.
     let loader = sysroot.join("boot/loader");
-    bootcfg::write_config_from_dir(&loader.join("entries"), &loader.join("grub.cfg"), &GrubSettings::default())?;
+    bootcfg::write_config_from_dir(
+        &loader.join("entries"),
+        &loader.join("grub.cfg"),
+        &GrubSettings::default(),
+    )?;
     fs::create_dir_all(sysroot.join("boot/grub"))?;
     std::os::unix::fs::symlink("../loader/grub.cfg", sysroot.join("boot/grub/grub.cfg"))?;
     Cmd::new("ostree")
@@ -204,9 +215,15 @@ fn write_disk(path: &Path, layout: &DiskLayout, spec: &ImageSpec, sysroot: &Path
     let grubenv = GrubEnv::new().to_block()?;
     let mut esp: Vec<EspFile<'_>> = efi_files
         .iter()
-        .map(|(rel, bytes)| EspFile { path: rel, contents: bytes })
+        .map(|(rel, bytes)| EspFile {
+            path: rel,
+            contents: bytes,
+        })
         .collect();
-    esp.push(EspFile { path: layout::GRUBENV_ESP_PATH, contents: &grubenv });
+    esp.push(EspFile {
+        path: layout::GRUBENV_ESP_PATH,
+        contents: &grubenv,
+    });
     disk::write_esp(&mut file, layout, &esp)?;
     file.sync_all()?;
     drop(file);

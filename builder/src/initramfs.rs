@@ -58,7 +58,10 @@ pub fn list_files_in(path: &Path) -> Result<Vec<String>> {
 /// which is for the caller to apply.
 pub fn module_name(path: &str) -> Option<&str> {
     let base = path.rsplit('/').next().unwrap_or(path);
-    [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().find_map(|ext| base.strip_suffix(ext)).filter(|name| !name.is_empty())
+    [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .find_map(|ext| base.strip_suffix(ext))
+        .filter(|name| !name.is_empty())
 }
 
 /// The kernel modules among `paths` (see [`module_name`]).
@@ -91,7 +94,10 @@ fn walk(data: &[u8], outer: bool, files: &mut Vec<String>) -> Result<()> {
             bail!("{name}-compressed data at offset {pos}: only zstd and gzip are supported");
         } else {
             let head: Vec<String> = rest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-            bail!("unknown data at offset {pos} (bytes {}): not a newc cpio archive", head.join(" "));
+            bail!(
+                "unknown data at offset {pos} (bytes {}): not a newc cpio archive",
+                head.join(" ")
+            );
         }
     }
     Ok(())
@@ -190,7 +196,21 @@ pub(crate) mod testutil {
     }
 
     fn entry(out: &mut Vec<u8>, ino: usize, mode: u32, name: &str, content: &[u8]) {
-        let fields = [ino, mode as usize, 0, 0, 1, 0, content.len(), 0, 0, 0, 0, name.len() + 1, 0];
+        let fields = [
+            ino,
+            mode as usize,
+            0,
+            0,
+            1,
+            0,
+            content.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0,
+        ];
         out.extend_from_slice(b"070701");
         for field in fields {
             out.extend_from_slice(format!("{field:08X}").as_bytes());
@@ -223,8 +243,14 @@ mod tests {
     const MAIN: &[(&str, &[u8])] = &[
         (".", b""),
         ("usr/lib/modules/6.1.0-56-arm64/kernel/fs/ext4/ext4.ko", b"\x7fELF ext4"),
-        ("./usr/lib/modules/6.1.0-56-arm64/kernel/drivers/scsi/hisi_sas/hisi_sas_v3_hw.ko.zst", b"x"),
-        ("/usr/lib/modules/6.1.0-56-arm64/kernel/drivers/char/hw_random/virtio-rng.ko.xz", b"yy"),
+        (
+            "./usr/lib/modules/6.1.0-56-arm64/kernel/drivers/scsi/hisi_sas/hisi_sas_v3_hw.ko.zst",
+            b"x",
+        ),
+        (
+            "/usr/lib/modules/6.1.0-56-arm64/kernel/drivers/char/hw_random/virtio-rng.ko.xz",
+            b"yy",
+        ),
         ("usr/bin/ostree-prepare-root", b"odd length content"),
     ];
 

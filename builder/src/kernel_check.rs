@@ -95,7 +95,11 @@ impl Fragment {
 
     /// Parses fragment `text`; `path` names it in errors and reports.
     pub fn parse(text: &str, path: impl Into<PathBuf>) -> Result<Fragment> {
-        Parser { path: path.into(), ..Parser::default() }.run(text)
+        Parser {
+            path: path.into(),
+            ..Parser::default()
+        }
+        .run(text)
     }
 
     /// Whether the fragment applies to `arch` at all.
@@ -118,7 +122,10 @@ impl Fragment {
 
 /// Loads `<dir>/<name>.config` for each name, in order.
 pub fn load_fragments(dir: &Path, names: &[&str]) -> Result<Vec<Fragment>> {
-    names.iter().map(|name| Fragment::load(&dir.join(format!("{name}.config")))).collect()
+    names
+        .iter()
+        .map(|name| Fragment::load(&dir.join(format!("{name}.config"))))
+        .collect()
 }
 
 /// Metadata from a `# cairn:` line (or the tail of a `# cairn-wanted:` line).
@@ -145,7 +152,8 @@ impl Parser {
     fn run(mut self, text: &str) -> Result<Fragment> {
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
-            self.line(raw.trim_end(), line).map_err(|e| anyhow!("{}:{line}: {e}", self.path.display()))?;
+            self.line(raw.trim_end(), line)
+                .map_err(|e| anyhow!("{}:{line}: {e}", self.path.display()))?;
         }
         if let Some((line, _)) = self.pending {
             bail!(
@@ -153,7 +161,12 @@ impl Parser {
                 self.path.display()
             );
         }
-        Ok(Fragment { path: self.path, arch: self.arch, requirements: self.requirements, wanted: self.wanted })
+        Ok(Fragment {
+            path: self.path,
+            arch: self.arch,
+            requirements: self.requirements,
+            wanted: self.wanted,
+        })
     }
 
     fn line(&mut self, line: &str, number: usize) -> Result<()> {
@@ -183,8 +196,9 @@ impl Parser {
             self.no_pending()?;
             let rest = rest.trim_start();
             let (assignment, tail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-            let (option, value) =
-                assignment.split_once('=').context("`# cairn-wanted:` needs `CONFIG_X=VALUE` (`=n` for not set)")?;
+            let (option, value) = assignment
+                .split_once('=')
+                .context("`# cairn-wanted:` needs `CONFIG_X=VALUE` (`=n` for not set)")?;
             let want = match value {
                 "n" => Want::NotSet,
                 other => parse_value(option, other)?,
@@ -202,8 +216,9 @@ impl Parser {
             }
         }
         if line.starts_with("CONFIG_") {
-            let (option, value) =
-                line.split_once('=').context("an option line is `CONFIG_X=VALUE` or `# CONFIG_X is not set`")?;
+            let (option, value) = line
+                .split_once('=')
+                .context("an option line is `CONFIG_X=VALUE` or `# CONFIG_X is not set`")?;
             let want = parse_value(option, value)?;
             return self.option(option, want, number);
         }
@@ -342,7 +357,9 @@ impl KernelFacts {
             .with_context(|| format!("listing kernels in {}", modules_root.display()))?;
         for entry in entries {
             let entry = entry.with_context(|| format!("listing kernels in {}", modules_root.display()))?;
-            let file_type = entry.file_type().with_context(|| format!("reading {}", entry.path().display()))?;
+            let file_type = entry
+                .file_type()
+                .with_context(|| format!("reading {}", entry.path().display()))?;
             if file_type.is_dir() {
                 let name = entry.file_name();
                 let name = name
@@ -354,7 +371,10 @@ impl KernelFacts {
         releases.sort();
         let kernel_release = match releases.as_slice() {
             [one] => one.clone(),
-            [] => bail!("no kernel in {}: expected exactly one <kver> directory", modules_root.display()),
+            [] => bail!(
+                "no kernel in {}: expected exactly one <kver> directory",
+                modules_root.display()
+            ),
             many => bail!(
                 "{} kernels in {} ({}): expected exactly one",
                 many.len(),
@@ -377,10 +397,17 @@ impl KernelFacts {
 
         let initramfs_path = dir.join("initramfs.img");
         let files = initramfs::list_files_in(&initramfs_path)?;
-        let initramfs_modules =
-            initramfs::kernel_modules(files.iter().map(String::as_str)).iter().map(|m| normalize_module(m)).collect();
+        let initramfs_modules = initramfs::kernel_modules(files.iter().map(String::as_str))
+            .iter()
+            .map(|m| normalize_module(m))
+            .collect();
 
-        Ok(KernelFacts { kernel_release, config, modules, initramfs_modules: Some(initramfs_modules) })
+        Ok(KernelFacts {
+            kernel_release,
+            config,
+            modules,
+            initramfs_modules: Some(initramfs_modules),
+        })
     }
 }
 
@@ -395,7 +422,9 @@ fn collect_modules(dir: &Path, out: &mut BTreeSet<String>) -> Result<()> {
     for entry in entries {
         let entry = entry.with_context(|| format!("listing modules in {}", dir.display()))?;
         let path = entry.path();
-        let file_type = entry.file_type().with_context(|| format!("reading {}", path.display()))?;
+        let file_type = entry
+            .file_type()
+            .with_context(|| format!("reading {}", path.display()))?;
         if file_type.is_dir() {
             collect_modules(&path, out)?;
         } else if let Some(name) = entry.file_name().to_str().and_then(initramfs::module_name) {
@@ -436,7 +465,14 @@ pub struct Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verb = if self.enforced { "required" } else { "wanted" };
-        write!(f, "{}:{}: {}: {verb} {}", self.fragment.display(), self.line, self.option, self.want)?;
+        write!(
+            f,
+            "{}:{}: {}: {verb} {}",
+            self.fragment.display(),
+            self.line,
+            self.option,
+            self.want
+        )?;
         if self.initramfs {
             f.write_str(" in the initramfs")?;
         }
@@ -450,11 +486,19 @@ impl fmt::Display for Problem {
             Unmet::Value { has: Some(value) } => write!(f, ", kernel has ={value}"),
             Unmet::ModuleNotShipped { modules } => {
                 let files: Vec<String> = modules.iter().map(|m| format!("{m}.ko*")).collect();
-                write!(f, ", kernel has =m but no {} ships under usr/lib/modules/<kver>/kernel", files.join(", "))
+                write!(
+                    f,
+                    ", kernel has =m but no {} ships under usr/lib/modules/<kver>/kernel",
+                    files.join(", ")
+                )
             }
             Unmet::NotInInitramfs { modules } => {
                 let verb = if modules.len() == 1 { "is" } else { "are" };
-                write!(f, ", kernel has =m but {} {verb} not in the initramfs", modules.join(", "))
+                write!(
+                    f,
+                    ", kernel has =m but {} {verb} not in the initramfs",
+                    modules.join(", ")
+                )
             }
         }
     }
@@ -497,7 +541,12 @@ impl fmt::Display for Report {
         if self.is_ok() {
             write!(f, "all {} required options met", self.checked)?;
         } else {
-            write!(f, "{} of {} required options not met", self.problems.len(), self.checked)?;
+            write!(
+                f,
+                "{} of {} required options not met",
+                self.problems.len(),
+                self.checked
+            )?;
         }
         for problem in &self.problems {
             write!(f, "\n{problem}")?;
@@ -516,8 +565,10 @@ impl fmt::Display for Report {
 /// `arch`; the report lists every unmet option in fragment order.
 pub fn check(fragments: &[Fragment], arch: Arch, facts: &KernelFacts) -> Report {
     let shipped: BTreeSet<String> = facts.modules.iter().map(|m| normalize_module(m)).collect();
-    let initramfs: Option<BTreeSet<String>> =
-        facts.initramfs_modules.as_ref().map(|set| set.iter().map(|m| normalize_module(m)).collect());
+    let initramfs: Option<BTreeSet<String>> = facts
+        .initramfs_modules
+        .as_ref()
+        .map(|set| set.iter().map(|m| normalize_module(m)).collect());
     let mut report = Report {
         kernel_release: facts.kernel_release.clone(),
         arch,
@@ -557,7 +608,11 @@ fn evaluate(
     initramfs: Option<&BTreeSet<String>>,
 ) -> Option<Unmet> {
     let has = config.get(&requirement.option).map(String::as_str);
-    let wrong = || Some(Unmet::Value { has: has.map(str::to_owned) });
+    let wrong = || {
+        Some(Unmet::Value {
+            has: has.map(str::to_owned),
+        })
+    };
     match &requirement.want {
         Want::Builtin if has == Some("y") => None,
         Want::Value(value) if has == Some(value.as_str()) => None,
@@ -576,7 +631,9 @@ fn evaluate(
                 Some(set) if requirement.initramfs => missing(set),
                 _ => Vec::new(),
             };
-            (!not_in_initramfs.is_empty()).then_some(Unmet::NotInInitramfs { modules: not_in_initramfs })
+            (!not_in_initramfs.is_empty()).then_some(Unmet::NotInInitramfs {
+                modules: not_in_initramfs,
+            })
         }
         _ => wrong(),
     }
@@ -620,8 +677,11 @@ CONFIG_F=y
     fn parses_options_and_metadata() {
         let f = fragment();
         assert_eq!(f.arch, None);
-        let summary: Vec<(&str, &Want, usize)> =
-            f.requirements.iter().map(|r| (r.option.as_str(), &r.want, r.line)).collect();
+        let summary: Vec<(&str, &Want, usize)> = f
+            .requirements
+            .iter()
+            .map(|r| (r.option.as_str(), &r.want, r.line))
+            .collect();
         assert_eq!(
             summary,
             [
@@ -652,34 +712,73 @@ CONFIG_F=y
     fn malformed_fragments_are_errors_naming_file_and_line() {
         let cases: &[(&str, &str)] = &[
             ("CONFIG_A=m\n", "test.config:1: CONFIG_A=m needs `# cairn: module=NAME`"),
-            ("# cairn: module=a initramfs\nCONFIG_A=y\n", "test.config:2: `module=` only applies to `=m`"),
-            ("# cairn: initramfs\nCONFIG_A=y\n", "test.config:2: `initramfs` only applies to `=m`"),
-            ("# cairn: module=a\n\nCONFIG_A=m\n", "test.config:2: the `# cairn:` line 1 must directly precede"),
-            ("# cairn: module=a\n# why\nCONFIG_A=m\n", "test.config:2: the `# cairn:` line 1"),
-            ("# cairn: module=a\n", "test.config:1: `# cairn:` line at the end of the file"),
-            ("# cairn: module=a\n# cairn: initramfs\nCONFIG_A=m\n", "test.config:2: a second `# cairn:` line"),
-            ("# cairn: module=a.ko\nCONFIG_A=m\n", "test.config:1: `a.ko` is not a module name"),
-            ("# cairn: arch=riscv64\nCONFIG_A=y\n", "test.config:1: unknown architecture `riscv64`"),
+            (
+                "# cairn: module=a initramfs\nCONFIG_A=y\n",
+                "test.config:2: `module=` only applies to `=m`",
+            ),
+            (
+                "# cairn: initramfs\nCONFIG_A=y\n",
+                "test.config:2: `initramfs` only applies to `=m`",
+            ),
+            (
+                "# cairn: module=a\n\nCONFIG_A=m\n",
+                "test.config:2: the `# cairn:` line 1 must directly precede",
+            ),
+            (
+                "# cairn: module=a\n# why\nCONFIG_A=m\n",
+                "test.config:2: the `# cairn:` line 1",
+            ),
+            (
+                "# cairn: module=a\n",
+                "test.config:1: `# cairn:` line at the end of the file",
+            ),
+            (
+                "# cairn: module=a\n# cairn: initramfs\nCONFIG_A=m\n",
+                "test.config:2: a second `# cairn:` line",
+            ),
+            (
+                "# cairn: module=a.ko\nCONFIG_A=m\n",
+                "test.config:1: `a.ko` is not a module name",
+            ),
+            (
+                "# cairn: arch=riscv64\nCONFIG_A=y\n",
+                "test.config:1: unknown architecture `riscv64`",
+            ),
             ("# cairn: boot\nCONFIG_A=y\n", "test.config:1: unknown metadata `boot`"),
-            ("CONFIG_A=y\n# cairn-fragment: arch=aarch64\n", "test.config:2: `# cairn-fragment:` must come before"),
-            ("# cairn-fragment: module=a\n", "test.config:1: `# cairn-fragment:` takes only `arch=`"),
+            (
+                "CONFIG_A=y\n# cairn-fragment: arch=aarch64\n",
+                "test.config:2: `# cairn-fragment:` must come before",
+            ),
+            (
+                "# cairn-fragment: module=a\n",
+                "test.config:1: `# cairn-fragment:` takes only `arch=`",
+            ),
             (
                 "# cairn-fragment: arch=x86_64\n# cairn: arch=aarch64\nCONFIG_A=y\n",
                 "test.config:3: `arch=aarch64` contradicts",
             ),
             ("# cairn-option: x\n", "test.config:1: unknown directive"),
-            ("CONFIG_A=y\nCONFIG_A=y\n", "test.config:2: CONFIG_A already appears on line 1"),
+            (
+                "CONFIG_A=y\nCONFIG_A=y\n",
+                "test.config:2: CONFIG_A already appears on line 1",
+            ),
             ("CONFIG_A=n\n", "test.config:1: write `# CONFIG_A is not set` instead"),
             ("CONFIG_A=\n", "test.config:1: CONFIG_A has no value"),
             ("CONFIG_A\n", "test.config:1: an option line is"),
             ("CONFIG_A-B=y\n", "test.config:1: `CONFIG_A-B` is not an option name"),
             ("A=y\n", "test.config:1: not a kconfig fragment line: `A=y`"),
             ("# cairn-wanted: CONFIG_A\n", "test.config:1: `# cairn-wanted:` needs"),
-            ("CONFIG_A=y\n# cairn-wanted: CONFIG_A=m\n", "test.config:2: CONFIG_A already appears on line 1"),
+            (
+                "CONFIG_A=y\n# cairn-wanted: CONFIG_A=m\n",
+                "test.config:2: CONFIG_A already appears on line 1",
+            ),
         ];
         for (text, want) in cases {
             let err = Fragment::parse(text, "kc/test.config").unwrap_err().to_string();
-            assert!(err.starts_with("kc/") && err.contains(want), "{text:?}: got {err:?}, want {want:?}");
+            assert!(
+                err.starts_with("kc/") && err.contains(want),
+                "{text:?}: got {err:?}, want {want:?}"
+            );
         }
     }
 
@@ -707,7 +806,10 @@ CONFIG_F=y
         assert!(report.ensure_ok().is_ok());
         // The wanted option is x86_64-only.
         assert!(report.wanted.is_empty());
-        assert_eq!(report.to_string(), "kernel 6.1.0-test (aarch64): all 6 required options met");
+        assert_eq!(
+            report.to_string(),
+            "kernel 6.1.0-test (aarch64): all 6 required options met"
+        );
     }
 
     #[test]
@@ -752,7 +854,11 @@ CONFIG_F=y
     #[test]
     fn module_names_treat_dash_and_underscore_alike() {
         let config = GOOD.replace("CONFIG_C=y", "CONFIG_C=m");
-        let report = check(&[fragment()], Arch::Aarch64, &facts(&config, &["mod_a", "mod-b"], Some(&["mod_a"])));
+        let report = check(
+            &[fragment()],
+            Arch::Aarch64,
+            &facts(&config, &["mod_a", "mod-b"], Some(&["mod_a"])),
+        );
         assert!(report.is_ok(), "{report}");
     }
 
@@ -760,9 +866,18 @@ CONFIG_F=y
     fn a_boot_module_missing_from_the_initramfs_fails() {
         let config = GOOD.replace("CONFIG_C=y", "CONFIG_C=m");
         // mod_b ships but is not boot-critical: its absence from the initramfs is fine.
-        let report = check(&[fragment()], Arch::Aarch64, &facts(&config, &["mod-a", "mod_b"], Some(&["other"])));
+        let report = check(
+            &[fragment()],
+            Arch::Aarch64,
+            &facts(&config, &["mod-a", "mod_b"], Some(&["other"])),
+        );
         assert_eq!(report.problems.len(), 1, "{report}");
-        assert_eq!(report.problems[0].unmet, Unmet::NotInInitramfs { modules: vec!["mod-a".into()] });
+        assert_eq!(
+            report.problems[0].unmet,
+            Unmet::NotInInitramfs {
+                modules: vec!["mod-a".into()]
+            }
+        );
         assert_eq!(
             report.problems[0].to_string(),
             "kc/test.config:4: CONFIG_B: required =m in the initramfs (module mod-a), kernel has =m but mod-a is not in the initramfs"
@@ -800,7 +915,13 @@ CONFIG_F=y
         let cpio = newc(&[("usr/lib/modules/6.1.0-56-arm64/kernel/drivers/x/mod-a.ko", b"\x7fELF")]);
         let mut image = newc(&[("early_cpio", b"1")]);
         image.extend(zstd::bulk::compress(&cpio, 3).unwrap());
-        tree(root.path(), "6.1.0-56-arm64", GOOD, &["mod-a.ko.zst", "mod_b.ko.xz", "c.ko", "not-a-module.txt"], &image);
+        tree(
+            root.path(),
+            "6.1.0-56-arm64",
+            GOOD,
+            &["mod-a.ko.zst", "mod_b.ko.xz", "c.ko", "not-a-module.txt"],
+            &image,
+        );
         // Non-directories next to the kernel are ignored.
         std::fs::write(root.path().join("usr/lib/modules/README"), b"").unwrap();
 
@@ -816,17 +937,26 @@ CONFIG_F=y
     fn from_tree_wants_exactly_one_kernel_with_config_and_initramfs() {
         let root = tempfile::tempdir().unwrap();
         let err = format!("{:#}", KernelFacts::from_tree(root.path()).unwrap_err());
-        assert!(err.contains("listing kernels in") && err.contains("usr/lib/modules"), "{err}");
+        assert!(
+            err.contains("listing kernels in") && err.contains("usr/lib/modules"),
+            "{err}"
+        );
 
         std::fs::create_dir_all(root.path().join("usr/lib/modules")).unwrap();
         let err = format!("{:#}", KernelFacts::from_tree(root.path()).unwrap_err());
-        assert!(err.contains("no kernel in") && err.contains("expected exactly one"), "{err}");
+        assert!(
+            err.contains("no kernel in") && err.contains("expected exactly one"),
+            "{err}"
+        );
 
         let image = newc(&[]);
         let dir = tree(root.path(), "6.1.0-1-amd64", GOOD, &[], &image);
         tree(root.path(), "6.1.0-2-amd64", GOOD, &[], &image);
         let err = format!("{:#}", KernelFacts::from_tree(root.path()).unwrap_err());
-        assert!(err.contains("2 kernels in") && err.contains("(6.1.0-1-amd64, 6.1.0-2-amd64)"), "{err}");
+        assert!(
+            err.contains("2 kernels in") && err.contains("(6.1.0-1-amd64, 6.1.0-2-amd64)"),
+            "{err}"
+        );
         std::fs::remove_dir_all(root.path().join("usr/lib/modules/6.1.0-2-amd64")).unwrap();
 
         std::fs::remove_file(dir.join("initramfs.img")).unwrap();
@@ -835,7 +965,10 @@ CONFIG_F=y
 
         std::fs::write(dir.join("initramfs.img"), b"garbage").unwrap();
         let err = format!("{:#}", KernelFacts::from_tree(root.path()).unwrap_err());
-        assert!(err.contains("initramfs.img") && err.contains("unknown data at offset 0"), "{err}");
+        assert!(
+            err.contains("initramfs.img") && err.contains("unknown data at offset 0"),
+            "{err}"
+        );
 
         std::fs::write(dir.join("config"), "# empty\n").unwrap();
         let err = format!("{:#}", KernelFacts::from_tree(root.path()).unwrap_err());
@@ -843,6 +976,9 @@ CONFIG_F=y
 
         std::fs::remove_file(dir.join("config")).unwrap();
         let err = format!("{:#}", KernelFacts::from_tree(root.path()).unwrap_err());
-        assert!(err.contains("reading the kernel configuration") && err.contains("6.1.0-1-amd64/config"), "{err}");
+        assert!(
+            err.contains("reading the kernel configuration") && err.contains("6.1.0-1-amd64/config"),
+            "{err}"
+        );
     }
 }

@@ -66,7 +66,10 @@ impl SigningKey {
 }
 
 fn gpg(homedir: &Path) -> Cmd {
-    Cmd::new("gpg").arg("--homedir").arg(homedir).args(["--batch", "--no-tty"])
+    Cmd::new("gpg")
+        .arg("--homedir")
+        .arg(homedir)
+        .args(["--batch", "--no-tty"])
 }
 
 /// Create a new signing key in `homedir` unless one is there already.

@@ -24,7 +24,14 @@ pub struct ManifestError {
 
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
     }
 }
 
@@ -201,8 +208,8 @@ pub struct Manifest {
 impl Manifest {
     /// Read and parse `path`.
     pub fn load(path: &Path) -> anyhow::Result<Manifest> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading manifest {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading manifest {}: {e}", path.display()))?;
         Ok(Manifest::parse(path, &text)?)
     }
 
@@ -245,7 +252,10 @@ impl Manifest {
         let name = self.identifier(&raw.image.name, "image name")?;
         let stream = self.identifier(&raw.image.stream, "stream")?;
         let version = semver::Version::parse(raw.image.version.get_ref()).map_err(|e| {
-            self.err(raw.image.version.span(), format!("version is not semantic (x.y.z): {e}"))
+            self.err(
+                raw.image.version.span(),
+                format!("version is not semantic (x.y.z): {e}"),
+            )
         })?;
 
         let release = self.identifier(&raw.debian.release, "Debian release")?;
@@ -259,7 +269,10 @@ impl Manifest {
             if s.get_ref() != &release && !s.get_ref().starts_with(&format!("{release}-")) {
                 return Err(self.err(
                     s.span(),
-                    format!("suite `{}` is not `{release}` or one of its `{release}-*` suites", s.get_ref()),
+                    format!(
+                        "suite `{}` is not `{release}` or one of its `{release}-*` suites",
+                        s.get_ref()
+                    ),
                 ));
             }
             suites.push(s.get_ref().clone());
@@ -275,12 +288,17 @@ impl Manifest {
         for p in &raw.debian.path_excludes {
             let g = p.get_ref();
             if !g.starts_with("/usr/") || g.contains(char::is_whitespace) || g.contains("..") {
-                return Err(self.err(p.span(), format!("path-exclude `{g}` must be an absolute glob under /usr/ without spaces or `..`")));
+                return Err(self.err(
+                    p.span(),
+                    format!("path-exclude `{g}` must be an absolute glob under /usr/ without spaces or `..`"),
+                ));
             }
             path_excludes.push(g.clone());
         }
 
-        let flavour_value = plat.and_then(|p| p.kernel_flavour.as_ref()).unwrap_or(&raw.kernel.flavour);
+        let flavour_value = plat
+            .and_then(|p| p.kernel_flavour.as_ref())
+            .unwrap_or(&raw.kernel.flavour);
         let kernel_flavour = match flavour_value.get_ref().as_str() {
             "cloud" => KernelFlavour::Cloud,
             "generic" => KernelFlavour::Generic,
@@ -311,7 +329,10 @@ impl Manifest {
             })?;
             for pkg in members {
                 if !is_debian_package_name(pkg.get_ref()) {
-                    return Err(self.err(pkg.span(), format!("`{}` is not a valid Debian package name", pkg.get_ref())));
+                    return Err(self.err(
+                        pkg.span(),
+                        format!("`{}` is not a valid Debian package name", pkg.get_ref()),
+                    ));
                 }
                 let (line, column) = line_col(&self.text, pkg.span().start);
                 packages.entry(pkg.get_ref().clone()).or_insert(PackageRef {
@@ -330,10 +351,19 @@ impl Manifest {
 
         let mut kernel_args = Vec::new();
         let platform_args = plat.map(|p| p.kernel_args.as_slice()).unwrap_or_default();
-        for arg in raw.kernel.args.iter().chain(platform_args).chain(&flav.get_ref().kernel_args) {
+        for arg in raw
+            .kernel
+            .args
+            .iter()
+            .chain(platform_args)
+            .chain(&flav.get_ref().kernel_args)
+        {
             let a = arg.get_ref();
             if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "\"'$\\;{}".contains(c)) {
-                return Err(self.err(arg.span(), format!("kernel argument {a:?} must be one word without quotes or `$`")));
+                return Err(self.err(
+                    arg.span(),
+                    format!("kernel argument {a:?} must be one word without quotes or `$`"),
+                ));
             }
             kernel_args.push(a.clone());
         }
@@ -366,7 +396,10 @@ impl Manifest {
         let root_size = self.size(&raw.disk.root_size)?;
         const MIB: u64 = 1 << 20;
         if esp_size < 33 * MIB {
-            return Err(self.err(raw.disk.esp_size.span(), "esp-size must be at least 33MiB (FAT32's minimum)"));
+            return Err(self.err(
+                raw.disk.esp_size.span(),
+                "esp-size must be at least 33MiB (FAT32's minimum)",
+            ));
         }
         if root_size < 256 * MIB {
             return Err(self.err(raw.disk.root_size.span(), "root-size must be at least 256MiB"));
@@ -416,7 +449,14 @@ impl Manifest {
             let defined: Vec<&str> = raw.platforms.keys().map(String::as_str).collect();
             return Err(self.err(
                 0..0,
-                format!("no platform `{platform}` (the manifest defines: {})", if defined.is_empty() { "none".into() } else { defined.join(", ") }),
+                format!(
+                    "no platform `{platform}` (the manifest defines: {})",
+                    if defined.is_empty() {
+                        "none".into()
+                    } else {
+                        defined.join(", ")
+                    }
+                ),
             ));
         };
         let span = table.span();
@@ -431,7 +471,10 @@ impl Manifest {
         if !arches.contains(&arch) {
             let span = table.arch.first().map_or(0..0, |a| a.span());
             let names: Vec<&str> = arches.iter().map(|a| a.as_str()).collect();
-            return Err(self.err(span, format!("platform `{platform}` is for {}, not {arch}", names.join(" and "))));
+            return Err(self.err(
+                span,
+                format!("platform `{platform}` is for {}, not {arch}", names.join(" and ")),
+            ));
         }
         Ok(Some(table))
     }
@@ -456,7 +499,10 @@ impl Manifest {
         if ok {
             Ok(s.clone())
         } else {
-            Err(self.err(v.span(), format!("{what} `{s}` must be letters, digits, `-`, `_` or `.`")))
+            Err(self.err(
+                v.span(),
+                format!("{what} `{s}` must be letters, digits, `-`, `_` or `.`"),
+            ))
         }
     }
 
@@ -481,20 +527,27 @@ impl Manifest {
         if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
             return Err(self.err(
                 v.span(),
-                format!("overlay `{}` escapes the manifest's folder: give a path inside it", v.get_ref()),
+                format!(
+                    "overlay `{}` escapes the manifest's folder: give a path inside it",
+                    v.get_ref()
+                ),
             ));
         }
         let base = self.path.parent().unwrap_or(Path::new("."));
         let dir = base.join(rel);
         // Symlinks could still lead out: compare the real paths.
-        let real = dir.canonicalize().map_err(|e| {
-            self.err(v.span(), format!("overlay `{}` cannot be read: {e}", dir.display()))
-        })?;
+        let real = dir
+            .canonicalize()
+            .map_err(|e| self.err(v.span(), format!("overlay `{}` cannot be read: {e}", dir.display())))?;
         let real_base = base.canonicalize().unwrap_or_else(|_| base.to_owned());
         if !real.starts_with(&real_base) {
             return Err(self.err(
                 v.span(),
-                format!("overlay `{}` resolves to {}, outside the manifest's folder", v.get_ref(), real.display()),
+                format!(
+                    "overlay `{}` resolves to {}, outside the manifest's folder",
+                    v.get_ref(),
+                    real.display()
+                ),
             ));
         }
         if !real.is_dir() {
@@ -514,13 +567,17 @@ fn locate(path: &Path, text: &str, span: Range<usize>, message: String) -> Manif
     }
 }
 
-
 /// Debian policy 5.6.1: lower case letters, digits, `+`, `-`, `.`; at least
 /// two characters; starting with a letter or digit.
 pub fn is_debian_package_name(name: &str) -> bool {
     name.len() >= 2
-        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
 }
 
 /// Parse sizes like `64MiB`, `2GiB`, `512M`, `1048576`.
@@ -528,14 +585,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("size `{s}` does not start with a number"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size `{s}` does not start with a number"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "KiB" => 1 << 10,
         "M" | "MiB" => 1 << 20,
         "G" | "GiB" => 1 << 30,
         "T" | "TiB" => 1 << 40,
-        other => return Err(format!("size `{s}` has unknown unit `{other}` (use KiB, MiB, GiB or TiB)")),
+        other => {
+            return Err(format!(
+                "size `{s}` has unknown unit `{other}` (use KiB, MiB, GiB or TiB)"
+            ))
+        }
     };
     n.checked_mul(mult).ok_or_else(|| format!("size `{s}` is too large"))
 }
@@ -600,17 +663,26 @@ package-sets = ["base"]
     #[test]
     fn resolves_dev_flavor() {
         let (_d, path) = fixture();
-        let spec = Manifest::parse(&path, GOOD).unwrap().resolve("dev", Arch::X86_64, Platform::Generic).unwrap();
+        let spec = Manifest::parse(&path, GOOD)
+            .unwrap()
+            .resolve("dev", Arch::X86_64, Platform::Generic)
+            .unwrap();
         assert_eq!(spec.version, semver::Version::new(1, 2, 3));
         assert_eq!(
             spec.package_names(),
             ["containerd", "linux-image-cloud-amd64", "runc", "systemd", "udev"]
         );
-        assert_eq!(spec.kernel_args, ["rw", "panic=10", "systemd.log_level=info", "console=ttyS0,115200"]);
+        assert_eq!(
+            spec.kernel_args,
+            ["rw", "panic=10", "systemd.log_level=info", "console=ttyS0,115200"]
+        );
         assert_eq!(spec.overlays.len(), 2);
         assert_eq!(spec.esp_size, 64 << 20);
         assert_eq!(spec.update_url, "http://10.0.2.100/repo");
-        let prod = Manifest::parse(&path, GOOD).unwrap().resolve("prod", Arch::Aarch64, Platform::Generic).unwrap();
+        let prod = Manifest::parse(&path, GOOD)
+            .unwrap()
+            .resolve("prod", Arch::Aarch64, Platform::Generic)
+            .unwrap();
         assert_eq!(prod.package_names(), ["linux-image-cloud-arm64", "systemd", "udev"]);
         assert_eq!(prod.kernel_args.last().unwrap(), "console=ttyAMA0,115200");
     }
@@ -666,15 +738,25 @@ package-sets = ["base"]
         let (d, path) = fixture();
         std::os::unix::fs::symlink("/etc", d.path().join("overlay/sneaky")).unwrap();
         let text = GOOD.replace("\"overlay/dev\"", "\"overlay/sneaky\"");
-        let e = Manifest::parse(&path, &text).unwrap().resolve("dev", Arch::X86_64, Platform::Generic).unwrap_err();
+        let e = Manifest::parse(&path, &text)
+            .unwrap()
+            .resolve("dev", Arch::X86_64, Platform::Generic)
+            .unwrap_err();
         assert!(e.message.contains("outside the manifest's folder"), "{e}");
     }
 
     #[test]
     fn missing_flavor_lists_the_defined_ones() {
         let (_d, path) = fixture();
-        let e = Manifest::parse(&path, GOOD).unwrap().resolve("debug", Arch::X86_64, Platform::Generic).unwrap_err();
-        assert!(e.message.contains("no flavor `debug` (the manifest defines: dev, prod)"), "{e}");
+        let e = Manifest::parse(&path, GOOD)
+            .unwrap()
+            .resolve("debug", Arch::X86_64, Platform::Generic)
+            .unwrap_err();
+        assert!(
+            e.message
+                .contains("no flavor `debug` (the manifest defines: dev, prod)"),
+            "{e}"
+        );
     }
 
     const PLATFORMS: &str = r#"
@@ -696,7 +778,11 @@ kernel-config = ["kunpeng920.config"]
         for f in ["common.config", "cloud.config", "kunpeng920.config"] {
             std::fs::write(d.path().join(f), "CONFIG_X=y\n").unwrap();
         }
-        let text = GOOD.replace("args = [\"rw\", \"panic=10\"]", "args = [\"rw\", \"panic=10\"]\nconfig = [\"common.config\"]") + PLATFORMS + extra;
+        let text = GOOD.replace(
+            "args = [\"rw\", \"panic=10\"]",
+            "args = [\"rw\", \"panic=10\"]\nconfig = [\"common.config\"]",
+        ) + PLATFORMS
+            + extra;
         (d, path, text)
     }
 
@@ -706,9 +792,15 @@ kernel-config = ["kunpeng920.config"]
         let m = Manifest::parse(&path, &text).unwrap();
         let k = m.resolve("prod", Arch::Aarch64, Platform::Kunpeng920).unwrap();
         assert_eq!(k.kernel_package, "linux-image-arm64");
-        assert_eq!(k.kernel_args, ["rw", "panic=10", "acpi=force", "console=ttyAMA0,115200"]);
+        assert_eq!(
+            k.kernel_args,
+            ["rw", "panic=10", "acpi=force", "console=ttyAMA0,115200"]
+        );
         assert_eq!(k.initramfs_drivers, ["hisi_sas_v3_hw", "nvme"]);
-        assert!(k.package_names().contains(&"containerd".to_owned()), "the platform's package set is added");
+        assert!(
+            k.package_names().contains(&"containerd".to_owned()),
+            "the platform's package set is added"
+        );
         let real = |f: &str| d.path().join(f).canonicalize().unwrap();
         assert_eq!(k.kernel_config, [real("common.config"), real("kunpeng920.config")]);
         assert_eq!(k.variant(), "prod-kunpeng920");
@@ -725,22 +817,38 @@ kernel-config = ["kunpeng920.config"]
         let (_d, path, text) = with_platforms("");
         let m = Manifest::parse(&path, &text).unwrap();
         let e = m.resolve("prod", Arch::X86_64, Platform::Kunpeng920).unwrap_err();
-        assert!(e.message.contains("platform `kunpeng920` is for aarch64, not x86_64"), "{e}");
+        assert!(
+            e.message.contains("platform `kunpeng920` is for aarch64, not x86_64"),
+            "{e}"
+        );
         let e = m.resolve("prod", Arch::Aarch64, Platform::Phytium).unwrap_err();
-        assert!(e.message.contains("no platform `phytium` (the manifest defines: generic, kunpeng920)"), "{e}");
+        assert!(
+            e.message
+                .contains("no platform `phytium` (the manifest defines: generic, kunpeng920)"),
+            "{e}"
+        );
 
         let (_d, path, text) = with_platforms("\n[platforms.tsv110]\narch = [\"aarch64\"]\n");
-        let e = Manifest::parse(&path, &text).unwrap().resolve("prod", Arch::Aarch64, Platform::Generic).unwrap_err();
+        let e = Manifest::parse(&path, &text)
+            .unwrap()
+            .resolve("prod", Arch::Aarch64, Platform::Generic)
+            .unwrap_err();
         assert!(e.message.contains("unknown platform `tsv110`"), "{e}");
 
         let (_d, path, text) = with_platforms("");
         let text = text.replace("\"kunpeng920.config\"", "\"missing.config\"");
-        let e = Manifest::parse(&path, &text).unwrap().resolve("prod", Arch::Aarch64, Platform::Kunpeng920).unwrap_err();
+        let e = Manifest::parse(&path, &text)
+            .unwrap()
+            .resolve("prod", Arch::Aarch64, Platform::Kunpeng920)
+            .unwrap_err();
         assert!(e.message.contains("missing.config` cannot be read"), "{e}");
 
         let (_d, path, text) = with_platforms("");
         let text = text.replace("\"nvme\"", "\"nvme;rm\"");
-        let e = Manifest::parse(&path, &text).unwrap().resolve("prod", Arch::Aarch64, Platform::Kunpeng920).unwrap_err();
+        let e = Manifest::parse(&path, &text)
+            .unwrap()
+            .resolve("prod", Arch::Aarch64, Platform::Kunpeng920)
+            .unwrap_err();
         assert!(e.message.contains("`nvme;rm` is not a kernel module name"), "{e}");
     }
 

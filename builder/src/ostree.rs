@@ -78,7 +78,10 @@ pub fn commit(repo: &Path, c: &Commit<'_>) -> Result<String> {
     if c.consume {
         cmd = cmd.arg("--consume");
     }
-    let out = cmd.progress().output().with_context(|| format!("committing {}", c.branch))?;
+    let out = cmd
+        .progress()
+        .output()
+        .with_context(|| format!("committing {}", c.branch))?;
     let checksum = out.stdout.lines().last().unwrap_or("").trim().to_owned();
     anyhow::ensure!(
         checksum.len() == 64 && checksum.chars().all(|c| c.is_ascii_hexdigit()),
@@ -94,7 +97,10 @@ pub fn pull_local(dst: &Path, src: &Path, rev: &str, remote: Option<&str>) -> Re
     if let Some(r) = remote {
         cmd = cmd.arg(format!("--remote={r}"));
     }
-    cmd.arg(src).arg(rev).run().with_context(|| format!("pulling {rev} from {}", src.display()))
+    cmd.arg(src)
+        .arg(rev)
+        .run()
+        .with_context(|| format!("pulling {rev} from {}", src.display()))
 }
 
 /// Check out the folder `subpath` of `rev` to `dest` (which must not exist).
@@ -145,7 +151,10 @@ mod tests {
 
     #[test]
     fn dict_literal_is_gvariant_text() {
-        assert_eq!(string_dict([("a", "1:2.0"), ("b'", "x")]), "{'a': '1:2.0', 'b\\'': 'x'}");
+        assert_eq!(
+            string_dict([("a", "1:2.0"), ("b'", "x")]),
+            "{'a': '1:2.0', 'b\\'': 'x'}"
+        );
         assert_eq!(string_dict([]), "@a{ss} {}");
         assert_eq!(unquote(" '1.2.3'\n"), "1.2.3");
     }

@@ -41,13 +41,21 @@ pub fn kernel_release(root: &Path) -> Result<String> {
     let mut found = Vec::new();
     for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
         let e = e?;
-        if e.path().join("modules.dep").exists() || root.join("boot").join(format!("vmlinuz-{}", e.file_name().to_string_lossy())).exists() {
+        if e.path().join("modules.dep").exists()
+            || root
+                .join("boot")
+                .join(format!("vmlinuz-{}", e.file_name().to_string_lossy()))
+                .exists()
+        {
             found.push(e.file_name().to_string_lossy().into_owned());
         }
     }
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => bail!("no kernel in {} (is a linux-image package in the manifest?)", dir.display()),
+        0 => bail!(
+            "no kernel in {} (is a linux-image package in the manifest?)",
+            dir.display()
+        ),
         _ => bail!("more than one kernel in {}: {}", dir.display(), found.join(", ")),
     }
 }
@@ -60,11 +68,13 @@ pub fn convert(root: &Path) -> Result<Converted> {
     // Kernel and initramfs where ostree looks for them.
     let vmlinuz = root.join("boot").join(format!("vmlinuz-{kver}"));
     if !moddir.join("vmlinuz").exists() {
-        fs::copy(&vmlinuz, moddir.join("vmlinuz"))
-            .with_context(|| format!("copying {}", vmlinuz.display()))?;
+        fs::copy(&vmlinuz, moddir.join("vmlinuz")).with_context(|| format!("copying {}", vmlinuz.display()))?;
     }
     if !moddir.join("initramfs.img").exists() {
-        bail!("no initramfs at {} (dracut did not run?)", moddir.join("initramfs.img").display());
+        bail!(
+            "no initramfs at {} (dracut did not run?)",
+            moddir.join("initramfs.img").display()
+        );
     }
     let config = root.join("boot").join(format!("config-{kver}"));
     if config.exists() {
@@ -268,7 +278,10 @@ mod tests {
         assert_eq!(fs::read_dir(r.join("tmp")).unwrap().count(), 0);
         assert_eq!(fs::read_link(r.join("home")).unwrap(), Path::new("var/home"));
         assert_eq!(fs::read_link(r.join("root")).unwrap(), Path::new("var/roothome"));
-        assert_eq!(fs::read_link(r.join("usr/local")).unwrap(), Path::new("../var/usrlocal"));
+        assert_eq!(
+            fs::read_link(r.join("usr/local")).unwrap(),
+            Path::new("../var/usrlocal")
+        );
         assert_eq!(fs::read_link(r.join("ostree")).unwrap(), Path::new("sysroot/ostree"));
         let tmpfiles = fs::read_to_string(r.join("usr/lib/tmpfiles.d/cairn-var.conf")).unwrap();
         assert!(tmpfiles.contains("d /var/lib/dpkg 0755 "), "{tmpfiles}");
@@ -283,11 +296,20 @@ mod tests {
         let r = d.path();
         fs::write(r.join("root/.bashrc"), "PS1=x").unwrap();
         convert(r).unwrap();
-        assert_eq!(fs::read_to_string(r.join("usr/share/factory/var/roothome/.bashrc")).unwrap(), "PS1=x");
+        assert_eq!(
+            fs::read_to_string(r.join("usr/share/factory/var/roothome/.bashrc")).unwrap(),
+            "PS1=x"
+        );
         assert_eq!(fs::read_link(r.join("root")).unwrap(), Path::new("var/roothome"));
         let tmpfiles = fs::read_to_string(r.join("usr/lib/tmpfiles.d/cairn-var.conf")).unwrap();
-        assert!(tmpfiles.contains("C /var/roothome - - - - /usr/share/factory/var/roothome"), "{tmpfiles}");
-        assert!(!tmpfiles.contains("/usr/share/factory/var/usrlocal"), "empty skeletons need no copy");
+        assert!(
+            tmpfiles.contains("C /var/roothome - - - - /usr/share/factory/var/roothome"),
+            "{tmpfiles}"
+        );
+        assert!(
+            !tmpfiles.contains("/usr/share/factory/var/usrlocal"),
+            "empty skeletons need no copy"
+        );
     }
 
     #[test]

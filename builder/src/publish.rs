@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use cairn_common::layout::Arch;
 use cairn_common::metadata as meta;
-use cairn_common::release::{Release, OSTREE_DIR, TARGETS_DIR, TUF_DIR};
 use cairn_common::process::Cmd;
+use cairn_common::release::{Release, OSTREE_DIR, TARGETS_DIR, TUF_DIR};
 use semver::{Version, VersionReq};
 use serde::Serialize;
 
@@ -87,7 +87,8 @@ fn read_releases(targets_dir: &Path) -> Result<Vec<Release>> {
         if path.extension().is_some_and(|x| x == "json") {
             let bytes = std::fs::read(&path)?;
             out.push(
-                serde_json::from_slice(&bytes).with_context(|| format!("{} is not a Cairn release record", path.display()))?,
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is not a Cairn release record", path.display()))?,
             );
         }
     }
@@ -103,7 +104,8 @@ pub fn publish(opts: &PublishOptions) -> Result<Published> {
     let commit = ostree::rev_parse(&opts.build_repo, &opts.rev)?
         .with_context(|| format!("{} has no commit {}", opts.build_repo.display(), opts.rev))?;
     let version = ostree::unquote(&ostree::metadata(&opts.build_repo, &commit, meta::VERSION)?);
-    Version::parse(&version).with_context(|| format!("commit {commit} has version `{version}`, not a semantic version"))?;
+    Version::parse(&version)
+        .with_context(|| format!("commit {commit} has version `{version}`, not a semantic version"))?;
     let flavor = ostree::unquote(&ostree::metadata(&opts.build_repo, &commit, meta::FLAVOR)?);
     let ostree_ref = if opts.rev.len() == 64 {
         bail!("publish takes the image's ref (cairn/<arch>/<flavor>/<stream>), not a bare commit")
@@ -204,9 +206,18 @@ mod tests {
     fn deltas_come_from_the_newest_previous_releases_of_the_same_line() {
         let mut other_flavor = rel("0.9.0", 'f');
         other_flavor.flavor = "prod".into();
-        let existing = [rel("0.1.0", 'a'), rel("0.3.0", 'c'), rel("0.2.0", 'b'), other_flavor, rel("0.4.0", 'd')];
+        let existing = [
+            rel("0.1.0", 'a'),
+            rel("0.3.0", 'c'),
+            rel("0.2.0", 'b'),
+            other_flavor,
+            rel("0.4.0", 'd'),
+        ];
         let new = rel("0.4.0", 'd');
-        let got: Vec<String> = delta_sources(&existing, &new, 2).into_iter().map(|r| r.version).collect();
+        let got: Vec<String> = delta_sources(&existing, &new, 2)
+            .into_iter()
+            .map(|r| r.version)
+            .collect();
         assert_eq!(got, ["0.3.0", "0.2.0"]);
         assert!(delta_sources(&existing, &new, 0).is_empty());
     }

@@ -80,9 +80,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn key_id(path: &Path) -> Result<(Decoded<Hex>, tough::schema::key::Key)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading TUF key {}", path.display()))?;
-    let pair = tough::sign::parse_keypair(&bytes).map_err(|e| anyhow::anyhow!("{}: not a TUF signing key: {e}", path.display()))?;
+    let pair = tough::sign::parse_keypair(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a TUF signing key: {e}", path.display()))?;
     let key = pair.tuf_key();
-    let id = key.key_id().map_err(|e| anyhow::anyhow!("key id of {}: {e}", path.display()))?;
+    let id = key
+        .key_id()
+        .map_err(|e| anyhow::anyhow!("key id of {}: {e}", path.display()))?;
     Ok((id, key))
 }
 
@@ -111,7 +114,8 @@ pub fn keygen(keys: &Path, root_keys: u64, root_threshold: u64, expires: DateTim
     }
     for (_, path) in &files {
         if !path.exists() {
-            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("generating an Ed25519 key"))?;
+            let pkcs8 =
+                Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("generating an Ed25519 key"))?;
             write_private(path, pkcs8.as_ref())?;
         }
     }
@@ -208,16 +212,20 @@ pub fn sign_metadata(keys: &Path, targets_dir: &Path, tuf_dir: &Path, expiry: Ex
     let (targets_v, snapshot_v, timestamp_v) = (version("targets")?, version("snapshot")?, version("timestamp")?);
     let rt = runtime()?;
     let signed = rt.block_on(async {
-        let mut editor = RepositoryEditor::new(&root).await.map_err(|e| anyhow::anyhow!("loading {}: {e}", root.display()))?;
+        let mut editor = RepositoryEditor::new(&root)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading {}: {e}", root.display()))?;
         for path in &entries {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let release: Release =
-                serde_json::from_slice(&bytes).with_context(|| format!("{} is not a Cairn release record", path.display()))?;
+            let release: Release = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a Cairn release record", path.display()))?;
             let (name, mut target) = RepositoryEditor::build_target(path)
                 .await
                 .map_err(|e| anyhow::anyhow!("hashing {}: {e}", path.display()))?;
             target.custom = release_custom(&release)?;
-            editor.add_target(name, target).map_err(|e| anyhow::anyhow!("adding target {}: {e}", path.display()))?;
+            editor
+                .add_target(name, target)
+                .map_err(|e| anyhow::anyhow!("adding target {}: {e}", path.display()))?;
             releases.push(release);
         }
         editor
@@ -231,9 +239,16 @@ pub fn sign_metadata(keys: &Path, targets_dir: &Path, tuf_dir: &Path, expiry: Ex
             .timestamp_expires(expiry.timestamp);
         let sources: Vec<Box<dyn KeySource>> = ROLES
             .iter()
-            .map(|r| Box::new(LocalKeySource { path: dir.join(role_key_file(*r)) }) as Box<dyn KeySource>)
+            .map(|r| {
+                Box::new(LocalKeySource {
+                    path: dir.join(role_key_file(*r)),
+                }) as Box<dyn KeySource>
+            })
             .collect();
-        let signed = editor.sign(&sources).await.map_err(|e| anyhow::anyhow!("signing TUF metadata: {e}"))?;
+        let signed = editor
+            .sign(&sources)
+            .await
+            .map_err(|e| anyhow::anyhow!("signing TUF metadata: {e}"))?;
         signed
             .write(tuf_dir)
             .await

@@ -28,22 +28,59 @@ struct Profile {
 }
 
 const GENERIC: &[&str] = &["container-host", "ostree-boot", "virtio-qemu", "cloud-vm"];
-const KUNPENG920: &[&str] = &["container-host", "ostree-boot", "virtio-qemu", "arm64-server", "kunpeng920"];
-const PHYTIUM: &[&str] = &["container-host", "ostree-boot", "virtio-qemu", "arm64-server", "phytium"];
+const KUNPENG920: &[&str] = &[
+    "container-host",
+    "ostree-boot",
+    "virtio-qemu",
+    "arm64-server",
+    "kunpeng920",
+];
+const PHYTIUM: &[&str] = &[
+    "container-host",
+    "ostree-boot",
+    "virtio-qemu",
+    "arm64-server",
+    "phytium",
+];
 
 const PROFILES: &[Profile] = &[
-    Profile { name: "generic", arch: Arch::X86_64, package: CLOUD_AMD64, fragments: GENERIC },
-    Profile { name: "generic", arch: Arch::Aarch64, package: CLOUD_ARM64, fragments: GENERIC },
-    Profile { name: "kunpeng920", arch: Arch::Aarch64, package: FULL_ARM64, fragments: KUNPENG920 },
-    Profile { name: "phytium", arch: Arch::Aarch64, package: FULL_ARM64, fragments: PHYTIUM },
+    Profile {
+        name: "generic",
+        arch: Arch::X86_64,
+        package: CLOUD_AMD64,
+        fragments: GENERIC,
+    },
+    Profile {
+        name: "generic",
+        arch: Arch::Aarch64,
+        package: CLOUD_ARM64,
+        fragments: GENERIC,
+    },
+    Profile {
+        name: "kunpeng920",
+        arch: Arch::Aarch64,
+        package: FULL_ARM64,
+        fragments: KUNPENG920,
+    },
+    Profile {
+        name: "phytium",
+        arch: Arch::Aarch64,
+        package: FULL_ARM64,
+        fragments: PHYTIUM,
+    },
 ];
 
 fn kernel_config_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("kernel-config")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("kernel-config")
 }
 
 fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kernel-configs").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/kernel-configs")
+        .join(name);
     let compressed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     String::from_utf8(zstd::decode_all(compressed.as_slice()).unwrap()).unwrap()
 }
@@ -55,7 +92,10 @@ fn config_text(package: &str) -> String {
 /// Module names (normalized) a package ships.
 fn shipped_modules(package: &str) -> BTreeSet<String> {
     let list = fixture(&format!("{package}.modules.zst"));
-    initramfs::kernel_modules(list.lines()).iter().map(|m| normalize_module(m)).collect()
+    initramfs::kernel_modules(list.lines())
+        .iter()
+        .map(|m| normalize_module(m))
+        .collect()
 }
 
 /// The facts of a Debian kernel package, without an initramfs.
@@ -75,7 +115,10 @@ fn fragments(names: &[&str]) -> Vec<Fragment> {
 /// Every module the profile's fragments want in the initramfs.
 fn boot_modules(fragments: &[Fragment], arch: Arch) -> BTreeSet<String> {
     let requirements = fragments.iter().flat_map(|f| f.requirements_for(arch));
-    requirements.filter(|r| r.initramfs).flat_map(|r| r.modules.iter().map(|m| normalize_module(m))).collect()
+    requirements
+        .filter(|r| r.initramfs)
+        .flat_map(|r| r.modules.iter().map(|m| normalize_module(m)))
+        .collect()
 }
 
 fn assert_profile_passes(name: &str, arch: Arch) {
@@ -119,12 +162,22 @@ fn every_enforced_option_exists_in_the_kernels_it_applies_to() {
         for fragment in fragments(profile.fragments) {
             for r in fragment.requirements_for(profile.arch) {
                 if !config.contains_key(&r.option) {
-                    missing.push(format!("{}:{}: {} ({})", fragment.path.display(), r.line, r.option, profile.package));
+                    missing.push(format!(
+                        "{}:{}: {} ({})",
+                        fragment.path.display(),
+                        r.line,
+                        r.option,
+                        profile.package
+                    ));
                 }
             }
         }
     }
-    assert!(missing.is_empty(), "options the kernels do not know:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "options the kernels do not know:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -132,16 +185,22 @@ fn every_named_module_is_a_real_module_file() {
     // Per architecture, the modules any of its Debian kernels ship (an option
     // built in by the cloud flavour is a module in the full one).
     let mut shipped: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for (arch, package) in
-        [("x86_64", CLOUD_AMD64), ("x86_64", FULL_AMD64), ("aarch64", CLOUD_ARM64), ("aarch64", FULL_ARM64)]
-    {
+    for (arch, package) in [
+        ("x86_64", CLOUD_AMD64),
+        ("x86_64", FULL_AMD64),
+        ("aarch64", CLOUD_ARM64),
+        ("aarch64", FULL_ARM64),
+    ] {
         shipped.entry(arch).or_default().extend(shipped_modules(package));
     }
     let mut unknown = Vec::new();
     let names = all_fragment_names();
     for fragment in fragments(&names.iter().map(String::as_str).collect::<Vec<_>>()) {
         for r in &fragment.requirements {
-            for arch in Arch::ALL.into_iter().filter(|a| fragment.applies_to(*a) && r.arch.is_none_or(|b| b == *a)) {
+            for arch in Arch::ALL
+                .into_iter()
+                .filter(|a| fragment.applies_to(*a) && r.arch.is_none_or(|b| b == *a))
+            {
                 for module in &r.modules {
                     if !shipped[arch.as_str()].contains(&normalize_module(module)) {
                         unknown.push(format!(
@@ -155,7 +214,11 @@ fn every_named_module_is_a_real_module_file() {
             }
         }
     }
-    assert!(unknown.is_empty(), "module names no Debian kernel ships:\n{}", unknown.join("\n"));
+    assert!(
+        unknown.is_empty(),
+        "module names no Debian kernel ships:\n{}",
+        unknown.join("\n")
+    );
 }
 
 /// Every `*.config` in kernel-config/, by name.
@@ -174,7 +237,10 @@ fn all_fragment_names() -> Vec<String> {
 #[test]
 fn every_fragment_belongs_to_a_profile_and_profiles_do_not_conflict() {
     for name in all_fragment_names() {
-        assert!(PROFILES.iter().any(|p| p.fragments.contains(&name.as_str())), "{name}.config is in no profile");
+        assert!(
+            PROFILES.iter().any(|p| p.fragments.contains(&name.as_str())),
+            "{name}.config is in no profile"
+        );
     }
     for profile in PROFILES {
         let mut seen: BTreeMap<String, (Want, String)> = BTreeMap::new();
@@ -182,7 +248,11 @@ fn every_fragment_belongs_to_a_profile_and_profiles_do_not_conflict() {
             for r in fragment.requirements_for(profile.arch) {
                 let here = format!("{}:{}", fragment.path.display(), r.line);
                 if let Some((want, there)) = seen.get(&r.option) {
-                    assert_eq!(want, &r.want, "{} {}: {here} conflicts with {there}", profile.name, r.option);
+                    assert_eq!(
+                        want, &r.want,
+                        "{} {}: {here} conflicts with {there}",
+                        profile.name, r.option
+                    );
                 } else {
                     seen.insert(r.option.clone(), (r.want.clone(), here));
                 }
@@ -205,7 +275,12 @@ fn every_option_sits_under_a_comment_saying_why() {
             if line.trim().is_empty() {
                 explained = false;
             } else if is_option {
-                assert!(explained, "{}:{}: `{line}` has no comment saying why", path.display(), index + 1);
+                assert!(
+                    explained,
+                    "{}:{}: `{line}` has no comment saying why",
+                    path.display(),
+                    index + 1
+                );
             } else if line.starts_with("# ") && !line.starts_with("# cairn") {
                 explained = true;
             }
@@ -228,14 +303,26 @@ fn a_kernel_missing_required_options_fails_naming_each_option_and_line() {
     let config = config
         .replace("\nCONFIG_SECCOMP_FILTER=y\n", "\n")
         .replace("\n# CONFIG_RT_GROUP_SCHED is not set\n", "\nCONFIG_RT_GROUP_SCHED=y\n");
-    let facts = KernelFacts { config: parse_kernel_config(&config), ..package_facts(CLOUD_AMD64) };
+    let facts = KernelFacts {
+        config: parse_kernel_config(&config),
+        ..package_facts(CLOUD_AMD64)
+    };
     let report = check(&fragments(GENERIC), Arch::X86_64, &facts);
 
     let seccomp = line_of("container-host.config", "CONFIG_SECCOMP_FILTER=y");
     let rt = line_of("container-host.config", "# CONFIG_RT_GROUP_SCHED is not set");
     let problems: Vec<(String, usize)> = report.problems.iter().map(|p| (p.option.clone(), p.line)).collect();
-    assert_eq!(problems, [("CONFIG_RT_GROUP_SCHED".to_owned(), rt), ("CONFIG_SECCOMP_FILTER".to_owned(), seccomp)]);
-    assert!(report.problems.iter().all(|p| p.fragment.ends_with("container-host.config")));
+    assert_eq!(
+        problems,
+        [
+            ("CONFIG_RT_GROUP_SCHED".to_owned(), rt),
+            ("CONFIG_SECCOMP_FILTER".to_owned(), seccomp)
+        ]
+    );
+    assert!(report
+        .problems
+        .iter()
+        .all(|p| p.fragment.ends_with("container-host.config")));
     let text = report.to_string();
     assert!(
         text.contains(&format!(
@@ -244,7 +331,9 @@ fn a_kernel_missing_required_options_fails_naming_each_option_and_line() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("container-host.config:{rt}: CONFIG_RT_GROUP_SCHED: required not set, kernel has =y")),
+        text.contains(&format!(
+            "container-host.config:{rt}: CONFIG_RT_GROUP_SCHED: required not set, kernel has =y"
+        )),
         "{text}"
     );
     assert!(text.contains("2 of "), "{text}");
@@ -259,8 +348,16 @@ fn a_module_that_does_not_ship_fails() {
     let problem = &report.problems[0];
     assert_eq!(problem.option, "CONFIG_HNS3_ENET");
     assert_eq!(problem.line, line_of("kunpeng920.config", "CONFIG_HNS3_ENET=m"));
-    assert_eq!(problem.unmet, Unmet::ModuleNotShipped { modules: vec!["hns3".into()] });
-    assert!(report.to_string().contains("kernel has =m but no hns3.ko* ships"), "{report}");
+    assert_eq!(
+        problem.unmet,
+        Unmet::ModuleNotShipped {
+            modules: vec!["hns3".into()]
+        }
+    );
+    assert!(
+        report.to_string().contains("kernel has =m but no hns3.ko* ships"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -269,7 +366,15 @@ fn a_boot_module_missing_from_the_initramfs_fails() {
     let mut facts = package_facts(FULL_ARM64);
     let boot = boot_modules(&fragments, Arch::Aarch64);
     // The full kernel builds these as modules: the initramfs must hold them.
-    for module in ["ext4", "crc32c_generic", "nvme", "ahci", "sd_mod", "hisi_sas_v3_hw", "virtio_blk"] {
+    for module in [
+        "ext4",
+        "crc32c_generic",
+        "nvme",
+        "ahci",
+        "sd_mod",
+        "hisi_sas_v3_hw",
+        "virtio_blk",
+    ] {
         assert!(boot.contains(module), "{module} is not marked `initramfs`");
     }
     facts.initramfs_modules = Some(boot.clone());
@@ -283,7 +388,12 @@ fn a_boot_module_missing_from_the_initramfs_fails() {
     assert_eq!(report.problems.len(), 1, "{report}");
     let problem = &report.problems[0];
     assert_eq!(problem.option, "CONFIG_SCSI_HISI_SAS_PCI");
-    assert_eq!(problem.unmet, Unmet::NotInInitramfs { modules: vec!["hisi_sas_v3_hw".into()] });
+    assert_eq!(
+        problem.unmet,
+        Unmet::NotInInitramfs {
+            modules: vec!["hisi_sas_v3_hw".into()]
+        }
+    );
     let line = line_of("kunpeng920.config", "CONFIG_SCSI_HISI_SAS_PCI=m");
     assert!(
         report.to_string().contains(&format!(
@@ -327,7 +437,10 @@ fn the_cloud_arm64_kernel_fails_kunpeng920_which_needs_the_full_flavour() {
 fn arm64_only_fragments_check_nothing_on_x86_64() {
     // Not a profile (x86_64 servers are not targeted), but the fragments'
     // arch gating must hold: arm64-only fragments check nothing on x86_64.
-    let report =
-        check(&fragments(&["arm64-server", "kunpeng920", "phytium"]), Arch::X86_64, &package_facts(CLOUD_AMD64));
+    let report = check(
+        &fragments(&["arm64-server", "kunpeng920", "phytium"]),
+        Arch::X86_64,
+        &package_facts(CLOUD_AMD64),
+    );
     assert!(report.is_ok() && report.checked == 0, "{report}");
 }

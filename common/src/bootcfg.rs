@@ -38,11 +38,7 @@ pub struct BlsEntry {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BootCfgError {
     #[error("{file}: line {line}: {message}")]
-    Entry {
-        file: String,
-        line: usize,
-        message: String,
-    },
+    Entry { file: String, line: usize, message: String },
     #[error("{file}: missing `{key}`")]
     MissingKey { file: String, key: &'static str },
     #[error("no boot entries: nothing to boot")]
@@ -71,7 +67,9 @@ pub fn parse_entry(source: &str, text: &str) -> Result<BlsEntry, BootCfgError> {
             message,
         };
         if value.contains(['"', '\'', '$', '\\', '\n', ';', '{', '}']) && key != "title" {
-            return Err(error(format!("`{key}` has a character GRUB would interpret: {value:?}")));
+            return Err(error(format!(
+                "`{key}` has a character GRUB would interpret: {value:?}"
+            )));
         }
         match key {
             "title" => entry.title = value.to_owned(),
@@ -140,7 +138,11 @@ pub fn render(mut entries: Vec<BlsEntry>, settings: &GrubSettings) -> Result<Str
     out.push_str(&boot_counter_header(entries.len() > 1));
     for (index, entry) in entries.iter().enumerate() {
         let title = entry.title.replace(['"', '\\', '$'], "");
-        let title = if title.is_empty() { format!("Cairn deployment {index}") } else { title };
+        let title = if title.is_empty() {
+            format!("Cairn deployment {index}")
+        } else {
+            title
+        };
         let _ = writeln!(out, "menuentry \"{title}\" --id cairn-{index} {{");
         let _ = writeln!(out, "  linux {}{} {}", settings.boot_prefix, entry.linux, entry.options);
         if !entry.initrd.is_empty() {
@@ -202,13 +204,16 @@ pub fn write_config_from_dir(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut entries = Vec::new();
-    let listing = std::fs::read_dir(entries_dir)
-        .with_context(|| format!("listing boot entries in {}", entries_dir.display()))?;
+    let listing =
+        std::fs::read_dir(entries_dir).with_context(|| format!("listing boot entries in {}", entries_dir.display()))?;
     for e in listing {
         let path = e?.path();
         if path.extension().is_some_and(|x| x == "conf") {
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             entries.push(parse_entry(&name, &text)?);
         }
     }

@@ -58,8 +58,7 @@ impl GrubEnv {
                 block.len()
             )));
         }
-        let text = std::str::from_utf8(block)
-            .map_err(|e| GrubEnvError::Malformed(format!("not UTF-8: {e}")))?;
+        let text = std::str::from_utf8(block).map_err(|e| GrubEnvError::Malformed(format!("not UTF-8: {e}")))?;
         let body = text
             .strip_prefix(SIGNATURE)
             .ok_or_else(|| GrubEnvError::Malformed("missing signature line".into()))?;

@@ -223,9 +223,7 @@ impl Cmd {
     pub fn status_inherited(mut self) -> Result<ExitStatus> {
         let shown = self.display();
         tracing::info!(command = %shown, "running with inherited stdio");
-        self.command
-            .status()
-            .with_context(|| format!("running `{shown}`"))
+        self.command.status().with_context(|| format!("running `{shown}`"))
     }
 
     /// Like [`Cmd::status_inherited`], failing unless it exits 0.
@@ -247,12 +245,16 @@ impl Cmd {
         let found = if program.components().count() > 1 {
             program.exists()
         } else {
-            std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+            std::env::var_os("PATH")
+                .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
         };
         if found {
             Ok(())
         } else {
-            Err(anyhow!("starting `{shown}` (is it installed?): {} not found", program.display()))
+            Err(anyhow!(
+                "starting `{shown}` (is it installed?): {} not found",
+                program.display()
+            ))
         }
     }
 
@@ -260,7 +262,11 @@ impl Cmd {
         let shown = self.display();
         tracing::info!(command = %shown, "running");
         self.command
-            .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let watched = self.timeout.is_some() || self.stall.is_some();
@@ -320,10 +326,16 @@ impl Cmd {
             let _ = done.send(());
             match fired.join().ok().flatten() {
                 Some(Killed::Timeout(limit)) => {
-                    return Err(anyhow!("`{shown}` did not finish within {}s and was killed", limit.as_secs()))
+                    return Err(anyhow!(
+                        "`{shown}` did not finish within {}s and was killed",
+                        limit.as_secs()
+                    ))
                 }
                 Some(Killed::Stalled(limit)) => {
-                    return Err(anyhow!("`{shown}` made no progress for {}s (stalled) and was killed", limit.as_secs()))
+                    return Err(anyhow!(
+                        "`{shown}` made no progress for {}s (stalled) and was killed",
+                        limit.as_secs()
+                    ))
                 }
                 None => {}
             }
@@ -370,7 +382,12 @@ fn failure(shown: &str, status: ExitStatus, stderr_tail: &str) -> anyhow::Error 
 
 /// The watchdog of one child: until `finished` says it exited, kill its
 /// process group at the timeout or when its progress stalls.
-fn watch(pid: u32, finished: &std::sync::mpsc::Receiver<()>, timeout: Option<Duration>, stall: Option<StallWatch>) -> Option<Killed> {
+fn watch(
+    pid: u32,
+    finished: &std::sync::mpsc::Receiver<()>,
+    timeout: Option<Duration>,
+    stall: Option<StallWatch>,
+) -> Option<Killed> {
     let started = Instant::now();
     let mut tracker = stall.as_ref().map(|s| StallTracker::new(s.limit));
     let verdict = loop {
@@ -404,7 +421,10 @@ mod tests {
     fn a_huge_argument_is_shortened_in_logs_and_errors() {
         let long = "x".repeat(SHOWN_ARG_CHARS + 50);
         let shown = Cmd::new("ostree").arg("commit").arg(&long).display();
-        assert_eq!(shown, format!("ostree commit '{}…(+50 chars)'", "x".repeat(SHOWN_ARG_CHARS)));
+        assert_eq!(
+            shown,
+            format!("ostree commit '{}…(+50 chars)'", "x".repeat(SHOWN_ARG_CHARS))
+        );
         assert_eq!(Cmd::new("echo").arg("a b").display(), "echo 'a b'");
     }
 
@@ -433,7 +453,11 @@ mod tests {
 
     #[test]
     fn captures_stdout_and_feeds_stdin() {
-        let out = Cmd::new("sh").args(["-c", "tr a-z A-Z"]).stdin_bytes("cairn").output().unwrap();
+        let out = Cmd::new("sh")
+            .args(["-c", "tr a-z A-Z"])
+            .stdin_bytes("cairn")
+            .output()
+            .unwrap();
         assert_eq!(out.stdout, "CAIRN");
     }
 
@@ -444,7 +468,10 @@ mod tests {
             .run()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`sh -c 'echo first >&2; echo '\\''the cause'\\'' >&2; exit 3'` failed"), "{err}");
+        assert!(
+            err.contains("`sh -c 'echo first >&2; echo '\\''the cause'\\'' >&2; exit 3'` failed"),
+            "{err}"
+        );
         assert!(err.contains("exit status: 3"), "{err}");
         assert!(err.ends_with("first\nthe cause"), "{err}");
     }
@@ -452,7 +479,10 @@ mod tests {
     #[test]
     fn missing_program_is_a_clear_error() {
         let err = format!("{:#}", Cmd::new("cairn-no-such-program").run().unwrap_err());
-        assert!(err.contains("starting `cairn-no-such-program` (is it installed?)"), "{err}");
+        assert!(
+            err.contains("starting `cairn-no-such-program` (is it installed?)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -470,10 +500,17 @@ mod tests {
             .timeout(std::time::Duration::from_millis(300))
             .run()
             .unwrap_err();
-        assert!(err.to_string().contains("did not finish within 0s and was killed"), "{err}");
+        assert!(
+            err.to_string().contains("did not finish within 0s and was killed"),
+            "{err}"
+        );
         // The background sleep held stdout open: it was killed too, or this would take 30 s.
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
-        let out = Cmd::new("echo").arg("quick").timeout(std::time::Duration::from_secs(30)).output().unwrap();
+        let out = Cmd::new("echo")
+            .arg("quick")
+            .timeout(std::time::Duration::from_secs(30))
+            .output()
+            .unwrap();
         assert_eq!(out.stdout, "quick\n");
     }
 }

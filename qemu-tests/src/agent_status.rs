@@ -28,7 +28,9 @@ pub fn booted_version(s: &Value) -> String {
 
 /// Whether `version` is among the versions the agent marked bad.
 pub fn is_bad(s: &Value, version: &str) -> bool {
-    s["bad_versions"].as_array().is_some_and(|b| b.iter().any(|v| v == version))
+    s["bad_versions"]
+        .as_array()
+        .is_some_and(|b| b.iter().any(|v| v == version))
 }
 
 /// No trial in progress and nothing staged: the agent settled this boot.

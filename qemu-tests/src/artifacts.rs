@@ -38,12 +38,24 @@ pub struct Artifacts {
 /// manifest path.
 pub fn copy_image_definition(manifest: &Path, dest: &Path) -> Result<PathBuf> {
     let folder = manifest.parent().context("the manifest has no folder")?;
-    let kernel_config = folder.parent().context("the manifest's folder has no parent")?.join("kernel-config");
-    for (from, to) in [(folder, dest.join("rootfs")), (kernel_config.as_path(), dest.join("kernel-config"))] {
+    let kernel_config = folder
+        .parent()
+        .context("the manifest's folder has no parent")?
+        .join("kernel-config");
+    for (from, to) in [
+        (folder, dest.join("rootfs")),
+        (kernel_config.as_path(), dest.join("kernel-config")),
+    ] {
         std::fs::create_dir_all(&to)?;
-        cairn_common::process::Cmd::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(&to).run()?;
+        cairn_common::process::Cmd::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", from.display()))
+            .arg(&to)
+            .run()?;
     }
-    Ok(dest.join("rootfs").join(manifest.file_name().context("the manifest has no file name")?))
+    Ok(dest
+        .join("rootfs")
+        .join(manifest.file_name().context("the manifest has no file name")?))
 }
 
 impl Artifacts {

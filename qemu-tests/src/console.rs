@@ -157,14 +157,19 @@ impl Console {
             if now >= deadline {
                 bail!("timed out after {timeout:?} waiting for any of {needles:?}");
             }
-            s = cvar.wait_timeout(s, (deadline - now).min(Duration::from_millis(500))).expect("console lock").0;
+            s = cvar
+                .wait_timeout(s, (deadline - now).min(Duration::from_millis(500)))
+                .expect("console lock")
+                .0;
         }
     }
 
     /// Type `text` into the console.
     pub fn send(&self, text: &str) -> Result<()> {
         let mut input = self.input.lock().expect("input lock");
-        input.write_all(text.as_bytes()).context("writing to the VM's console")?;
+        input
+            .write_all(text.as_bytes())
+            .context("writing to the VM's console")?;
         input.flush()?;
         Ok(())
     }
@@ -191,7 +196,9 @@ impl Console {
             .trim()
             .parse()
             .with_context(|| format!("reading the exit status of `{command}` from {rest:?}"))?;
-        let output = text[..text.len() - end_prefix.len()].trim_matches(['\n', ' ']).to_owned();
+        let output = text[..text.len() - end_prefix.len()]
+            .trim_matches(['\n', ' '])
+            .to_owned();
         Ok(CommandOutput { status, output })
     }
 
@@ -338,10 +345,16 @@ mod tests {
     #[test]
     fn a_guest_that_reports_a_lost_timer_fails_the_wait_at_once() {
         let (mut child, console) = shell();
-        console.send("echo 'rcu: Possible timer ha''ndling issue on cpu=1 timer-softirq=3'\n").unwrap();
+        console
+            .send("echo 'rcu: Possible timer ha''ndling issue on cpu=1 timer-softirq=3'\n")
+            .unwrap();
         let started = Instant::now();
         let e = console.wait_for("never printed", Duration::from_secs(60)).unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(30), "waited {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "waited {:?}",
+            started.elapsed()
+        );
         let stalled = e.downcast_ref::<GuestStalled>().expect("a GuestStalled error");
         assert!(stalled.signature.contains("cpu=1"), "{stalled}");
         assert!(stalled.to_string().contains("never printed"), "{stalled}");
@@ -352,7 +365,9 @@ mod tests {
     #[test]
     fn times_out_with_context() {
         let (mut child, console) = shell();
-        let e = console.wait_for("never printed", Duration::from_millis(300)).unwrap_err();
+        let e = console
+            .wait_for("never printed", Duration::from_millis(300))
+            .unwrap_err();
         assert!(e.to_string().contains("timed out"), "{e}");
         let _ = child.kill();
         let _ = child.wait();

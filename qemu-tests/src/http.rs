@@ -149,7 +149,9 @@ fn serve(conn: TcpStream, s: &Shared) -> Result<()> {
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/").to_owned());
         let fault = {
             let mut faults = s.faults.lock().expect("faults lock");
-            let hit = faults.iter_mut().find(|f| f.remaining > 0 && path.contains(&f.path_contains));
+            let hit = faults
+                .iter_mut()
+                .find(|f| f.remaining > 0 && path.contains(&f.path_contains));
             hit.map(|f| {
                 f.remaining -= 1;
                 f.fault.clone()
@@ -186,7 +188,11 @@ fn serve(conn: TcpStream, s: &Shared) -> Result<()> {
             }
             (_, Some(body)) => {
                 record(200, body.len() as u64);
-                write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n", body.len())?;
+                write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                    body.len()
+                )?;
                 if method != "HEAD" {
                     conn.write_all(&body)?;
                 }
@@ -215,7 +221,10 @@ mod tests {
         let _ = c.read_to_end(&mut out);
         let text = String::from_utf8_lossy(&out).into_owned();
         let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.as_bytes().to_vec()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.as_bytes().to_vec())
+            .unwrap_or_default();
         (code, body)
     }
 

@@ -106,7 +106,10 @@ mod tests {
         let index: serde_json::Value = serde_json::from_str(&index).unwrap();
         let m = &index["manifests"][0];
         assert_eq!(m["annotations"]["io.containerd.image.name"], IMAGE_NAME);
-        let blob = format!("blobs/sha256/{}", m["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+        let blob = format!(
+            "blobs/sha256/{}",
+            m["digest"].as_str().unwrap().trim_start_matches("sha256:")
+        );
         assert!(names.contains(&blob), "index points at a blob in the archive");
     }
 }

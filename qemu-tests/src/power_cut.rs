@@ -71,17 +71,50 @@ impl CutPoint {
 pub fn standard_points() -> Vec<CutPoint> {
     use Moment::*;
     vec![
-        CutPoint::new("check: TUF metadata requested", Request { prefix: "/repo/tuf/", stall: false }, 0),
-        CutPoint::new("download: commit object requested", Request { prefix: "/repo/ostree/objects/", stall: false }, 0),
-        CutPoint::new("download: static delta stalled mid-transfer", Request { prefix: "/repo/ostree/deltas/", stall: true }, 1500),
+        CutPoint::new(
+            "check: TUF metadata requested",
+            Request {
+                prefix: "/repo/tuf/",
+                stall: false,
+            },
+            0,
+        ),
+        CutPoint::new(
+            "download: commit object requested",
+            Request {
+                prefix: "/repo/ostree/objects/",
+                stall: false,
+            },
+            0,
+        ),
+        CutPoint::new(
+            "download: static delta stalled mid-transfer",
+            Request {
+                prefix: "/repo/ostree/deltas/",
+                stall: true,
+            },
+            1500,
+        ),
         CutPoint::new("stage: trial recorded, counter being armed", Console(&["staging"]), 0),
         CutPoint::new("stage: ostree deploy --stage running", Console(&["staging"]), 4000),
         CutPoint::new("staged: reboot requested", Console(&["rebooting"]), 0),
-        CutPoint::new("shutdown: finalizing the staged deployment", Console(&[FINALIZE_STARTS]), 0),
+        CutPoint::new(
+            "shutdown: finalizing the staged deployment",
+            Console(&[FINALIZE_STARTS]),
+            0,
+        ),
         CutPoint::new("shutdown: finalize under way", Console(&[FINALIZE_STARTS]), 1500),
         CutPoint::new("trial boot: kernel starting", Console(&["Linux version"]), 0),
-        CutPoint::new("trial boot: initramfs mounting the root partition", Console(&["Linux version", INITRD_STARTS]), 0),
-        CutPoint::new("trial boot: health gate running", Console(&["Linux version", "root@cairn"]), 0),
+        CutPoint::new(
+            "trial boot: initramfs mounting the root partition",
+            Console(&["Linux version", INITRD_STARTS]),
+            0,
+        ),
+        CutPoint::new(
+            "trial boot: health gate running",
+            Console(&["Linux version", "root@cairn"]),
+            0,
+        ),
         CutPoint::new("after commit", Committed, 0),
     ]
 }
@@ -244,7 +277,11 @@ impl<'a> Rig<'a> {
         let state = c.run("systemctl is-system-running --wait", BOOT)?;
         if state.output.trim() != "running" {
             let failed = c.run("systemctl --failed --no-legend", COMMAND)?;
-            bail!("the system is `{}`; failed units:\n{}", state.output.trim(), failed.output);
+            bail!(
+                "the system is `{}`; failed units:\n{}",
+                state.output.trim(),
+                failed.output
+            );
         }
         let s = agent_status::wait_status(c, "the agent to settle the boot", BOOT, settled)?;
         let booted = booted_version(&s);
@@ -255,10 +292,18 @@ impl<'a> Rig<'a> {
         } else {
             bail!("booted {booted:?}, neither {from} nor {to}:\n{s:#}");
         };
-        if s["deployments"].as_array().into_iter().flatten().any(|d| d["staged"] == true) {
+        if s["deployments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["staged"] == true)
+        {
             bail!("a deployment is still staged:\n{s:#}");
         }
-        let fsck = c.run("ostree fsck --quiet >/tmp/fsck.log 2>&1; r=$?; tail -n 5 /tmp/fsck.log; (exit $r)", COMMAND)?;
+        let fsck = c.run(
+            "ostree fsck --quiet >/tmp/fsck.log 2>&1; r=$?; tail -n 5 /tmp/fsck.log; (exit $r)",
+            COMMAND,
+        )?;
         if fsck.status != 0 {
             bail!("ostree fsck failed:\n{}", fsck.output);
         }

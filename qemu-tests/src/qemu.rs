@@ -121,19 +121,44 @@ impl QemuConfig {
         let mut a: Vec<String> = Vec::new();
         let mut push = |s: &str| a.push(s.to_owned());
         push("-machine");
-        push(&format!("{},accel={}", machine(self.arch, self.platform), self.accel.as_str()));
+        push(&format!(
+            "{},accel={}",
+            machine(self.arch, self.platform),
+            self.accel.as_str()
+        ));
         push("-cpu");
         push(cpu(self.arch, self.platform, self.accel));
-        a.extend(["-smp".into(), self.cpus.to_string(), "-m".into(), self.memory_mib.to_string()]);
+        a.extend([
+            "-smp".into(),
+            self.cpus.to_string(),
+            "-m".into(),
+            self.memory_mib.to_string(),
+        ]);
         let serial = if self.interactive { "mon:stdio" } else { "stdio" };
-        a.extend(["-nodefaults".into(), "-display".into(), "none".into(), "-serial".into(), serial.into()]);
+        a.extend([
+            "-nodefaults".into(),
+            "-display".into(),
+            "none".into(),
+            "-serial".into(),
+            serial.into(),
+        ]);
         a.push("-drive".into());
-        a.push(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", fw.code.display()));
+        a.push(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            fw.code.display()
+        ));
         a.push("-drive".into());
         a.push(format!("if=pflash,format=raw,unit=1,file={}", self.vars.display()));
-        let format = if self.disk.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
+        let format = if self.disk.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
         a.push("-drive".into());
-        a.push(format!("if=none,id=disk0,file={},format={format},cache=unsafe", self.disk.display()));
+        a.push(format!(
+            "if=none,id=disk0,file={},format={format},cache=unsafe",
+            self.disk.display()
+        ));
         match self.disk_interface {
             DiskInterface::VirtioBlk => a.extend(["-device".into(), "virtio-blk-pci,drive=disk0,bootindex=0".into()]),
             DiskInterface::Nvme => a.extend(["-device".into(), "nvme,serial=cairn0,drive=disk0,bootindex=0".into()]),
@@ -146,7 +171,10 @@ impl QemuConfig {
         }
         for (i, (path, serial)) in self.extra_disks.iter().enumerate() {
             a.push("-drive".into());
-            a.push(format!("if=none,id=extra{i},file={},format=raw,readonly=on", path.display()));
+            a.push(format!(
+                "if=none,id=extra{i},file={},format=raw,readonly=on",
+                path.display()
+            ));
             a.push("-device".into());
             a.push(format!("virtio-blk-pci,drive=extra{i},serial={serial}"));
         }
@@ -156,7 +184,12 @@ impl QemuConfig {
             netdev.push(',');
             netdev.push_str(f);
         }
-        a.extend(["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=net0".into()]);
+        a.extend([
+            "-netdev".into(),
+            netdev,
+            "-device".into(),
+            "virtio-net-pci,netdev=net0".into(),
+        ]);
         a.extend(["-device".into(), "virtio-rng-pci".into()]);
         a
     }
@@ -179,7 +212,11 @@ pub fn accel(arch: Arch) -> Accel {
             Ok(false) => tracing::info!("KVM unusable here: using TCG emulation"),
             Err(e) => tracing::info!("KVM probe failed ({e:#}): using TCG emulation"),
         }
-        if matches!(result, Ok(true)) { Accel::Kvm } else { Accel::Tcg }
+        if matches!(result, Ok(true)) {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
     })
 }
 
@@ -197,10 +234,23 @@ fn probe_kvm(arch: Arch) -> Result<bool> {
     std::fs::copy(&fw.vars_template, &vars).with_context(|| format!("copying {}", fw.vars_template.display()))?;
     let machine = format!("{},accel=kvm", machine(arch, Platform::Generic));
     let mut child = Cmd::new(qemu_binary(arch))
-        .args(["-machine", &machine, "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none"])
+        .args([
+            "-machine",
+            &machine,
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
         .args(["-serial", "stdio", "-net", "none"])
         .arg("-drive")
-        .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", fw.code.display()))
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            fw.code.display()
+        ))
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
         .spawn_piped()?;
@@ -215,7 +265,11 @@ fn probe_kvm(arch: Arch) -> Result<bool> {
 /// Create a copy-on-write overlay of `base` of `size_bytes` in `dir`.
 pub fn overlay_disk(base: &Path, dir: &Path, size_bytes: u64) -> Result<PathBuf> {
     let disk = dir.join("disk.qcow2");
-    let format = if base.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
+    let format = if base.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
     Cmd::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(base)
@@ -230,7 +284,10 @@ pub fn fresh_vars(arch: Arch, dir: &Path) -> Result<PathBuf> {
     let fw = firmware(arch);
     let vars = dir.join("vars.fd");
     if !fw.code.exists() {
-        bail!("UEFI firmware {} is missing (install ovmf / qemu-efi-aarch64)", fw.code.display());
+        bail!(
+            "UEFI firmware {} is missing (install ovmf / qemu-efi-aarch64)",
+            fw.code.display()
+        );
     }
     std::fs::copy(&fw.vars_template, &vars).with_context(|| format!("copying {}", fw.vars_template.display()))?;
     Ok(vars)
@@ -279,7 +336,9 @@ mod tests {
             ..config(DiskInterface::VirtioBlk)
         }
         .args();
-        assert!(kunpeng.windows(2).any(|w| w == ["-machine", "virt,gic-version=3,iommu=smmuv3,accel=tcg"]));
+        assert!(kunpeng
+            .windows(2)
+            .any(|w| w == ["-machine", "virt,gic-version=3,iommu=smmuv3,accel=tcg"]));
         assert!(kunpeng.windows(2).any(|w| w == ["-cpu", "neoverse-n1"]));
         let phytium = QemuConfig {
             arch: Arch::Aarch64,
@@ -287,7 +346,9 @@ mod tests {
             ..config(DiskInterface::VirtioBlk)
         }
         .args();
-        assert!(phytium.windows(2).any(|w| w == ["-machine", "virt,gic-version=3,accel=tcg"]));
+        assert!(phytium
+            .windows(2)
+            .any(|w| w == ["-machine", "virt,gic-version=3,accel=tcg"]));
         assert!(phytium.windows(2).any(|w| w == ["-cpu", "cortex-a72"]));
     }
 

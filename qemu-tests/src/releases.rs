@@ -44,8 +44,19 @@ impl<'a> TestReleases<'a> {
     fn common_args<'s>(&'s self, verb: &'s str, repo: &'s Path) -> Vec<&'s str> {
         let a = self.artifacts;
         vec![
-            verb, "--manifest", path(&a.manifest), "--flavor", "dev", "--arch", a.arch.as_str(),
-            "--platform", a.platform.as_str(), "--repo", path(repo), "--keys", path(&a.keys),
+            verb,
+            "--manifest",
+            path(&a.manifest),
+            "--flavor",
+            "dev",
+            "--arch",
+            a.arch.as_str(),
+            "--platform",
+            a.platform.as_str(),
+            "--repo",
+            path(repo),
+            "--keys",
+            path(&a.keys),
         ]
     }
 
@@ -59,7 +70,14 @@ impl<'a> TestReleases<'a> {
     pub fn compose(&self, version: &str, overlays: &[PathBuf]) -> Result<()> {
         let a = self.artifacts;
         let mut args = self.common_args("compose", &self.build_repo);
-        args.extend(["--cache", path(&a.cache), "--agent-dir", path(&a.agent_dir), "--version", version]);
+        args.extend([
+            "--cache",
+            path(&a.cache),
+            "--agent-dir",
+            path(&a.agent_dir),
+            "--version",
+            version,
+        ]);
         for o in overlays {
             args.extend(["--overlay", path(o)]);
         }
@@ -83,7 +101,12 @@ impl<'a> TestReleases<'a> {
 
     /// Compose and publish `version` with a file of `random_bytes` of fresh
     /// random data, so its update has real content to download.
-    pub fn compose_and_publish_with_payload(&self, version: &str, random_bytes: usize, scratch: &Path) -> Result<Value> {
+    pub fn compose_and_publish_with_payload(
+        &self,
+        version: &str,
+        random_bytes: usize,
+        scratch: &Path,
+    ) -> Result<Value> {
         let overlay = scratch.join(format!("payload-{version}"));
         let dir = overlay.join("usr/share/cairn-test");
         std::fs::create_dir_all(&dir)?;
@@ -121,7 +144,11 @@ impl<'a> TestReleases<'a> {
         let targets = self.updates().join(TARGETS_DIR);
         for e in std::fs::read_dir(&targets)? {
             let p = e?.path();
-            if p.file_name().unwrap_or_default().to_string_lossy().ends_with(&format!("-{version}.json")) {
+            if p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .ends_with(&format!("-{version}.json"))
+            {
                 std::fs::remove_file(p)?;
             }
         }
@@ -136,7 +163,12 @@ impl<'a> TestReleases<'a> {
             timestamp: in_days(7),
         };
         let updates = self.updates();
-        cairn_builder::tuf_repo::sign_metadata(&self.artifacts.keys, &updates.join(TARGETS_DIR), &updates.join(TUF_DIR), expiry)?;
+        cairn_builder::tuf_repo::sign_metadata(
+            &self.artifacts.keys,
+            &updates.join(TARGETS_DIR),
+            &updates.join(TUF_DIR),
+            expiry,
+        )?;
         Ok(())
     }
 
@@ -156,7 +188,11 @@ impl<'a> TestReleases<'a> {
             .arg(format!("--tree=ref={base}"))
             .arg(format!("--add-metadata-string={}={version}", meta::VERSION))
             .arg(format!("--add-metadata-string={}={arch}", meta::ARCH))
-            .arg(format!("--add-metadata-string={}={}", meta::FLAVOR, cairn_common::layout::variant("dev", self.artifacts.platform)))
+            .arg(format!(
+                "--add-metadata-string={}={}",
+                meta::FLAVOR,
+                cairn_common::layout::variant("dev", self.artifacts.platform)
+            ))
             .arg(format!("--subject=test copy of {base} as {version}"));
         if sign {
             let key = cairn_builder::keys::SigningKey::open(&self.artifacts.keys)?;

@@ -94,7 +94,10 @@ impl Vm {
             match booted(&vm) {
                 Ok(()) => return Ok(vm),
                 Err(e) if attempt < FIRST_BOOT_ATTEMPTS && e.downcast_ref::<GuestStalled>().is_some() => {
-                    let signature = e.downcast_ref::<GuestStalled>().map(|s| s.signature.clone()).unwrap_or_default();
+                    let signature = e
+                        .downcast_ref::<GuestStalled>()
+                        .map(|s| s.signature.clone())
+                        .unwrap_or_default();
                     eprintln!(
                         "VM {} stalled in its first boot ({signature}); starting a fresh one ({} of {FIRST_BOOT_ATTEMPTS})",
                         vm.dir.path().display(),
@@ -162,8 +165,10 @@ impl Vm {
             .context("waiting for root's autologin shell")?;
         self.console.wait_for("# ", Duration::from_secs(30))?;
         // Kernel messages would interleave with command output.
-        self.console
-            .run_ok("dmesg -n 1; stty -echo; export TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0", Duration::from_secs(60))?;
+        self.console.run_ok(
+            "dmesg -n 1; stty -echo; export TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0",
+            Duration::from_secs(60),
+        )?;
         Ok(())
     }
 
@@ -175,7 +180,9 @@ impl Vm {
 }
 
 fn launch(config: &QemuConfig, serial_log: &Path) -> Result<(Child, Console)> {
-    let mut child = Cmd::new(qemu::qemu_binary(config.arch)).args(config.args()).spawn_piped()?;
+    let mut child = Cmd::new(qemu::qemu_binary(config.arch))
+        .args(config.args())
+        .spawn_piped()?;
     let console = Console::attach_with_log(&mut child, Some(serial_log))?;
     tracing::info!(serial_log = %serial_log.display(), accel = config.accel.as_str(), "VM started");
     Ok((child, console))
@@ -185,7 +192,10 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("--- serial console of the failed VM (last 4000 chars) ---\n{}", self.console.tail(4000));
+            eprintln!(
+                "--- serial console of the failed VM (last 4000 chars) ---\n{}",
+                self.console.tail(4000)
+            );
         }
     }
 }

@@ -14,9 +14,15 @@ struct Run {
 }
 
 fn build(a: &Artifacts, args: &[&str]) -> Run {
-    let out = Command::new(&a.builder).args(args).output().expect("running cairn-build");
+    let out = Command::new(&a.builder)
+        .args(args)
+        .output()
+        .expect("running cairn-build");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    Run { ok: out.status.success(), stderr }
+    Run {
+        ok: out.status.success(),
+        stderr,
+    }
 }
 
 /// A copy of the image definition folder with `edit` applied to the manifest.
@@ -67,7 +73,11 @@ fn assert_compose_refused(a: &Artifacts, manifest: &Path, line: usize, message: 
     let run = compose(a, manifest, &repo, &a.keys);
     assert!(!run.ok, "compose accepted a bad manifest");
     let location = format!("{}:{line}:", manifest.display());
-    assert!(run.stderr.contains(&location), "error does not point at {location}:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains(&location),
+        "error does not point at {location}:\n{}",
+        run.stderr
+    );
     assert!(run.stderr.contains(message), "error lacks {message:?}:\n{}", run.stderr);
     assert!(!repo.exists(), "a repo was created for a refused manifest");
 }
@@ -92,16 +102,38 @@ fn unknown_key_is_refused_with_its_location() {
 #[ignore = "runs the builder; run by `cargo xtask test`"]
 fn overlay_escaping_the_tree_is_refused() {
     let a = Artifacts::load().unwrap();
-    let (_d, m) = manifest_copy(&a, |t| t.replacen("overlays = [\"overlay/base\"]", "overlays = [\"overlay/../../../etc\"]", 1));
-    assert_compose_refused(&a, &m, line_of(&m, "overlay/../../../etc"), "escapes the manifest's folder");
+    let (_d, m) = manifest_copy(&a, |t| {
+        t.replacen(
+            "overlays = [\"overlay/base\"]",
+            "overlays = [\"overlay/../../../etc\"]",
+            1,
+        )
+    });
+    assert_compose_refused(
+        &a,
+        &m,
+        line_of(&m, "overlay/../../../etc"),
+        "escapes the manifest's folder",
+    );
 }
 
 #[test]
 #[ignore = "runs mmdebstrap against the Debian mirror; run by `cargo xtask test`"]
 fn unknown_package_is_refused_where_the_manifest_names_it() {
     let a = Artifacts::load().unwrap();
-    let (_d, m) = manifest_copy(&a, |t| t.replacen("debug = [\"procps\"", "debug = [\"cairn-no-such-package\", \"procps\"", 1));
-    assert_compose_refused(&a, &m, line_of(&m, "cairn-no-such-package"), "package `cairn-no-such-package` is not in the configured Debian suites");
+    let (_d, m) = manifest_copy(&a, |t| {
+        t.replacen(
+            "debug = [\"procps\"",
+            "debug = [\"cairn-no-such-package\", \"procps\"",
+            1,
+        )
+    });
+    assert_compose_refused(
+        &a,
+        &m,
+        line_of(&m, "cairn-no-such-package"),
+        "package `cairn-no-such-package` is not in the configured Debian suites",
+    );
 }
 
 #[test]
@@ -109,7 +141,11 @@ fn unknown_package_is_refused_where_the_manifest_names_it() {
 fn a_kernel_missing_fragment_options_is_refused_naming_each_one() {
     let a = Artifacts::load().unwrap();
     let (d, m) = manifest_copy(&a, |t| {
-        t.replacen("config = [\n", "config = [\n  \"../kernel-config/test-missing.config\",\n", 1)
+        t.replacen(
+            "config = [\n",
+            "config = [\n  \"../kernel-config/test-missing.config\",\n",
+            1,
+        )
     });
     std::fs::write(
         d.path().join("kernel-config/test-missing.config"),
@@ -124,7 +160,11 @@ fn a_kernel_missing_fragment_options_is_refused_naming_each_one() {
         "test-missing.config:3: CONFIG_CAIRN_TEST_MISSING: required =y",
         "test-missing.config:6: CONFIG_CAIRN_TEST_MISSING_TOO: required =m",
     ] {
-        assert!(run.stderr.contains(expected), "error lacks {expected:?}:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(expected),
+            "error lacks {expected:?}:\n{}",
+            run.stderr
+        );
     }
     assert!(!repo.exists(), "a repo was created for a refused kernel");
 }
@@ -138,9 +178,20 @@ fn missing_signing_key_is_refused_before_any_work() {
     let repo = scratch.path().join("repo");
     let run = compose(&a, &a.manifest, &repo, &keys);
     assert!(!run.ok);
-    assert!(run.stderr.contains(&format!("no signing key in {}", keys.display())), "{}", run.stderr);
-    assert!(run.stderr.contains("cairn-build keygen"), "the error says how to make one: {}", run.stderr);
-    assert!(!run.stderr.contains("mmdebstrap"), "work started before the key was checked");
+    assert!(
+        run.stderr.contains(&format!("no signing key in {}", keys.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("cairn-build keygen"),
+        "the error says how to make one: {}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("mmdebstrap"),
+        "work started before the key was checked"
+    );
     assert!(!repo.exists());
 }
 
@@ -169,8 +220,16 @@ fn disk_too_small_for_the_os_is_refused_and_leaves_no_image() {
         ],
     );
     assert!(!run.ok, "an image was written to a too-small disk");
-    assert!(run.stderr.contains("disk.root-size is 300 MiB but the OS needs at least"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("disk.root-size is 300 MiB but the OS needs at least"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains(&m.display().to_string()), "{}", run.stderr);
-    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }

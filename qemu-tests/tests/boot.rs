@@ -14,7 +14,10 @@ const COMMAND: Duration = Duration::from_secs(180);
 const GIB: u64 = 1 << 30;
 
 fn unique() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{:x}{:x}", nanos, std::process::id())
 }
 
@@ -22,7 +25,13 @@ fn unique() -> String {
 fn assert_running_without_failures(vm: &Vm) {
     let state = vm.console.run("systemctl is-system-running --wait", BOOT).unwrap();
     if state.output.trim() != "running" {
-        let failed = vm.console.run("systemctl --failed --no-legend --plain; journalctl -b -p err --no-pager | tail -n 40", COMMAND).unwrap();
+        let failed = vm
+            .console
+            .run(
+                "systemctl --failed --no-legend --plain; journalctl -b -p err --no-pager | tail -n 40",
+                COMMAND,
+            )
+            .unwrap();
         panic!("system state is {:?}, not running:\n{}", state.output, failed.output);
     }
 }
@@ -30,14 +39,24 @@ fn assert_running_without_failures(vm: &Vm) {
 /// `ostree admin status` marks the built commit as the booted deployment.
 fn assert_booted(vm: &Vm, image: &cairn_builder::image::BuiltImage) {
     let status = vm.console.run_ok("ostree admin status", COMMAND).unwrap();
-    let booted = status.lines().find(|l| l.starts_with("* ")).unwrap_or_else(|| panic!("no booted deployment in:\n{status}"));
-    assert!(booted.contains(&format!("{}.0", image.commit)), "booted {booted:?}, built {}:\n{status}", image.commit);
+    let booted = status
+        .lines()
+        .find(|l| l.starts_with("* "))
+        .unwrap_or_else(|| panic!("no booted deployment in:\n{status}"));
+    assert!(
+        booted.contains(&format!("{}.0", image.commit)),
+        "booted {booted:?}, built {}:\n{status}",
+        image.commit
+    );
     assert!(status.contains(&format!("Version: {}", image.version)), "{status}");
 }
 
 /// Bytes of the filesystem mounted at /sysroot.
 fn root_fs_bytes(vm: &Vm) -> u64 {
-    let out = vm.console.run_ok("df -B1 --output=size /sysroot | tail -n 1", COMMAND).unwrap();
+    let out = vm
+        .console
+        .run_ok("df -B1 --output=size /sysroot | tail -n 1", COMMAND)
+        .unwrap();
     out.trim().parse().unwrap_or_else(|_| panic!("df printed {out:?}"))
 }
 
@@ -52,12 +71,21 @@ fn assert_platform(vm: &Vm, a: &Artifacts) {
         return;
     }
     let acpi = c.run_ok("ls /sys/firmware/acpi/tables", COMMAND).unwrap();
-    assert!(acpi.split_whitespace().any(|t| t == "IORT"), "no ACPI IORT table (acpi=force): {acpi}");
+    assert!(
+        acpi.split_whitespace().any(|t| t == "IORT"),
+        "no ACPI IORT table (acpi=force): {acpi}"
+    );
     let its = c.run_ok("dmesg | grep -c 'ITS@' || true", COMMAND).unwrap();
-    assert!(its.trim().parse::<u32>().unwrap_or(0) > 0, "the GICv3 ITS was not set up");
+    assert!(
+        its.trim().parse::<u32>().unwrap_or(0) > 0,
+        "the GICv3 ITS was not set up"
+    );
     if a.platform == Platform::Kunpeng920 {
         let groups = c.run_ok("ls /sys/kernel/iommu_groups | wc -l", COMMAND).unwrap();
-        assert!(groups.trim().parse::<u32>().unwrap_or(0) > 0, "no device sits behind the SMMUv3");
+        assert!(
+            groups.trim().parse::<u32>().unwrap_or(0) > 0,
+            "no device sits behind the SMMUv3"
+        );
     }
 }
 
@@ -82,7 +110,13 @@ fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
 
     // The commit's signature verifies against the key baked into the image.
     let sig = c
-        .run_ok(&format!("ostree --repo=/ostree/repo show --gpg-verify-remote={REMOTE} {}", a.dev.commit), COMMAND)
+        .run_ok(
+            &format!(
+                "ostree --repo=/ostree/repo show --gpg-verify-remote={REMOTE} {}",
+                a.dev.commit
+            ),
+            COMMAND,
+        )
         .unwrap();
     assert!(sig.contains("Good signature"), "{sig}");
 
@@ -103,11 +137,18 @@ fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
     assert!(fs > 5 * GIB + GIB / 2, "root filesystem is {fs} bytes on a 6 GiB disk");
 
     // cgroup v2, and containerd runs a container from a locally built image.
-    assert_eq!(c.run_ok("stat -fc %T /sys/fs/cgroup", COMMAND).unwrap().trim(), "cgroup2fs");
-    c.run_ok("ctr images import /dev/disk/by-id/virtio-cairn-oci", COMMAND).unwrap();
+    assert_eq!(
+        c.run_ok("stat -fc %T /sys/fs/cgroup", COMMAND).unwrap().trim(),
+        "cgroup2fs"
+    );
+    c.run_ok("ctr images import /dev/disk/by-id/virtio-cairn-oci", COMMAND)
+        .unwrap();
     let ran = c
         .run_ok(
-            &format!("ctr run --rm {} cairn-test /bin/sh -c 'echo container-says-$(cat /etc/cairn-oci-marker)'", oci::IMAGE_NAME),
+            &format!(
+                "ctr run --rm {} cairn-test /bin/sh -c 'echo container-says-$(cat /etc/cairn-oci-marker)'",
+                oci::IMAGE_NAME
+            ),
             COMMAND,
         )
         .unwrap();
@@ -122,8 +163,14 @@ fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
     c.send("systemctl reboot\n").unwrap();
     c.wait_for("Linux version", BOOT).unwrap();
     vm.wait_for_root_shell(BOOT).unwrap();
-    assert_eq!(c.run_ok("cat /etc/cairn-persist", COMMAND).unwrap().trim(), format!("etc-{marker}"));
-    assert_eq!(c.run_ok("cat /var/lib/cairn-test/persist", COMMAND).unwrap().trim(), format!("var-{marker}"));
+    assert_eq!(
+        c.run_ok("cat /etc/cairn-persist", COMMAND).unwrap().trim(),
+        format!("etc-{marker}")
+    );
+    assert_eq!(
+        c.run_ok("cat /var/lib/cairn-test/persist", COMMAND).unwrap().trim(),
+        format!("var-{marker}")
+    );
     assert_running_without_failures(&vm);
     assert_booted(&vm, &a.dev);
 }
@@ -158,19 +205,34 @@ fn dev_image_boots_from_virtio_scsi() {
 #[ignore = "boots a VM; run by `cargo xtask test`"]
 fn prod_image_reaches_multi_user_and_offers_no_login() {
     let a = Artifacts::load().unwrap();
-    let prod = a.prod.as_ref().expect("xtask builds the prod image when this test is selected (artifacts::PROD_TESTS)");
+    let prod = a
+        .prod
+        .as_ref()
+        .expect("xtask builds the prod image when this test is selected (artifacts::PROD_TESTS)");
     // systemd stops printing unit status once the serial getty owns the
     // console; the agent's verdict in the kernel log says how the boot ended.
     // It and the login prompt come in either order.
-    let vm = Vm::start_until(&VmOptions::of(prod), |vm| vm.console.wait_for("is up: system", BOOT).map(drop)).unwrap();
+    let vm = Vm::start_until(&VmOptions::of(prod), |vm| {
+        vm.console.wait_for("is up: system", BOOT).map(drop)
+    })
+    .unwrap();
     let c = &vm.console;
     let verdict = c.wait_for("\n", COMMAND).unwrap();
-    assert_eq!(verdict.trim(), "running", "the boot did not end well:\n{}", c.tail(3000));
+    assert_eq!(
+        verdict.trim(),
+        "running",
+        "the boot did not end well:\n{}",
+        c.tail(3000)
+    );
     if !c.transcript().contains("cairn login:") {
         c.wait_for("cairn login:", BOOT).unwrap();
     }
     let transcript = c.transcript();
-    assert!(!transcript.contains("Failed to start"), "a unit failed:\n{}", c.tail(3000));
+    assert!(
+        !transcript.contains("Failed to start"),
+        "a unit failed:\n{}",
+        c.tail(3000)
+    );
     assert!(!transcript.contains("automatic login"), "prod logs someone in");
 
     // root has no password: an empty one is refused and no shell appears.

@@ -13,7 +13,10 @@ const RELAY: &str = env!("CARGO_BIN_EXE_cairn-test-relay");
 #[ignore = "boots a VM; run by `cargo xtask test`"]
 fn a_power_cut_at_any_moment_of_an_update_leaves_a_bootable_healthy_host() {
     let a = Artifacts::load().unwrap();
-    let scratch = tempfile::Builder::new().prefix("cairn-power-cut-test-").tempdir().unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("cairn-power-cut-test-")
+        .tempdir()
+        .unwrap();
     let mut rig = Rig::start(&a, scratch.path(), std::path::Path::new(RELAY)).unwrap();
     let mut reports = Vec::new();
     for point in standard_points() {
@@ -36,5 +39,8 @@ fn a_power_cut_at_any_moment_of_an_update_leaves_a_bootable_healthy_host() {
     assert_eq!(landed("download:"), Landed::Old);
     assert_eq!(landed("trial boot: health gate running"), Landed::New);
     assert_eq!(landed("after commit"), Landed::New);
-    assert!(reports.iter().all(|r| !r.marked_bad), "a power cut must not mark a release bad: {reports:#?}");
+    assert!(
+        reports.iter().all(|r| !r.marked_bad),
+        "a power cut must not mark a release bad: {reports:#?}"
+    );
 }

@@ -64,7 +64,11 @@ fn error_of(repo: &UpdateRepo) -> String {
 
 #[test]
 fn valid_metadata_yields_the_releases_it_signs() {
-    let (k, r, d) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (k, r, d) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     let keys = keys(k.path());
     publish(&keys, r.path(), &["0.1.0", "0.2.0"], expiry(7));
     let server = Server::start(r.path()).unwrap();
@@ -75,12 +79,19 @@ fn valid_metadata_yields_the_releases_it_signs() {
 
 #[test]
 fn expired_timestamp_is_refused() {
-    let (k, r, d) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (k, r, d) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     let keys = keys(k.path());
     publish(&keys, r.path(), &["0.1.0"], expiry(-1));
     let server = Server::start(r.path()).unwrap();
     let e = error_of(&client(&keys, &server, d.path()));
-    assert!(e.contains("did not verify") && e.to_lowercase().contains("expired"), "{e}");
+    assert!(
+        e.contains("did not verify") && e.to_lowercase().contains("expired"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -101,7 +112,11 @@ fn metadata_signed_by_another_key_is_refused() {
 
 #[test]
 fn tampered_or_unsigned_metadata_is_refused() {
-    let (k, r, d) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (k, r, d) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     let keys = keys(k.path());
     publish(&keys, r.path(), &["0.1.0"], expiry(7));
     let server = Server::start(r.path()).unwrap();
@@ -140,7 +155,10 @@ fn rolled_back_metadata_is_refused_once_newer_was_seen() {
     // A server (or a man in the middle) now replays the older, validly signed metadata.
     server.set_root(old.path());
     let e = error_of(&repo);
-    assert!(e.contains("Found version 1 of timestamp metadata when we had previously fetched version 2"), "{e}");
+    assert!(
+        e.contains("Found version 1 of timestamp metadata when we had previously fetched version 2"),
+        "{e}"
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -28,7 +28,10 @@ fn assert_unchanged(s: &Value, version: &str) {
     assert!(s["trial"].is_null(), "{s:#}");
     assert_eq!(s["phase"]["phase"], "idle", "{s:#}");
     assert!(s["boot_tries_left"].is_null(), "{s:#}");
-    assert!(!s["deployments"].as_array().unwrap().iter().any(|d| d["staged"] == true), "{s:#}");
+    assert!(
+        !s["deployments"].as_array().unwrap().iter().any(|d| d["staged"] == true),
+        "{s:#}"
+    );
 }
 
 fn status(vm: &Vm) -> Value {
@@ -83,22 +86,35 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     assert_eq!(booted_version(&s), a.dev.version, "{s:#}");
 
     // A downgrade or an unknown version is refused, and changes nothing.
-    let refused = c.run("cairn-agent update --version 0.0.1 --no-reboot", COMMAND).unwrap();
+    let refused = c
+        .run("cairn-agent update --version 0.0.1 --no-reboot", COMMAND)
+        .unwrap();
     assert_ne!(refused.status, 0);
-    assert!(refused.output.contains("release 0.0.1 is not in the update repository"), "{}", refused.output);
+    assert!(
+        refused.output.contains("release 0.0.1 is not in the update repository"),
+        "{}",
+        refused.output
+    );
 
     // The update server is down: a clear error, and nothing changes.
     server.inject("/repo/tuf/", Fault::Status(503), 1000);
     let down = c.run("cairn-agent check 2>&1", COMMAND).unwrap();
     assert_ne!(down.status, 0, "{}", down.output);
     let s = status(&vm);
-    assert!(s["last_error"]["message"].as_str().unwrap_or("").contains("503"), "{s:#}");
+    assert!(
+        s["last_error"]["message"].as_str().unwrap_or("").contains("503"),
+        "{s:#}"
+    );
     assert_unchanged(&s, &a.dev.version);
     server.clear_faults();
 
     // A release whose commit the server does not have: refused, nothing staged.
-    releases.sign_release(&releases.record("0.2.1", &"e".repeat(64))).unwrap();
-    let missing = c.run("cairn-agent update --version 0.2.1 --no-reboot 2>&1", COMMAND).unwrap();
+    releases
+        .sign_release(&releases.record("0.2.1", &"e".repeat(64)))
+        .unwrap();
+    let missing = c
+        .run("cairn-agent update --version 0.2.1 --no-reboot 2>&1", COMMAND)
+        .unwrap();
     assert_ne!(missing.status, 0, "{}", missing.output);
     let s = status(&vm);
     assert!(s["last_error"]["operation"] == "update", "{s:#}");
@@ -120,10 +136,23 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
         .unwrap();
     let staged = c.run_ok("cairn-agent update --no-reboot 2>&1", COMMAND).unwrap();
     assert!(staged.contains("staged 0.2.0"), "{staged}");
-    let injected: Vec<u16> = server.requests().iter().map(|r| r.1).filter(|c| *c != 200 && *c != 404).collect();
+    let injected: Vec<u16> = server
+        .requests()
+        .iter()
+        .map(|r| r.1)
+        .filter(|c| *c != 200 && *c != 404)
+        .collect();
     assert!(injected.len() >= 3, "the faults were not exercised: {injected:?}");
-    let stalled = server.requests().iter().filter(|r| r.0.contains("/repo/ostree/deltas/")).count();
-    assert!(stalled >= 2, "the stalled delta was not fetched again: {:?}", server.requests());
+    let stalled = server
+        .requests()
+        .iter()
+        .filter(|r| r.0.contains("/repo/ostree/deltas/"))
+        .count();
+    assert!(
+        stalled >= 2,
+        "the stalled delta was not fetched again: {:?}",
+        server.requests()
+    );
     server.clear_faults();
     let s = status(&vm);
     assert_eq!(s["phase"]["phase"], "staged", "{s:#}");
@@ -131,10 +160,17 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     c.send("systemctl reboot\n").unwrap();
     c.wait_for("Linux version", BOOT).unwrap();
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v2 to be committed", |s| s["phase"]["phase"] == "idle" && s["trial"].is_null());
+    let s = wait_status(&vm, "v2 to be committed", |s| {
+        s["phase"]["phase"] == "idle" && s["trial"].is_null()
+    });
     assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
     assert!(s["boot_tries_left"].is_null(), "{s:#}");
-    assert_eq!(c.run_ok("cat /etc/cairn-update-test /var/lib/cairn-test/data", COMMAND).unwrap().trim(), "kept\nkept");
+    assert_eq!(
+        c.run_ok("cat /etc/cairn-update-test /var/lib/cairn-test/data", COMMAND)
+            .unwrap()
+            .trim(),
+        "kept\nkept"
+    );
     let history = c.run_ok("cairn-agent history", COMMAND).unwrap();
     assert!(history.contains("committed") && history.contains("0.2.0"), "{history}");
 
@@ -142,11 +178,19 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     let v2_commit = v2["release"]["commit"].as_str().unwrap().to_owned();
     let other = other_arch(a.arch);
     let refused = |version: &str, why: &[&str]| {
-        let out = c.run(&format!("cairn-agent update --version {version} --no-reboot 2>&1"), COMMAND).unwrap();
+        let out = c
+            .run(
+                &format!("cairn-agent update --version {version} --no-reboot 2>&1"),
+                COMMAND,
+            )
+            .unwrap();
         assert_ne!(out.status, 0, "{version} was not refused:\n{}", out.output);
         let s = status(&vm);
         let message = s["last_error"]["message"].as_str().unwrap_or("").to_lowercase();
-        assert!(why.iter().any(|w| message.contains(w)), "{version}: expected one of {why:?} in the last error:\n{s:#}");
+        assert!(
+            why.iter().any(|w| message.contains(w)),
+            "{version}: expected one of {why:?} in the last error:\n{s:#}"
+        );
         assert_unchanged(&s, "0.2.0");
     };
     // A downgrade, unless asked for.
@@ -158,7 +202,9 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     refused("0.2.1", &[&format!("is for {other}")]);
     releases.remove_release("0.2.1").unwrap();
     // A commit TUF names but nobody signed with the image's GPG key.
-    let unsigned = releases.commit_copy(&v2_commit, "0.2.2", a.arch.as_str(), false).unwrap();
+    let unsigned = releases
+        .commit_copy(&v2_commit, "0.2.2", a.arch.as_str(), false)
+        .unwrap();
     releases.sign_release(&releases.record("0.2.2", &unsigned)).unwrap();
     refused("0.2.2", &["gpg", "signature"]);
     releases.remove_release("0.2.2").unwrap();
@@ -170,9 +216,13 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     // A release whose bytes were corrupted on the server: first in its
     // static delta, then (the delta withdrawn) in a file object.
     let deltas_before = files_under(&releases.updates().join("ostree/deltas"));
-    let v2_4 = releases.compose_and_publish_with_payload("0.2.4", 1 << 20, scratch.path()).unwrap();
-    let new_deltas: Vec<PathBuf> =
-        files_under(&releases.updates().join("ostree/deltas")).into_iter().filter(|f| !deltas_before.contains(f)).collect();
+    let v2_4 = releases
+        .compose_and_publish_with_payload("0.2.4", 1 << 20, scratch.path())
+        .unwrap();
+    let new_deltas: Vec<PathBuf> = files_under(&releases.updates().join("ostree/deltas"))
+        .into_iter()
+        .filter(|f| !deltas_before.contains(f))
+        .collect();
     assert!(!new_deltas.is_empty(), "publish made no static delta for 0.2.4");
     for f in &new_deltas {
         flip_bytes_near_end(f);
@@ -186,7 +236,10 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     refused("0.2.4", &["corrupted file object"]);
     releases.remove_release("0.2.4").unwrap();
     let s = status(&vm);
-    assert!(s["bad_versions"].as_array().unwrap().is_empty(), "a refusal is not a bad trial: {s:#}");
+    assert!(
+        s["bad_versions"].as_array().unwrap().is_empty(),
+        "a refusal is not a bad trial: {s:#}"
+    );
 
     // v3's health check fails: the trial boot reboots, GRUB's counter runs
     // out, and the host comes back on v2 unattended, with v3 marked bad.
@@ -196,37 +249,60 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v3
     c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v3 to be rolled back", |s| is_bad(s, "0.3.0") && s["trial"].is_null());
+    let s = wait_status(&vm, "v3 to be rolled back", |s| {
+        is_bad(s, "0.3.0") && s["trial"].is_null()
+    });
     assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
-    let versions: Vec<&str> = s["deployments"].as_array().unwrap().iter().filter_map(|d| d["version"].as_str()).collect();
-    assert!(!versions.contains(&"0.3.0"), "the failed deployment is still there: {s:#}");
-    assert!(s["last_error"]["message"].as_str().unwrap_or("").contains("0.3.0"), "{s:#}");
+    let versions: Vec<&str> = s["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["version"].as_str())
+        .collect();
+    assert!(
+        !versions.contains(&"0.3.0"),
+        "the failed deployment is still there: {s:#}"
+    );
+    assert!(
+        s["last_error"]["message"].as_str().unwrap_or("").contains("0.3.0"),
+        "{s:#}"
+    );
     // A bad version is not taken again.
     let again = c.run_ok("cairn-agent update --no-reboot 2>&1", COMMAND).unwrap();
     assert!(again.contains("up to date"), "{again}");
 
     // v4's boot never finishes: the health gate times out, the trial boot
     // reboots, and the host is back on v2.
-    c.run_ok("printf '[health]\\ntimeout = \"2m\"\\n' > /etc/cairn/agent.d/60-test-health.toml", COMMAND).unwrap();
+    c.run_ok(
+        "printf '[health]\\ntimeout = \"2m\"\\n' > /etc/cairn/agent.d/60-test-health.toml",
+        COMMAND,
+    )
+    .unwrap();
     releases.compose("0.4.0", &[fixture("hanging-boot")]).unwrap();
     releases.publish().unwrap();
     c.send("cairn-agent update\n").unwrap();
     c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v4, which hangs
     c.wait_for("Linux version", BOOT).unwrap(); // after the health gate timed out
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v4 to be rolled back", |s| is_bad(s, "0.4.0") && s["trial"].is_null());
+    let s = wait_status(&vm, "v4 to be rolled back", |s| {
+        is_bad(s, "0.4.0") && s["trial"].is_null()
+    });
     assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
 
     // v5's kernel cannot mount its root (its initramfs is empty): the kernel
     // panics, panic=10 reboots, and GRUB's counter brings back v2.
-    releases.compose("0.5.0", &[empty_initramfs_overlay(&releases, scratch.path())]).unwrap();
+    releases
+        .compose("0.5.0", &[empty_initramfs_overlay(&releases, scratch.path())])
+        .unwrap();
     releases.publish().unwrap();
     c.send("cairn-agent update\n").unwrap();
     c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v5
     c.wait_for("Unable to mount root fs", BOOT).unwrap();
     c.wait_for("Linux version", BOOT).unwrap(); // panic=10 rebooted; GRUB falls back
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v5 to be rolled back", |s| is_bad(s, "0.5.0") && s["trial"].is_null());
+    let s = wait_status(&vm, "v5 to be rolled back", |s| {
+        is_bad(s, "0.5.0") && s["trial"].is_null()
+    });
     assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
 
     // v6 hangs userspace hard (PID 1 starved): nothing in userspace can act,
@@ -240,11 +316,16 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     c.wait_for("softdog: Initiating system reboot", BOOT).unwrap();
     c.wait_for("Linux version", BOOT).unwrap();
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v6 to be rolled back", |s| is_bad(s, "0.6.0") && s["trial"].is_null());
+    let s = wait_status(&vm, "v6 to be rolled back", |s| {
+        is_bad(s, "0.6.0") && s["trial"].is_null()
+    });
     assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
     let history = c.run_ok("cairn-agent history", COMMAND).unwrap();
     for v in ["0.3.0", "0.4.0", "0.5.0", "0.6.0"] {
-        assert!(history.lines().any(|l| l.contains(v) && l.contains("fell-back")), "no fall-back of {v} in:\n{history}");
+        assert!(
+            history.lines().any(|l| l.contains(v) && l.contains("fell-back")),
+            "no fall-back of {v} in:\n{history}"
+        );
     }
     assert_running_without_failures(&vm);
 }
@@ -258,7 +339,9 @@ fn other_arch(arch: Arch) -> Arch {
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries {
         let p = e.unwrap().path();
         if p.is_dir() {
@@ -283,7 +366,12 @@ fn flip_bytes_near_end(path: &Path) {
 /// Replace the served file object of `file` in `commit` with another valid
 /// object: it decompresses fine but its checksum is not its name.
 fn swap_in_other_content(releases: &TestReleases, commit: &str, file: &str) {
-    let listing = releases.served_ostree().args(["ls", "-C", commit, file]).output().unwrap().stdout;
+    let listing = releases
+        .served_ostree()
+        .args(["ls", "-C", commit, file])
+        .output()
+        .unwrap()
+        .stdout;
     let checksum = listing
         .split_whitespace()
         .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
@@ -304,7 +392,10 @@ fn empty_initramfs_overlay(releases: &TestReleases, scratch: &Path) -> PathBuf {
     let a = releases.artifacts;
     let kernel = cairn_common::process::Cmd::new("ostree")
         .arg(format!("--repo={}", releases.build_repo.display()))
-        .args(["show", &format!("--print-metadata-key={}", cairn_common::metadata::KERNEL)])
+        .args([
+            "show",
+            &format!("--print-metadata-key={}", cairn_common::metadata::KERNEL),
+        ])
         .arg(&a.dev.ostree_ref)
         .output()
         .unwrap()
@@ -313,8 +404,13 @@ fn empty_initramfs_overlay(releases: &TestReleases, scratch: &Path) -> PathBuf {
     let overlay = scratch.join("empty-initramfs");
     let dir = overlay.join("usr/lib/modules").join(kver);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut cpio = format!("070701{}", ["0", "0", "0", "0", "1", "0", "0", "0", "0", "0", "0", "b", "0"].map(|f| format!("{f:0>8}")).concat())
-        .into_bytes();
+    let mut cpio = format!(
+        "070701{}",
+        ["0", "0", "0", "0", "1", "0", "0", "0", "0", "0", "0", "b", "0"]
+            .map(|f| format!("{f:0>8}"))
+            .concat()
+    )
+    .into_bytes();
     cpio.extend_from_slice(b"TRAILER!!!\0");
     cpio.resize(512, 0);
     std::fs::write(dir.join("initramfs.img"), cpio).unwrap();
@@ -350,9 +446,16 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
     c.send("cairn-agent update\n").unwrap();
     c.wait_for("Linux version", BOOT).unwrap();
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v2 to be committed", |s| s["phase"]["phase"] == "idle" && s["trial"].is_null());
+    let s = wait_status(&vm, "v2 to be committed", |s| {
+        s["phase"]["phase"] == "idle" && s["trial"].is_null()
+    });
     assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
-    assert_eq!(c.run_ok("cat /etc/cairn-update-test /var/lib/cairn-test/data", COMMAND).unwrap().trim(), "kept\nkept");
+    assert_eq!(
+        c.run_ok("cat /etc/cairn-update-test /var/lib/cairn-test/data", COMMAND)
+            .unwrap()
+            .trim(),
+        "kept\nkept"
+    );
     assert_eq!(c.run_ok("uname -m", COMMAND).unwrap().trim(), a.arch.as_str());
 
     releases.compose("0.3.0", &[fixture("failing-health")]).unwrap();
@@ -361,8 +464,18 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
     c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v3
     c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v3 to be rolled back", |s| is_bad(s, "0.3.0") && s["trial"].is_null());
+    let s = wait_status(&vm, "v3 to be rolled back", |s| {
+        is_bad(s, "0.3.0") && s["trial"].is_null()
+    });
     assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
-    let versions: Vec<&str> = s["deployments"].as_array().unwrap().iter().filter_map(|d| d["version"].as_str()).collect();
-    assert!(!versions.contains(&"0.3.0"), "the failed deployment is still there: {s:#}");
+    let versions: Vec<&str> = s["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["version"].as_str())
+        .collect();
+    assert!(
+        !versions.contains(&"0.3.0"),
+        "the failed deployment is still there: {s:#}"
+    );
 }

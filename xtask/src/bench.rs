@@ -68,7 +68,12 @@ pub fn bench(target: &crate::Target) -> Result<()> {
     let raw_meta = std::fs::metadata(&built.raw)?;
     let boot = boot_time(&built)?;
     let update = if Arch::host() == Some(arch) {
-        Some(crate::bench_update::measure(&dev, &agent_dir, &built, raw_meta.blocks() * 512)?)
+        Some(crate::bench_update::measure(
+            &dev,
+            &agent_dir,
+            &built,
+            raw_meta.blocks() * 512,
+        )?)
     } else {
         None
     };
@@ -134,16 +139,32 @@ fn boot_time(built: &BuiltImage) -> Result<Duration> {
 fn print_table(r: &Results) {
     let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
     // An emulated foreign arch runs its package scripts under qemu-user.
-    let cold_target = if Arch::host() == Some(r.arch) { "≤ 600 s" } else { "≤ 900 s" };
+    let cold_target = if Arch::host() == Some(r.arch) {
+        "≤ 600 s"
+    } else {
+        "≤ 900 s"
+    };
     let rows = [
-        ("cold build (compose + image)", format!("{:.0} s", r.cold_build_secs), cold_target),
-        ("warm rebuild (one overlay file)", format!("{:.0} s", r.warm_rebuild_secs), "≤ 60 s"),
+        (
+            "cold build (compose + image)",
+            format!("{:.0} s", r.cold_build_secs),
+            cold_target,
+        ),
+        (
+            "warm rebuild (one overlay file)",
+            format!("{:.0} s", r.warm_rebuild_secs),
+            "≤ 60 s",
+        ),
         ("raw image, virtual", mb(r.raw_virtual_bytes), ""),
         ("raw image, allocated", mb(r.raw_allocated_bytes), ""),
         ("qcow2", mb(r.qcow2_bytes), ""),
         ("raw image, zstd -3", mb(r.zstd_raw_bytes), "≤ 150 MB"),
         ("OS bytes on disk", mb(r.os_bytes), "≤ 400 MB"),
-        ("QEMU start → system running", format!("{:.1} s ({} {})", r.boot_to_running_secs, r.accel, r.cpu), ""),
+        (
+            "QEMU start → system running",
+            format!("{:.1} s ({} {})", r.boot_to_running_secs, r.accel, r.cpu),
+            "",
+        ),
     ];
     let update_rows = r.update.as_ref().map(|u| {
         [
@@ -153,8 +174,16 @@ fn print_table(r: &Results) {
                 "≤ 2 % of the image",
             ),
             ("update: time to stage", format!("{:.0} s", u.stage_secs), ""),
-            ("update: reboot → committed", format!("{:.0} s", u.reboot_to_committed_secs), ""),
-            ("agent idle RSS", format!("{:.1} MB", u.agent_idle_rss_kib as f64 / 1024.0), "≤ 10 MB"),
+            (
+                "update: reboot → committed",
+                format!("{:.0} s", u.reboot_to_committed_secs),
+                "",
+            ),
+            (
+                "agent idle RSS",
+                format!("{:.1} MB", u.agent_idle_rss_kib as f64 / 1024.0),
+                "≤ 10 MB",
+            ),
         ]
     });
     println!("{} {} ({})", r.arch, r.platform, r.cpu);

@@ -53,7 +53,9 @@ pub fn campaign(target: &crate::Target, points: usize, seed: Option<u64>) -> Res
     let arch = target.arch;
     let (artifacts, _) = test::artifacts(target, false)?;
     let seed = seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
     });
     let mut random = Random(seed);
     let started = Instant::now();
@@ -68,7 +70,12 @@ pub fn campaign(target: &crate::Target, points: usize, seed: Option<u64>) -> Res
     };
     let mut rig = new_rig(&mut rig_number)?;
     let full_update = rig.time_full_update()?;
-    tracing::info!(secs = full_update.as_secs_f64(), seed, points, "one whole update timed; cutting at random within it");
+    tracing::info!(
+        secs = full_update.as_secs_f64(),
+        seed,
+        points,
+        "one whole update timed; cutting at random within it"
+    );
 
     let (mut cuts, mut failures) = (Vec::new(), Vec::new());
     for i in 0..points {
@@ -117,7 +124,11 @@ pub fn campaign(target: &crate::Target, points: usize, seed: Option<u64>) -> Res
     if campaign.failures.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("{} of {} power cuts left a host that did not recover", campaign.failures.len(), points)
+        anyhow::bail!(
+            "{} of {} power cuts left a host that did not recover",
+            campaign.failures.len(),
+            points
+        )
     }
 }
 

@@ -43,7 +43,14 @@ fn cairn_build(verb: &str, manifest: &Path, t: &ImageTarget, repo: &Path, extra:
         .arg(verb)
         .arg("--manifest")
         .arg(manifest)
-        .args(["--flavor", &t.flavor, "--arch", t.arch.as_str(), "--platform", t.platform.as_str()])
+        .args([
+            "--flavor",
+            &t.flavor,
+            "--arch",
+            t.arch.as_str(),
+            "--platform",
+            t.platform.as_str(),
+        ])
         .arg("--repo")
         .arg(repo)
         .args(extra)
@@ -61,7 +68,12 @@ pub fn measure(t: &ImageTarget, agent_dir: &Path, v1: &BuiltImage, full_image_by
     let keys = paths::keys();
     // v1: the image under test, as built.
     let publish = |manifest: &Path, repo: &Path| -> Result<String> {
-        let extra = [OsStr::new("--update-repo"), updates.as_os_str(), OsStr::new("--keys"), keys.as_os_str()];
+        let extra = [
+            OsStr::new("--update-repo"),
+            updates.as_os_str(),
+            OsStr::new("--keys"),
+            keys.as_os_str(),
+        ];
         cairn_build("publish", manifest, t, repo, &extra)
     };
     publish(&paths::manifest(), &paths::repo(arch))?;
@@ -71,9 +83,15 @@ pub fn measure(t: &ImageTarget, agent_dir: &Path, v1: &BuiltImage, full_image_by
     let text = std::fs::read_to_string(&manifest)?;
     let anchor = "debug = [";
     if !text.contains(anchor) {
-        bail!("{}: no `debug` package set to add {ADDED_PACKAGE} to", manifest.display());
+        bail!(
+            "{}: no `debug` package set to add {ADDED_PACKAGE} to",
+            manifest.display()
+        );
     }
-    std::fs::write(&manifest, text.replacen(anchor, &format!("{anchor}\"{ADDED_PACKAGE}\", "), 1))?;
+    std::fs::write(
+        &manifest,
+        text.replacen(anchor, &format!("{anchor}\"{ADDED_PACKAGE}\", "), 1),
+    )?;
     let mut v2 = semver::Version::parse(&v1.version)?;
     v2.patch += 1;
     let (cache, version) = (paths::cache(), v2.to_string());

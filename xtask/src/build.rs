@@ -60,7 +60,14 @@ pub fn image_with(t: &ImageTarget, manifest: &Path, cache: &Path, agent_dir: &Pa
     let target = |cmd: Cmd| {
         cmd.arg("--manifest")
             .arg(manifest)
-            .args(["--flavor", &t.flavor, "--arch", t.arch.as_str(), "--platform", t.platform.as_str()])
+            .args([
+                "--flavor",
+                &t.flavor,
+                "--arch",
+                t.arch.as_str(),
+                "--platform",
+                t.platform.as_str(),
+            ])
             .arg("--repo")
             .arg(&repo)
     };
@@ -104,7 +111,14 @@ pub fn kernel_check(t: &ImageTarget) -> Result<()> {
         .arg("kernel-check")
         .arg("--manifest")
         .arg(paths::manifest())
-        .args(["--flavor", &t.flavor, "--arch", t.arch.as_str(), "--platform", t.platform.as_str()])
+        .args([
+            "--flavor",
+            &t.flavor,
+            "--arch",
+            t.arch.as_str(),
+            "--platform",
+            t.platform.as_str(),
+        ])
         .arg("--cache")
         .arg(paths::cache())
         .run_inherited()

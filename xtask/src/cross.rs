@@ -48,9 +48,15 @@ fn cargo(arch: Arch) -> Cmd {
         .env("RUSTC", "/usr/bin/rustc")
         .env("RUSTDOC", "/usr/bin/rustdoc")
         .env(format!("CARGO_TARGET_{env_target}_LINKER"), format!("{triple}-gcc"))
-        .env(format!("CARGO_TARGET_{env_target}_RUSTFLAGS"), "-C target-feature=+crt-static")
+        .env(
+            format!("CARGO_TARGET_{env_target}_RUSTFLAGS"),
+            "-C target-feature=+crt-static",
+        )
         // Unit tests run under qemu-user (static binaries: no -L needed).
-        .env(format!("CARGO_TARGET_{env_target}_RUNNER"), format!("qemu-{}-static", arch.as_str()))
+        .env(
+            format!("CARGO_TARGET_{env_target}_RUNNER"),
+            format!("qemu-{}-static", arch.as_str()),
+        )
         .env(format!("CC_{cc_target}"), format!("{triple}-gcc"))
         .env(format!("AR_{cc_target}"), format!("{triple}-ar"))
         .arg("--quiet")
@@ -60,7 +66,14 @@ fn cargo(arch: Arch) -> Cmd {
 /// Build the agent's binaries for `arch`; returns their folder.
 pub fn agent(arch: Arch) -> Result<PathBuf> {
     cargo(arch)
-        .args(["build", "--release", "--package", "cairn-agent", "--target", rust_target(arch)])
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "cairn-agent",
+            "--target",
+            rust_target(arch),
+        ])
         .arg("--target-dir")
         .arg(target_dir())
         .progress()
@@ -73,7 +86,15 @@ pub fn agent(arch: Arch) -> Result<PathBuf> {
 /// under qemu-user.
 pub fn unit_tests(arch: Arch) -> Result<()> {
     cargo(arch)
-        .args(["test", "--package", "cairn-agent", "--package", "cairn-common", "--target", rust_target(arch)])
+        .args([
+            "test",
+            "--package",
+            "cairn-agent",
+            "--package",
+            "cairn-common",
+            "--target",
+            rust_target(arch),
+        ])
         .arg("--target-dir")
         .arg(target_dir())
         .run_inherited()

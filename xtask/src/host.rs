@@ -11,7 +11,15 @@ use cairn_common::layout::Arch;
 use cairn_common::process::Cmd;
 
 /// What building an image needs on the host.
-const BUILD: &[&str] = &["mmdebstrap", "ostree", "gnupg", "e2fsprogs", "grub-common", "dpkg-dev", "zstd"];
+const BUILD: &[&str] = &[
+    "mmdebstrap",
+    "ostree",
+    "gnupg",
+    "e2fsprogs",
+    "grub-common",
+    "dpkg-dev",
+    "zstd",
+];
 /// Debian release the host tools come from.
 const RELEASE: &str = "bookworm";
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/cairn-backports.sources";
@@ -64,11 +72,18 @@ fn register_binfmt(arch: Arch) -> Result<()> {
     }
     require_root(&format!("registering {name} with binfmt_misc"))?;
     if !dir.join("register").exists() {
-        Cmd::new("mount").args(["-t", "binfmt_misc", "binfmt_misc"]).arg(dir).run().context("mounting binfmt_misc")?;
+        Cmd::new("mount")
+            .args(["-t", "binfmt_misc", "binfmt_misc"])
+            .arg(dir)
+            .run()
+            .context("mounting binfmt_misc")?;
     }
     let conf = format!("/usr/lib/binfmt.d/{name}.conf");
     let text = std::fs::read_to_string(&conf).with_context(|| format!("reading {conf} (from qemu-user-static)"))?;
-    let rule = text.lines().find(|l| !l.starts_with('#') && !l.trim().is_empty()).with_context(|| format!("{conf} has no rule"))?;
+    let rule = text
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .with_context(|| format!("{conf} has no rule"))?;
     std::fs::write(dir.join("register"), rule).with_context(|| format!("registering {name} with binfmt_misc"))?;
     tracing::info!("registered {name} with binfmt_misc");
     Ok(())
@@ -131,7 +146,9 @@ pub fn ensure_vm_tools(arch: Arch) -> Result<()> {
     plain.push("busybox-static");
     let qemu = qemu_packages(arch);
     // Firmware packages are architecture-independent: main suite is fine.
-    let (firmware, emulators): (Vec<&str>, Vec<&str>) = qemu.iter().partition(|p| p.starts_with("ovmf") || p.starts_with("qemu-efi"));
+    let (firmware, emulators): (Vec<&str>, Vec<&str>) = qemu
+        .iter()
+        .partition(|p| p.starts_with("ovmf") || p.starts_with("qemu-efi"));
     plain.extend(firmware);
     ensure(&plain, &emulators)
 }

@@ -6,12 +6,17 @@ use std::path::PathBuf;
 use cairn_common::layout::Arch;
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
 }
 
 /// Build products: `target/cairn/<arch>/`.
@@ -36,7 +41,10 @@ pub fn cache() -> PathBuf {
     if let Some(p) = std::env::var_os("CAIRN_CACHE") {
         return p.into();
     }
-    std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| home().join(".cache")).join("cairn")
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cache"))
+        .join("cairn")
 }
 
 /// `$CAIRN_KEYS`, else `$XDG_DATA_HOME/cairn/keys/dev`, else `~/.local/share/cairn/keys/dev`.

@@ -37,7 +37,9 @@ pub fn run(t: &ImageTarget) -> Result<()> {
         config.accel.as_str(),
         config.disk.display()
     );
-    let status = Cmd::new(qemu::qemu_binary(arch)).args(config.args()).status_inherited()?;
+    let status = Cmd::new(qemu::qemu_binary(arch))
+        .args(config.args())
+        .status_inherited()?;
     if !status.success() {
         bail!("QEMU exited with {status}");
     }

@@ -26,7 +26,10 @@ pub fn test(target: &Target, filters: &[String]) -> Result<()> {
         cross::unit_tests(arch)?;
     }
 
-    let needs_prod = filters.is_empty() || filters.iter().any(|f| artifacts::PROD_TESTS.iter().any(|t| t.contains(f.as_str())));
+    let needs_prod = filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| artifacts::PROD_TESTS.iter().any(|t| t.contains(f.as_str())));
     let (_, file) = artifacts(target, needs_prod)?;
 
     // Probe KVM once here rather than in every test process.
@@ -56,7 +59,12 @@ pub fn artifacts(target: &Target, with_prod: bool) -> Result<(Artifacts, std::pa
     let agent_dir = build::binaries(arch)?;
     let dev = build::image_with(&target.image("dev"), &paths::manifest(), &paths::cache(), &agent_dir)?;
     let prod = if with_prod {
-        Some(build::image_with(&target.image("prod"), &paths::manifest(), &paths::cache(), &agent_dir)?)
+        Some(build::image_with(
+            &target.image("prod"),
+            &paths::manifest(),
+            &paths::cache(),
+            &agent_dir,
+        )?)
     } else {
         None
     };
@@ -87,10 +95,16 @@ fn skipped_tests(native: bool) -> &'static [&'static str] {
     if native {
         &["update_is_committed_and_a_failed_health_gate_rolls_back"]
     } else {
-        &["healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself", "a_power_cut_at_any_moment"]
+        &[
+            "healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself",
+            "a_power_cut_at_any_moment",
+        ]
     }
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
-    Cmd::new(env!("CARGO")).args(args).current_dir(paths::workspace()).run_inherited()
+    Cmd::new(env!("CARGO"))
+        .args(args)
+        .current_dir(paths::workspace())
+        .run_inherited()
 }
