@@ -2,8 +2,8 @@
 //!
 //! The kernels' configurations and module lists are captured under
 //! `tests/data/kernel-configs/` (see its README): no network, no root.
-//! Which fragments apply to which profile mirrors the table in
-//! `kernel-config/README.md`.
+//! Which fragments apply to which profile, and which kernel flavour it
+//! ships, come from `rootfs/image.toml`, as in the build.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,69 +12,71 @@ use cairn_builder::initramfs;
 use cairn_builder::kernel_check::{
     check, load_fragments, normalize_module, parse_kernel_config, Fragment, KernelFacts, Unmet, Want,
 };
-use cairn_common::layout::Arch;
+use cairn_builder::manifest::Manifest;
+use cairn_common::layout::{Arch, Platform};
 
 const CLOUD_AMD64: &str = "linux-image-6.1.0-56-cloud-amd64";
 const FULL_AMD64: &str = "linux-image-6.1.0-56-amd64";
 const CLOUD_ARM64: &str = "linux-image-6.1.0-56-cloud-arm64";
 const FULL_ARM64: &str = "linux-image-6.1.0-56-arm64";
+/// The kernel ABI the fixtures were captured from.
+const FIXTURE_ABI: &str = "6.1.0-56";
 
-/// A platform profile: the fragments it enforces and the Debian kernel it ships.
+/// A platform profile as `rootfs/image.toml` defines it: the fragments it
+/// enforces and the captured Debian kernel package of its kernel flavour.
 struct Profile {
     name: &'static str,
     arch: Arch,
-    package: &'static str,
-    fragments: &'static [&'static str],
+    package: String,
+    fragment_paths: Vec<PathBuf>,
 }
 
-const GENERIC: &[&str] = &["container-host", "ostree-boot", "virtio-qemu", "cloud-vm"];
-const KUNPENG920: &[&str] = &[
-    "container-host",
-    "ostree-boot",
-    "virtio-qemu",
-    "arm64-server",
-    "kunpeng920",
-];
-const PHYTIUM: &[&str] = &[
-    "container-host",
-    "ostree-boot",
-    "virtio-qemu",
-    "arm64-server",
-    "phytium",
-];
+impl Profile {
+    fn fragments(&self) -> Vec<Fragment> {
+        self.fragment_paths.iter().map(|p| Fragment::load(p).unwrap()).collect()
+    }
 
-const PROFILES: &[Profile] = &[
-    Profile {
-        name: "generic",
-        arch: Arch::X86_64,
-        package: CLOUD_AMD64,
-        fragments: GENERIC,
-    },
-    Profile {
-        name: "generic",
-        arch: Arch::Aarch64,
-        package: CLOUD_ARM64,
-        fragments: GENERIC,
-    },
-    Profile {
-        name: "kunpeng920",
-        arch: Arch::Aarch64,
-        package: FULL_ARM64,
-        fragments: KUNPENG920,
-    },
-    Profile {
-        name: "phytium",
-        arch: Arch::Aarch64,
-        package: FULL_ARM64,
-        fragments: PHYTIUM,
-    },
-];
+    fn fragment_names(&self) -> Vec<String> {
+        let stem = |p: &PathBuf| p.file_stem().unwrap().to_string_lossy().into_owned();
+        self.fragment_paths.iter().map(stem).collect()
+    }
+}
+
+/// Every (arch, platform) pair the manifest defines, resolved for the dev
+/// flavour (flavours do not change the kernel or its fragments).
+fn profiles() -> Vec<Profile> {
+    let manifest = Manifest::load(&repo_root().join("rootfs/image.toml")).unwrap();
+    let mut profiles = Vec::new();
+    for arch in Arch::ALL {
+        for platform in Platform::ALL {
+            let Ok(spec) = manifest.resolve("dev", arch, platform) else {
+                continue;
+            };
+            let flavour = spec.kernel_package.strip_prefix("linux-image-").unwrap();
+            profiles.push(Profile {
+                name: platform.as_str(),
+                arch,
+                package: format!("linux-image-{FIXTURE_ABI}-{flavour}"),
+                fragment_paths: spec.kernel_config,
+            });
+        }
+    }
+    profiles
+}
+
+fn profile(name: &str, arch: Arch) -> Profile {
+    profiles()
+        .into_iter()
+        .find(|p| p.name == name && p.arch == arch)
+        .unwrap_or_else(|| panic!("rootfs/image.toml defines no {name} profile for {arch:?}"))
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
 
 fn kernel_config_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("kernel-config")
+    repo_root().join("kernel-config")
 }
 
 fn fixture(name: &str) -> String {
@@ -121,10 +123,14 @@ fn boot_modules(fragments: &[Fragment], arch: Arch) -> BTreeSet<String> {
         .collect()
 }
 
-fn assert_profile_passes(name: &str, arch: Arch) {
-    let profile = PROFILES.iter().find(|p| p.name == name && p.arch == arch).unwrap();
-    let fragments = fragments(profile.fragments);
-    let report = check(&fragments, arch, &package_facts(profile.package));
+fn assert_profile_passes(name: &str, arch: Arch, package: &str) {
+    let profile = profile(name, arch);
+    assert_eq!(
+        profile.package, package,
+        "the manifest's kernel flavour for {name} changed"
+    );
+    let fragments = profile.fragments();
+    let report = check(&fragments, arch, &package_facts(&profile.package));
     assert!(report.is_ok(), "{}", report);
     assert!(report.checked > 50, "{report}");
     assert!(!report.initramfs_checked);
@@ -136,30 +142,30 @@ fn assert_profile_passes(name: &str, arch: Arch) {
 
 #[test]
 fn generic_x86_64_passes_on_debian_cloud_amd64() {
-    assert_profile_passes("generic", Arch::X86_64);
+    assert_profile_passes("generic", Arch::X86_64, CLOUD_AMD64);
 }
 
 #[test]
 fn generic_aarch64_passes_on_debian_cloud_arm64() {
-    assert_profile_passes("generic", Arch::Aarch64);
+    assert_profile_passes("generic", Arch::Aarch64, CLOUD_ARM64);
 }
 
 #[test]
 fn kunpeng920_passes_on_debian_full_arm64() {
-    assert_profile_passes("kunpeng920", Arch::Aarch64);
+    assert_profile_passes("kunpeng920", Arch::Aarch64, FULL_ARM64);
 }
 
 #[test]
 fn phytium_passes_on_debian_full_arm64() {
-    assert_profile_passes("phytium", Arch::Aarch64);
+    assert_profile_passes("phytium", Arch::Aarch64, FULL_ARM64);
 }
 
 #[test]
 fn every_enforced_option_exists_in_the_kernels_it_applies_to() {
     let mut missing = Vec::new();
-    for profile in PROFILES {
-        let config = parse_kernel_config(&config_text(profile.package));
-        for fragment in fragments(profile.fragments) {
+    for profile in profiles() {
+        let config = parse_kernel_config(&config_text(&profile.package));
+        for fragment in profile.fragments() {
             for r in fragment.requirements_for(profile.arch) {
                 if !config.contains_key(&r.option) {
                     missing.push(format!(
@@ -236,15 +242,21 @@ fn all_fragment_names() -> Vec<String> {
 
 #[test]
 fn every_fragment_belongs_to_a_profile_and_profiles_do_not_conflict() {
+    let profiles = profiles();
+    assert_eq!(
+        profiles.len(),
+        4,
+        "profiles in rootfs/image.toml: generic (both arches), kunpeng920, phytium"
+    );
     for name in all_fragment_names() {
         assert!(
-            PROFILES.iter().any(|p| p.fragments.contains(&name.as_str())),
-            "{name}.config is in no profile"
+            profiles.iter().any(|p| p.fragment_names().contains(&name)),
+            "{name}.config is in no profile of rootfs/image.toml"
         );
     }
-    for profile in PROFILES {
+    for profile in &profiles {
         let mut seen: BTreeMap<String, (Want, String)> = BTreeMap::new();
-        for fragment in fragments(profile.fragments) {
+        for fragment in profile.fragments() {
             for r in fragment.requirements_for(profile.arch) {
                 let here = format!("{}:{}", fragment.path.display(), r.line);
                 if let Some((want, there)) = seen.get(&r.option) {
@@ -307,7 +319,7 @@ fn a_kernel_missing_required_options_fails_naming_each_option_and_line() {
         config: parse_kernel_config(&config),
         ..package_facts(CLOUD_AMD64)
     };
-    let report = check(&fragments(GENERIC), Arch::X86_64, &facts);
+    let report = check(&profile("generic", Arch::X86_64).fragments(), Arch::X86_64, &facts);
 
     let seccomp = line_of("container-host.config", "CONFIG_SECCOMP_FILTER=y");
     let rt = line_of("container-host.config", "# CONFIG_RT_GROUP_SCHED is not set");
@@ -343,7 +355,7 @@ fn a_kernel_missing_required_options_fails_naming_each_option_and_line() {
 fn a_module_that_does_not_ship_fails() {
     let mut facts = package_facts(FULL_ARM64);
     assert!(facts.modules.remove("hns3"));
-    let report = check(&fragments(KUNPENG920), Arch::Aarch64, &facts);
+    let report = check(&profile("kunpeng920", Arch::Aarch64).fragments(), Arch::Aarch64, &facts);
     assert_eq!(report.problems.len(), 1, "{report}");
     let problem = &report.problems[0];
     assert_eq!(problem.option, "CONFIG_HNS3_ENET");
@@ -362,7 +374,7 @@ fn a_module_that_does_not_ship_fails() {
 
 #[test]
 fn a_boot_module_missing_from_the_initramfs_fails() {
-    let fragments = fragments(KUNPENG920);
+    let fragments = profile("kunpeng920", Arch::Aarch64).fragments();
     let mut facts = package_facts(FULL_ARM64);
     let boot = boot_modules(&fragments, Arch::Aarch64);
     // The full kernel builds these as modules: the initramfs must hold them.
@@ -405,7 +417,11 @@ fn a_boot_module_missing_from_the_initramfs_fails() {
 
 #[test]
 fn the_cloud_arm64_kernel_fails_kunpeng920_which_needs_the_full_flavour() {
-    let report = check(&fragments(KUNPENG920), Arch::Aarch64, &package_facts(CLOUD_ARM64));
+    let report = check(
+        &profile("kunpeng920", Arch::Aarch64).fragments(),
+        Arch::Aarch64,
+        &package_facts(CLOUD_ARM64),
+    );
     assert!(!report.is_ok());
     println!("{report}");
     let unmet: BTreeSet<&str> = report.problems.iter().map(|p| p.option.as_str()).collect();
