@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+use cairn_common::kargs;
 use cairn_common::layout::{self, Arch, Platform};
 use cairn_common::metadata as meta;
 use cairn_common::process::Cmd;
@@ -349,6 +350,11 @@ fn stage_image_files(
     let agent_d = staging.join("usr/lib/cairn/agent.d");
     fs::create_dir_all(&agent_d)?;
     fs::write(agent_d.join("10-image.toml"), agent_dropin(spec))?;
+    // The release's kernel arguments, read back by `image` and by the agent
+    // when it stages this release (`root=` names the disk: image time only).
+    let kargs_d = staging.join(kargs::KARGS_DIR);
+    fs::create_dir_all(&kargs_d)?;
+    fs::write(kargs_d.join(kargs::IMAGE_KARGS_FILE), image_kargs(spec))?;
 
     // GRUB's menu loader on the ESP, next to the EFI binary of the package layer.
     let esp_cfg = staging.join(EFI_TREE_PATH).join("EFI/BOOT/grub.cfg");
@@ -359,6 +365,13 @@ fn stage_image_files(
     fs::create_dir_all(staging.join("usr/lib"))?;
     fs::write(staging.join("usr/lib/os-release"), os_release)?;
     Ok(())
+}
+
+/// The commit's `kargs.d/00-image.toml`: the manifest's kernel arguments
+/// (`[kernel] args`, the platform's, the flavour's, the serial console), in
+/// the order they go on the kernel command line.
+pub fn image_kargs(spec: &ImageSpec) -> String {
+    kargs::render(&spec.kernel_args)
 }
 
 /// The agent's configuration that comes from the manifest.
@@ -686,6 +699,24 @@ mod tests {
         fs::create_dir_all(overlay.join("var/lib")).unwrap();
         let e = apply_overlay(&overlay, &staging).unwrap_err().to_string();
         assert!(e.contains("top-level `var`"), "{e}");
+    }
+
+    #[test]
+    fn image_kargs_file_holds_the_manifests_arguments_in_order_without_root() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rootfs/image.toml");
+        let spec = Manifest::load(&path)
+            .unwrap()
+            .resolve("dev", Arch::Aarch64, Platform::Kunpeng920)
+            .unwrap();
+        let file = image_kargs(&spec);
+        assert!(file.starts_with("kargs = [\"rw\", "), "{file}");
+        let read = kargs::parse(Path::new("00-image.toml"), &file).unwrap();
+        assert_eq!(read, spec.kernel_args);
+        let acpi = read.iter().position(|k| k == "acpi=force").unwrap();
+        let panic = read.iter().position(|k| k == "panic=10").unwrap();
+        assert!(panic < acpi, "[kernel] args before the platform's: {read:?}");
+        assert_eq!(read.last().unwrap(), "console=ttyAMA0,115200");
+        assert!(!read.iter().any(|k| k.starts_with("root=")), "{read:?}");
     }
 
     #[test]

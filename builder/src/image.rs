@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use cairn_common::bootcfg::{self, GrubSettings};
 use cairn_common::grubenv::GrubEnv;
+use cairn_common::kargs;
 use cairn_common::layout::{self, Arch, Platform};
 use cairn_common::metadata as meta;
 use cairn_common::process::Cmd;
@@ -72,8 +73,9 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
     let qcow2 = opts.output.join(format!("{stem}.qcow2"));
 
     let work = Workdir::new(&opts.output)?;
+    let kargs = release_kargs(&opts.repo, &commit, &work.path.join("kargs"))?;
     let sysroot = work.path.join("sysroot");
-    let deployment = deploy(&sysroot, &opts.repo, &ostree_ref, &spec)?;
+    let deployment = deploy(&sysroot, &opts.repo, &ostree_ref, &spec, &kargs)?;
     let os_bytes = allocated_bytes(&sysroot)?;
     check_fits(os_bytes, &spec)?;
 
@@ -111,8 +113,20 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
     Ok(built)
 }
 
-/// Build the ostree sysroot in `sysroot`; return the deployment's folder.
-fn deploy(sysroot: &Path, repo: &Path, ostree_ref: &str, spec: &ImageSpec) -> Result<PathBuf> {
+/// The kernel arguments the commit carries (its `kargs.d`, read by the
+/// function the agent uses when it stages a release), checked out below
+/// `scratch`.
+fn release_kargs(repo: &Path, commit: &str, scratch: &Path) -> Result<Vec<String>> {
+    let dest = scratch.join(kargs::KARGS_DIR);
+    fs::create_dir_all(dest.parent().expect("has parent"))?;
+    ostree::checkout_subpath(repo, commit, &format!("/{}", kargs::KARGS_DIR), &dest)
+        .with_context(|| format!("the commit has no /{}: compose it again", kargs::KARGS_DIR))?;
+    kargs::load(scratch)
+}
+
+/// Build the ostree sysroot in `sysroot` with the release's kernel
+/// arguments `kargs` (and the root's label); return the deployment's folder.
+fn deploy(sysroot: &Path, repo: &Path, ostree_ref: &str, spec: &ImageSpec, kargs: &[String]) -> Result<PathBuf> {
     let sys_arg = format!("--sysroot={}", sysroot.display());
     let sys_repo = sysroot.join("ostree/repo");
     let repo_arg = format!("--repo={}", sys_repo.display());
@@ -129,7 +143,7 @@ fn deploy(sysroot: &Path, repo: &Path, ostree_ref: &str, spec: &ImageSpec) -> Re
     let mut cmd = Cmd::new("ostree")
         .args(["admin", "deploy", &sys_arg, &format!("--os={}", layout::OSNAME)])
         .arg(format!("--karg=root=LABEL={}", layout::ROOT_LABEL));
-    for karg in &spec.kernel_args {
+    for karg in kargs {
         cmd = cmd.arg(format!("--karg={karg}"));
     }
     cmd.arg(format!("{}:{ostree_ref}", layout::REMOTE))

@@ -7,6 +7,7 @@
 //! - [`duration`]: `90s`, `6h`, `1h30m` as written in configuration.
 //! - [`fsutil`]: atomic file replacement; line/column of an offset.
 //! - [`grubenv`]: the GRUB environment block that holds the boot counter.
+//! - [`kargs`]: the kernel arguments a release carries (`kargs.d`).
 //! - [`metadata`]: keys of the OSTree commit metadata.
 //! - [`release`]: what an update repository says of one release.
 //! - [`process`]: the one way any Cairn program runs another program.
@@ -16,6 +17,7 @@ pub mod bootcfg;
 pub mod duration;
 pub mod fsutil;
 pub mod grubenv;
+pub mod kargs;
 pub mod layout;
 pub mod logging;
 pub mod metadata;
