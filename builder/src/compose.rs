@@ -30,6 +30,7 @@ use crate::keys::SigningKey;
 use crate::manifest::{ImageSpec, Manifest};
 use crate::ostree::{self, Commit, Tree};
 use crate::ostree_layout;
+use crate::scratch;
 
 /// Bump when the way the package layer is made changes, so old caches are
 /// not reused for a different recipe.
@@ -451,16 +452,24 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
 }
 
 /// The build cache: downloaded packages and package layers, keyed by content.
+/// One build uses it at a time (it holds the cache's lock).
 pub struct Cache {
     root: PathBuf,
+    _lock: scratch::CacheLock,
 }
 
 impl Cache {
+    /// Open the cache at `root` (waiting for a build that uses it) and
+    /// clear what interrupted builds left in its `tmp/`, mounts included.
     pub fn new(root: &Path) -> Result<Cache> {
         for sub in ["debs", "bases", "tmp"] {
             fs::create_dir_all(root.join(sub)).with_context(|| format!("creating cache {}", root.display()))?;
         }
-        let c = Cache { root: root.to_owned() };
+        let c = Cache {
+            root: root.to_owned(),
+            _lock: scratch::lock(root)?,
+        };
+        scratch::clear(&c.tmp())?;
         ostree::ensure_archive_repo(&c.base_repo())?;
         Ok(c)
     }
@@ -499,10 +508,9 @@ impl Cache {
 
     fn build_base(&self, spec: &ImageSpec, recipe: &BaseRecipe, key: &str) -> Result<Base> {
         let started = Instant::now();
-        let work = tempfile::Builder::new()
-            .prefix("base-")
-            .tempdir_in(self.tmp())
-            .context("creating a work folder")?;
+        // Removed whole, mmdebstrap's mounts first, however this ends; the
+        // layer is recorded only once committed.
+        let work = scratch::WorkDir::new(&self.tmp(), "base-")?;
         let root = work.path().join("root");
         let grub_debs = work.path().join("grub-deb");
         fs::create_dir_all(&grub_debs)?;

@@ -12,4 +12,5 @@ pub mod manifest;
 pub mod ostree;
 pub mod ostree_layout;
 pub mod publish;
+pub mod scratch;
 pub mod tuf_repo;

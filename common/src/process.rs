@@ -4,23 +4,154 @@
 //! child an empty stdin unless told otherwise, streams the child's output
 //! lines into tracing (so long steps show progress) and, on failure, puts the
 //! tail of stderr into the error so the cause is in front of the user.
+//!
+//! A program that calls [`forward_stop_signals`] first thing is stopped
+//! cleanly: SIGINT, SIGTERM or SIGHUP goes to the commands it is running
+//! (each in its own process group, so a terminal's Ctrl-C reaches them only
+//! this way, once), the program waits for them to clean up, and the command
+//! fails with [`Interrupted`], so the program unwinds and removes what it
+//! made; no command starts after that. With no command running, or at a
+//! second signal, the program stops at once.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
 
 /// Characters of one argument shown in logs and errors.
 pub const SHOWN_ARG_CHARS: usize = 200;
 
 /// Lines of stderr kept for the error message of a failed command.
 const STDERR_TAIL_LINES: usize = 25;
+
+/// Signals that stop a Cairn program.
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+/// A command failed because the program was told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("interrupted by {0}")]
+pub struct Interrupted(pub Signal);
+
+/// Whether [`forward_stop_signals`] was called.
+static FORWARDING: AtomicBool = AtomicBool::new(false);
+
+/// The commands running now, and the stop signal received, if any.
+static CHILDREN: Mutex<Children> = Mutex::new(Children {
+    stopped_by: None,
+    running: Vec::new(),
+});
+
+struct Children {
+    stopped_by: Option<Signal>,
+    running: Vec<Running>,
+}
+
+/// A running command: a signal goes to its process group, or to the
+/// process alone when it shares ours (a child on the terminal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Running {
+    pid: i32,
+    group: bool,
+}
+
+impl Running {
+    fn target(self) -> Pid {
+        Pid::from_raw(if self.group { -self.pid } else { self.pid })
+    }
+}
+
+fn children() -> MutexGuard<'static, Children> {
+    CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Stop this program cleanly on SIGINT, SIGTERM and SIGHUP (see the module
+/// documentation). Call it first thing in `main`. A handler takes the
+/// signals (children start with their default action, as `exec` resets
+/// handled signals) and one thread acts on them.
+pub fn forward_stop_signals() -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new(STOP_SIGNALS.map(|s| s as i32))
+        .context("installing the stop-signal handler")?;
+    FORWARDING.store(true, Ordering::SeqCst);
+    thread::Builder::new()
+        .name("stop-signals".into())
+        .spawn(move || {
+            for raw in signals.forever() {
+                if let Ok(sig) = Signal::try_from(raw) {
+                    on_stop_signal(sig);
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// The stop signal this program received, if any.
+pub fn interrupted() -> Option<Signal> {
+    children().stopped_by
+}
+
+/// The exit code of a program that failed: 128 + the signal when it was
+/// told to stop (what a shell reports for a program killed by it), else 1.
+pub fn failure_exit_code() -> u8 {
+    interrupted().map_or(1, |s| 128 + s as u8)
+}
+
+fn on_stop_signal(sig: Signal) {
+    let mut c = children();
+    let again = c.stopped_by.is_some();
+    c.stopped_by.get_or_insert(sig);
+    if c.running.is_empty() || again {
+        for r in &c.running {
+            let _ = signal::kill(r.target(), Signal::SIGKILL);
+        }
+        drop(c);
+        tracing::warn!("{sig} received: stopping now");
+        // The signal's default action: the program ends as killed by it.
+        let _ = signal_hook::low_level::emulate_default_handler(sig as i32);
+        std::process::exit(128 + sig as i32);
+    }
+    for r in &c.running {
+        let _ = signal::kill(r.target(), sig);
+    }
+    tracing::warn!(
+        "{sig} received: stopping the running command and waiting for it to clean up (again to stop at once)"
+    );
+}
+
+/// Start `command` unless the program was told to stop, and register it
+/// for signal forwarding (in one step, so a signal cannot fall between).
+fn spawn_registered(command: &mut Command, shown: &str, group: bool) -> Result<Child> {
+    let mut c = children();
+    if let Some(sig) = c.stopped_by {
+        return Err(anyhow::Error::new(Interrupted(sig)).context(format!("not starting `{shown}`")));
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting `{shown}` (is it installed?)"))?;
+    if FORWARDING.load(Ordering::SeqCst) {
+        c.running.push(Running {
+            pid: child.id() as i32,
+            group,
+        });
+    }
+    Ok(child)
+}
+
+/// The child `pid` ended: forget it; the stop signal received while it ran.
+fn unregister(pid: u32) -> Option<Signal> {
+    let mut c = children();
+    c.running.retain(|r| r.pid != pid as i32);
+    c.stopped_by
+}
 
 /// How the child's output lines reach the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,11 +335,14 @@ impl Cmd {
         Ok((status, output))
     }
 
-    /// Start a long-running child with piped stdin/stdout and inherited
-    /// stderr; the caller owns its lifetime.
+    /// Start a long-running child with piped stdin, stdout and stderr; the
+    /// caller owns its lifetime (and stopping it).
     pub fn spawn_piped(mut self) -> Result<Child> {
         let shown = self.display();
         tracing::info!(command = %shown, "spawning");
+        if let Some(sig) = interrupted() {
+            return Err(anyhow::Error::new(Interrupted(sig)).context(format!("not starting `{shown}`")));
+        }
         self.command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -219,11 +353,16 @@ impl Cmd {
 
     /// Run with this process's stdin, stdout and stderr (a VM on the
     /// terminal, a test runner whose report the user reads); returns the
-    /// exit status.
+    /// exit status. The child stays in the terminal's process group.
     pub fn status_inherited(mut self) -> Result<ExitStatus> {
         let shown = self.display();
         tracing::info!(command = %shown, "running with inherited stdio");
-        self.command.status().with_context(|| format!("running `{shown}`"))
+        let mut child = spawn_registered(&mut self.command, &shown, false)?;
+        let status = child.wait().with_context(|| format!("running `{shown}`"));
+        if let Some(sig) = unregister(child.id()) {
+            return Err(anyhow::Error::new(Interrupted(sig)).context(format!("`{shown}` did not finish")));
+        }
+        status
     }
 
     /// Like [`Cmd::status_inherited`], failing unless it exits 0.
@@ -270,15 +409,13 @@ impl Cmd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let watched = self.timeout.is_some() || self.stall.is_some();
-        if watched {
-            // Its own process group, so the watchdog kills what it started too.
+        if watched || FORWARDING.load(Ordering::SeqCst) {
+            // Its own process group, so the watchdog kills what it started
+            // too, and a stop signal reaches all of it once, from us.
             std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
         }
         self.ensure_found(&shown)?;
-        let mut child = self
-            .command
-            .spawn()
-            .with_context(|| format!("starting `{shown}` (is it installed?)"))?;
+        let mut child = spawn_registered(&mut self.command, &shown, true)?;
         let watchdog = watched.then(|| {
             let (done, finished) = std::sync::mpsc::channel::<()>();
             let pid = child.id();
@@ -321,7 +458,9 @@ impl Cmd {
         } else {
             reader.read_to_end(&mut captured)?;
         }
-        let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
+        let status = child.wait().with_context(|| format!("waiting for `{shown}`"));
+        let stopped_by = unregister(child.id());
+        let status = status?;
         if let Some((done, fired)) = watchdog {
             let _ = done.send(());
             match fired.join().ok().flatten() {
@@ -343,6 +482,10 @@ impl Cmd {
         let _ = stderr_thread.join();
         if let Some(w) = writer {
             let _ = w.join();
+        }
+        if let Some(sig) = stopped_by {
+            // Whatever it exited with, it did not do its work.
+            return Err(anyhow::Error::new(Interrupted(sig)).context(format!("`{shown}` did not finish")));
         }
         let tail = tail.lock().expect("stderr tail lock");
         let stderr_tail = tail.iter().cloned().collect::<Vec<_>>().join("\n");

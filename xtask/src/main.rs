@@ -107,6 +107,11 @@ enum BenchCampaign {
 
 fn main() -> std::process::ExitCode {
     cairn_common::logging::init("info");
+    // SIGINT/SIGTERM reach the running command (cairn-build, cargo, QEMU),
+    // which is waited for while it cleans up.
+    if let Err(e) = cairn_common::process::forward_stop_signals() {
+        tracing::warn!("{e:#}");
+    }
     let result = match Cli::parse().command {
         Command::Build { target, flavor } => build::build(&target.image(&flavor)).map(|built| {
             println!("{}", built.raw.display());
@@ -124,7 +129,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(cairn_common::process::failure_exit_code())
         }
     }
 }
