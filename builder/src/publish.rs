@@ -2,14 +2,24 @@
 //! files that any web server or CDN can serve.
 //!
 //! ```text
-//! <update-repo>/ostree/    archive repo: the commit, its objects, static deltas, summary
-//! <update-repo>/targets/   one release record (JSON) per release
-//! <update-repo>/tuf/       TUF metadata: N.root.json, targets, snapshot, timestamp
+//! <update-repo>/ostree/                    archive repo: the commit, its objects, static deltas, summary
+//! <update-repo>/targets/<name>             one release record (JSON) per release: what publish signs
+//! <update-repo>/targets/<sha256>.<name>    the same records by content: what TUF clients fetch
+//! <update-repo>/tuf/                       TUF metadata, consistent snapshots: N.root.json,
+//!                                          N.targets.json, N.snapshot.json, timestamp.json
 //! ```
 //!
 //! Order matters for clients reading while it runs: objects first, then the
-//! release record, then the TUF metadata with the timestamp last. A client
-//! that sees the new timestamp finds everything it names.
+//! release record, then the TUF writes in [`tuf_repo::WRITE_ORDER`] (records
+//! by content, root versions, targets, snapshot, and the timestamp last,
+//! replaced atomically). Every file but the timestamp is new and never
+//! rewritten, so a client that read the old timestamp finds all it names,
+//! and one that sees the new timestamp finds everything it names.
+//!
+//! A repository published before consistent snapshots (unversioned
+//! `targets.json` and `snapshot.json`) is read as it is (its release records
+//! are the same) and carried over by the next publish, with the key folder's
+//! root upgraded (see [`tuf_repo`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,27 +87,21 @@ pub fn delta_sources(existing: &[Release], new: &Release, n: usize) -> Vec<Relea
 
 fn read_releases(targets_dir: &Path) -> Result<Vec<Release>> {
     let mut out = Vec::new();
-    let listing = match std::fs::read_dir(targets_dir) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", targets_dir.display())),
-    };
-    for e in listing {
-        let path = e?.path();
-        if path.extension().is_some_and(|x| x == "json") {
-            let bytes = std::fs::read(&path)?;
-            out.push(
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("{} is not a Cairn release record", path.display()))?,
-            );
-        }
+    for path in tuf_repo::release_records(targets_dir)? {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        out.push(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a Cairn release record", path.display()))?,
+        );
     }
     Ok(out)
 }
 
 pub fn publish(opts: &PublishOptions) -> Result<Published> {
-    // Everything that can be refused is checked before anything is written.
-    tuf_repo::root_path(&opts.keys)?;
+    // Everything that can be refused is checked before anything is written
+    // (a root from before consistent snapshots is upgraded here, or refused
+    // when the key folder lacks the root keys to sign its successor).
+    tuf_repo::upgrade_root(&opts.keys)?;
     if let Some(req) = &opts.requires {
         VersionReq::parse(req).with_context(|| format!("--requires `{req}` is not a semver requirement"))?;
     }
@@ -166,7 +170,7 @@ pub fn publish(opts: &PublishOptions) -> Result<Published> {
     let target = release.target_name();
     cairn_common::fsutil::write_atomic(&targets_dir.join(&target), &serde_json::to_vec_pretty(&release)?)?;
 
-    // 3. Signed metadata, timestamp last.
+    // 3. Signed metadata (consistent snapshots), timestamp last.
     let now = chrono::Utc::now();
     let ttl = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365));
     let expiry = Expiry {
