@@ -44,7 +44,7 @@ pub fn bench(target: &crate::Target) -> Result<()> {
     let arch = target.arch;
     let dev = target.image("dev");
     build::validate(&dev)?;
-    host::ensure_vm_tools(arch)?;
+    host::prepare(host::Task::Vm, arch)?;
     let agent_dir = build::binaries(arch)?;
 
     // Cold: a fresh cache, so every package is downloaded and the package

@@ -19,7 +19,8 @@ pub struct ImageTarget {
 
 /// Build the builder and the test relay (that lets VMs reach a loopback
 /// update server) for this host, and the agent for `arch` (cross-built when
-/// `arch` is not this host's); returns the agent's folder.
+/// `arch` is not this host's, with the tools [`host::Task::Build`]
+/// installs); returns the agent's folder.
 pub fn binaries(arch: Arch) -> Result<PathBuf> {
     let native = Arch::host() == Some(arch);
     let mut packages = vec!["--package", "cairn-builder", "--package", "cairn-qemu-tests"];
@@ -36,7 +37,6 @@ pub fn binaries(arch: Arch) -> Result<PathBuf> {
     if native {
         Ok(paths::release_bin())
     } else {
-        host::ensure_cross_tools(arch)?;
         cross::agent(arch)
     }
 }
@@ -100,8 +100,7 @@ pub fn validate(t: &ImageTarget) -> Result<()> {
 /// `cairn-build kernel-check` on the package layer of `t` (built if need be).
 pub fn kernel_check(t: &ImageTarget) -> Result<()> {
     validate(t)?;
-    host::ensure_build_tools()?;
-    host::ensure_foreign_root(t.arch)?;
+    host::prepare(host::Task::KernelCheck, t.arch)?;
     Cmd::new(env!("CARGO"))
         .args(["build", "--release", "--package", "cairn-builder"])
         .current_dir(paths::workspace())
@@ -127,7 +126,7 @@ pub fn kernel_check(t: &ImageTarget) -> Result<()> {
 /// The whole build of one image from the repo's manifest.
 pub fn build(t: &ImageTarget) -> Result<BuiltImage> {
     validate(t)?;
-    host::ensure_build_tools()?;
+    host::prepare(host::Task::Build, t.arch)?;
     let agent_dir = binaries(t.arch)?;
     image_with(t, &paths::manifest(), &paths::cache(), &agent_dir)
 }

@@ -10,7 +10,8 @@ use cairn_builder::apt_sources;
 use cairn_common::layout::Arch;
 use cairn_common::process::Cmd;
 
-/// What building an image needs on the host.
+/// What building an image needs on the host (`curl` fetches each Debian
+/// suite's `InRelease`, the archive state the package layer is keyed by).
 const BUILD: &[&str] = &[
     "mmdebstrap",
     "ostree",
@@ -19,10 +20,19 @@ const BUILD: &[&str] = &[
     "grub-common",
     "dpkg-dev",
     "zstd",
+    "curl",
 ];
 /// Debian release the host tools come from.
 const RELEASE: &str = "bookworm";
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/cairn-backports.sources";
+
+/// What mmdebstrap (1.3.5) needs of the host to build a root of a foreign
+/// architecture: `arch-test` (else "install arch-test for foreign
+/// architecture support"), and qemu-user registered with binfmt_misc,
+/// whose `/usr/bin/qemu-<arch>-static` it copies into the root (from
+/// `qemu-user-static`, taken from backports like QEMU).
+const MMDEBSTRAP_FOREIGN: &[&str] = &["arch-test"];
+const MMDEBSTRAP_FOREIGN_BACKPORTS: &[&str] = &["qemu-user-static"];
 
 fn qemu_packages(arch: Arch) -> &'static [&'static str] {
     match arch {
@@ -31,35 +41,88 @@ fn qemu_packages(arch: Arch) -> &'static [&'static str] {
     }
 }
 
-/// Building for a foreign architecture: Debian's Rust with the target's std
-/// (rustup here has only the host's), the C cross compiler (zstd-sys,
-/// aws-lc-sys), and qemu-user registered with binfmt_misc so the target's
-/// package scripts and dracut run in its rootfs.
-pub fn ensure_cross_tools(arch: Arch) -> Result<()> {
-    if Arch::host() == Some(arch) {
-        return Ok(());
-    }
-    let foreign = arch.debian();
-    let listed = Cmd::new("dpkg").arg("--print-foreign-architectures").output()?.stdout;
-    if !listed.lines().any(|a| a.trim() == foreign) {
-        require_root(&format!("dpkg --add-architecture {foreign}"))?;
-        Cmd::new("dpkg").args(["--add-architecture", foreign]).run()?;
-        apt_get(&["update"])?;
-    }
-    let std_lib = format!("libstd-rust-web-dev:{foreign}");
-    let gcc = format!("gcc-{}", crate::cross::gnu_triple(arch));
-    let libc = format!("libc6-dev-{foreign}-cross");
-    ensure(&["rustc-web", "cargo-web", &std_lib, &gcc, &libc], &[])?;
-    ensure_foreign_root(arch)
+/// What an xtask command does that needs host tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// `kernel-check`: the package layer, no agent.
+    KernelCheck,
+    /// `build`: the package layer, the agent, the image.
+    Build,
+    /// `run`, `test`, `bench`, `setup`: build, then boot in QEMU.
+    Vm,
 }
 
-/// Building a foreign architecture's root: qemu-user, registered with binfmt_misc.
-pub fn ensure_foreign_root(arch: Arch) -> Result<()> {
-    if Arch::host() == Some(arch) {
-        return Ok(());
+/// The host set-up a task needs (pure, so what each command installs is
+/// tested).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Setup {
+    /// Packages from the host's release.
+    pub packages: Vec<String>,
+    /// Packages from `<release>-backports`.
+    pub backports: Vec<String>,
+    /// A dpkg architecture to add (the target's std and libc for the agent).
+    pub foreign_dpkg_arch: Option<&'static str>,
+    /// qemu-user registered with binfmt_misc for this architecture.
+    pub binfmt: Option<Arch>,
+}
+
+/// What `task` for `arch` needs on a host of architecture `host`.
+pub fn setup(task: Task, arch: Arch, host: Option<Arch>) -> Setup {
+    let foreign = host != Some(arch);
+    let mut s = Setup::default();
+    let add = |list: &mut Vec<String>, items: &[&str]| list.extend(items.iter().map(|p| p.to_string()));
+    add(&mut s.packages, BUILD);
+    if foreign {
+        // The package layer through qemu-user.
+        add(&mut s.packages, MMDEBSTRAP_FOREIGN);
+        add(&mut s.backports, MMDEBSTRAP_FOREIGN_BACKPORTS);
+        s.binfmt = Some(arch);
     }
-    ensure(&[], &["qemu-user-static"])?;
-    register_binfmt(arch)
+    if foreign && task != Task::KernelCheck {
+        // The agent, cross-built with Debian's Rust (rustup here has only
+        // the host's std) and the C cross compiler (zstd-sys, aws-lc-sys).
+        let d = arch.debian();
+        s.foreign_dpkg_arch = Some(d);
+        s.packages.extend([
+            "rustc-web".to_owned(),
+            "cargo-web".to_owned(),
+            format!("libstd-rust-web-dev:{d}"),
+            format!("gcc-{}", crate::cross::gnu_triple(arch)),
+            format!("libc6-dev-{d}-cross"),
+        ]);
+    }
+    if task == Task::Vm {
+        add(&mut s.packages, &["busybox-static"]);
+        // Firmware packages are architecture-independent: the main suite
+        // is fine; the emulators come from backports.
+        let (firmware, emulators): (Vec<&str>, Vec<&str>) = qemu_packages(arch)
+            .iter()
+            .partition(|p| p.starts_with("ovmf") || p.starts_with("qemu-efi"));
+        add(&mut s.packages, &firmware);
+        add(&mut s.backports, &emulators);
+    }
+    s
+}
+
+/// Install and register what `task` for `arch` needs on this host.
+pub fn prepare(task: Task, arch: Arch) -> Result<()> {
+    let s = setup(task, arch, Arch::host());
+    let mut update = false;
+    if let Some(foreign) = s.foreign_dpkg_arch {
+        let listed = Cmd::new("dpkg").arg("--print-foreign-architectures").output()?.stdout;
+        if !listed.lines().any(|a| a.trim() == foreign) {
+            require_root(&format!("dpkg --add-architecture {foreign}"))?;
+            Cmd::new("dpkg").args(["--add-architecture", foreign]).run()?;
+            update = true;
+        }
+    }
+    let plain: Vec<&str> = s.packages.iter().map(String::as_str).collect();
+    let backports: Vec<&str> = s.backports.iter().map(String::as_str).collect();
+    ensure(&plain, &backports, update)?;
+    if let Some(arch) = s.binfmt {
+        register_binfmt(arch)?;
+    }
+    Ok(())
 }
 
 /// Register qemu-user for `arch` with the kernel (no systemd-binfmt in
@@ -135,28 +198,15 @@ fn installed(package: &str) -> bool {
         .is_ok_and(|o| o.stdout.trim() == "install ok installed")
 }
 
-/// Packages for building images.
-pub fn ensure_build_tools() -> Result<()> {
-    ensure(BUILD, &[])
-}
-
-/// Packages for building, booting and testing images of `arch`.
-pub fn ensure_vm_tools(arch: Arch) -> Result<()> {
-    let mut plain: Vec<&str> = BUILD.to_vec();
-    plain.push("busybox-static");
-    let qemu = qemu_packages(arch);
-    // Firmware packages are architecture-independent: main suite is fine.
-    let (firmware, emulators): (Vec<&str>, Vec<&str>) = qemu
-        .iter()
-        .partition(|p| p.starts_with("ovmf") || p.starts_with("qemu-efi"));
-    plain.extend(firmware);
-    ensure(&plain, &emulators)
-}
-
-fn ensure(plain: &[&str], from_backports: &[&str]) -> Result<()> {
+/// Install the packages of `plain` and `from_backports` that are missing
+/// (after `apt-get update`, also run when `update` says the lists are stale).
+fn ensure(plain: &[&str], from_backports: &[&str], update: bool) -> Result<()> {
     let missing: Vec<&str> = plain.iter().copied().filter(|p| !installed(p)).collect();
     let missing_bpo: Vec<&str> = from_backports.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() && missing_bpo.is_empty() {
+        if update {
+            apt_get(&["update"])?;
+        }
         return Ok(());
     }
     require_root(&format!(
@@ -205,4 +255,76 @@ fn add_backports() -> Result<()> {
     std::fs::write(BACKPORTS_SOURCE, text).with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
     tracing::info!(mirror = %mirrors.main, "added {RELEASE}-backports");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TASKS: [Task; 3] = [Task::KernelCheck, Task::Build, Task::Vm];
+
+    fn all(s: &Setup) -> Vec<&str> {
+        s.packages.iter().chain(&s.backports).map(String::as_str).collect()
+    }
+
+    #[test]
+    fn every_task_that_builds_a_foreign_root_installs_what_mmdebstrap_needs() {
+        for task in TASKS {
+            let s = setup(task, Arch::Aarch64, Some(Arch::X86_64));
+            for p in MMDEBSTRAP_FOREIGN.iter().chain(MMDEBSTRAP_FOREIGN_BACKPORTS) {
+                assert!(all(&s).contains(p), "{task:?} for aarch64 misses {p}: {s:?}");
+            }
+            assert!(s.packages.contains(&"arch-test".to_owned()), "{task:?}: {s:?}");
+            assert!(s.backports.contains(&"qemu-user-static".to_owned()), "{task:?}: {s:?}");
+            assert_eq!(s.binfmt, Some(Arch::Aarch64), "{task:?}");
+            for p in BUILD {
+                assert!(s.packages.contains(&p.to_string()), "{task:?} misses {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn native_builds_need_no_emulation_and_vm_tasks_get_qemu() {
+        for task in TASKS {
+            let s = setup(task, Arch::X86_64, Some(Arch::X86_64));
+            assert!(!all(&s).contains(&"arch-test"), "{task:?}: {s:?}");
+            assert_eq!((s.binfmt, s.foreign_dpkg_arch), (None, None), "{task:?}");
+            assert!(s.packages.contains(&"curl".to_owned()), "InRelease fetches: {task:?}");
+        }
+        let vm = setup(Task::Vm, Arch::X86_64, Some(Arch::X86_64));
+        assert!(vm.backports.contains(&"qemu-system-x86".to_owned()), "{vm:?}");
+        assert!(vm.packages.contains(&"ovmf".to_owned()), "{vm:?}");
+        let check = setup(Task::KernelCheck, Arch::Aarch64, Some(Arch::X86_64));
+        assert_eq!(check.foreign_dpkg_arch, None, "kernel-check builds no agent");
+        let build = setup(Task::Build, Arch::Aarch64, Some(Arch::X86_64));
+        assert_eq!(build.foreign_dpkg_arch, Some("arm64"));
+        assert!(
+            build.packages.contains(&"libstd-rust-web-dev:arm64".to_owned()),
+            "{build:?}"
+        );
+    }
+
+    /// The mmdebstrap installed here asks for nothing the list lacks (its
+    /// "install X for foreign architecture support" errors, and the static
+    /// qemu it copies into a foreign root).
+    #[test]
+    fn the_installed_mmdebstrap_asks_for_nothing_more() {
+        let Ok(source) = std::fs::read_to_string("/usr/bin/mmdebstrap") else {
+            eprintln!("mmdebstrap is not installed: nothing to compare with");
+            return;
+        };
+        let asked: Vec<&str> = source
+            .lines()
+            .filter(|l| l.contains("for foreign architecture support"))
+            .filter_map(|l| l.split("install ").nth(1)?.split_whitespace().next())
+            .collect();
+        assert!(asked.contains(&"arch-test"), "{asked:?}");
+        for p in asked {
+            assert!(MMDEBSTRAP_FOREIGN.contains(&p), "mmdebstrap asks for {p}");
+        }
+        assert!(
+            source.contains("/usr/bin/qemu-$options->{qemu}-static"),
+            "mmdebstrap copies qemu-user-static's binary into a foreign root"
+        );
+    }
 }

@@ -5,6 +5,7 @@
 //! - `run`: build the dev image and boot it with the console on this terminal.
 //! - `test`: unit tests, images, then every VM and builder test.
 //! - `kernel-check`: the package layer's kernel against the kernel-config fragments.
+//! - `setup`: install the host tools the other commands need (each does it first too).
 //! - `bench`: build and boot figures, as a table and JSON;
 //!   `bench power-cut`: a campaign of power cuts at random moments.
 
@@ -75,6 +76,12 @@ enum Command {
         #[arg(long, default_value = "dev")]
         flavor: String,
     },
+    /// Install and register the host tools every command needs for this
+    /// arch (each command does its part first anyway).
+    Setup {
+        #[command(flatten)]
+        target: Target,
+    },
     /// The whole suite: unit tests, image builds, VM and builder tests.
     Test {
         #[command(flatten)]
@@ -118,6 +125,7 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Run { target, flavor } => run::run(&target.image(&flavor)),
         Command::KernelCheck { target, flavor } => build::kernel_check(&target.image(&flavor)),
+        Command::Setup { target } => host::prepare(host::Task::Vm, target.arch),
         Command::Test { target, filters } => test::test(&target, &filters),
         Command::Bench { target, campaign: None } => bench::bench(&target),
         Command::Bench {

@@ -9,7 +9,7 @@ use crate::{host, paths};
 
 pub fn run(t: &ImageTarget) -> Result<()> {
     let arch = t.arch;
-    host::ensure_vm_tools(arch)?;
+    host::prepare(host::Task::Vm, arch)?;
     let built = build::build(t)?;
     let dir = paths::out(arch).join("run");
     std::fs::create_dir_all(&dir)?;

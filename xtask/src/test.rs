@@ -17,12 +17,12 @@ use crate::{build, cross, host, paths, Target};
 pub fn test(target: &Target, filters: &[String]) -> Result<()> {
     let arch = target.arch;
     build::validate(&target.image("dev"))?;
+    host::prepare(host::Task::Vm, arch)?;
     cargo(&["test", "--workspace"]).context("unit tests")?;
     // The agent's unit tests built for a foreign arch, under qemu-user
     // (minutes to compile): with the whole suite, not when a filter picks
     // VM tests.
     if cairn_common::layout::Arch::host() != Some(arch) && filters.is_empty() {
-        host::ensure_cross_tools(arch)?;
         cross::unit_tests(arch)?;
     }
 
@@ -55,7 +55,7 @@ pub fn test(target: &Target, filters: &[String]) -> Result<()> {
 /// `target/cairn/<arch>/test-artifacts-<platform>.json`).
 pub fn artifacts(target: &Target, with_prod: bool) -> Result<(Artifacts, std::path::PathBuf)> {
     let arch = target.arch;
-    host::ensure_vm_tools(arch)?;
+    host::prepare(host::Task::Vm, arch)?;
     let agent_dir = build::binaries(arch)?;
     let dev = build::image_with(&target.image("dev"), &paths::manifest(), &paths::cache(), &agent_dir)?;
     let prod = if with_prod {
