@@ -54,6 +54,12 @@ pub fn report_when_booted() -> Result<()> {
     std::fs::write("/dev/kmsg", format!("<{priority}>{message}\n")).context("writing the boot verdict to /dev/kmsg")
 }
 
+/// Write `message` to the kernel log as an error, so it reaches the
+/// console whatever its log level.
+pub fn to_kernel_log(message: &str) -> Result<()> {
+    std::fs::write("/dev/kmsg", format!("<{KERN_ERR}>{message}\n")).context("writing to /dev/kmsg")
+}
+
 /// Names of the failed units, best effort (an empty list if systemctl fails).
 pub fn failed_units() -> Vec<String> {
     Cmd::new("systemctl")

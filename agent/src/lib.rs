@@ -3,9 +3,15 @@
 //! Pure decisions, unit-tested without a host:
 //! - [`config`]: TOML drop-ins merged key by key.
 //! - [`dropins`]: folders of drop-ins merged in systemd's manner.
-//! - [`lifecycle`]: which release to take; what a boot means for a trial.
+//! - [`lifecycle`]: the update lifecycle as one typed state, and planners
+//!   returning the ordered effects of each step (power-safe order, tested
+//!   by cutting a simulated host's power after each effect).
+//! - [`selection`]: which release to take.
+//! - [`kargs`]: the kernel arguments a staged release boots with.
 //! - [`state`]: what the agent remembers across boots (atomic JSON in `/var`).
-//! - [`schedule`]: check intervals with jitter, maintenance windows.
+//! - [`schedule`]: check intervals with jitter, maintenance windows, the
+//!   daemon's next step.
+//! - [`status`]: the typed, versioned `status --json` document.
 //! - [`report`]: `status` and `history` for people.
 //!
 //! Doing, each behind a narrow interface:
@@ -17,7 +23,8 @@
 //! - [`releases`]: the releases TUF vouches for (the `tough` client).
 //! - [`sysroot`]: ostree deployments, pull, stage, undeploy.
 //! - [`health`]: the health gate of a trial boot.
-//! - [`updater`]: the lifecycle carried out, in a power-safe order.
+//! - [`updater`]: the executor: the planners' effects carried out against
+//!   the host, each system behind a trait.
 
 pub mod boot_counter;
 pub mod boot_report;
@@ -26,10 +33,13 @@ pub mod dropins;
 pub mod grow_root;
 pub mod grub_mkconfig;
 pub mod health;
+pub mod kargs;
 pub mod lifecycle;
 pub mod releases;
 pub mod report;
 pub mod schedule;
+pub mod selection;
 pub mod state;
+pub mod status;
 pub mod sysroot;
 pub mod updater;

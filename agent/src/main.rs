@@ -5,11 +5,11 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use cairn_agent::boot_counter::Esp;
 use cairn_agent::config;
-use cairn_agent::lifecycle::Request;
-use cairn_agent::schedule;
+use cairn_agent::schedule::{self, DaemonStep};
+use cairn_agent::selection::Request;
 use cairn_agent::state::StateFile;
 use cairn_agent::sysroot::HostSysroot;
-use cairn_agent::updater::{self, Agent, Identity, UpdateOutcome};
+use cairn_agent::updater::{self, Agent, UpdateOutcome};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -69,15 +69,8 @@ enum Command {
     },
 }
 
-fn agent() -> Result<Agent<HostSysroot>> {
-    Ok(Agent {
-        config: config::load_host()?,
-        identity: Identity::host()?,
-        sysroot: HostSysroot,
-        state: StateFile::host(),
-        esp: Esp::host(),
-        health_dirs: cairn_agent::health::host_dirs(),
-    })
+fn agent() -> Result<Agent> {
+    Agent::host(config::load_host()?, Box::new(HostSysroot))
 }
 
 /// One lifecycle operation at a time, between the daemon and the CLI.
@@ -93,16 +86,23 @@ fn lock() -> Result<nix::fcntl::Flock<std::fs::File>> {
         .map_err(|(_, e)| anyhow::anyhow!("locking {path}: {e}"))
 }
 
-fn reboot_per_strategy(agent: &Agent<HostSysroot>, no_reboot: bool) -> Result<()> {
+/// After staging: reboot now if the strategy says so; otherwise say when
+/// (the daemon reboots in the window).
+fn reboot_per_strategy(agent: &Agent, no_reboot: bool) -> Result<()> {
     if no_reboot {
         println!("staged; reboot to apply");
         return Ok(());
     }
-    let secs = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_secs());
-    match schedule::reboot_delay(&agent.config.reboot, secs) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match schedule::reboot_delay(&agent.config.reboot, now) {
         Some(d) if d.is_zero() => updater::reboot("update staged"),
         Some(d) => {
-            println!("staged; rebooting in the maintenance window, in {}s", d.as_secs());
+            println!(
+                "staged; cairn-agent.service reboots in the maintenance window, in {}s",
+                d.as_secs()
+            );
             Ok(())
         }
         None => {
@@ -147,7 +147,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 None => Request::Latest,
             };
-            match agent.update(&request)? {
+            match agent.update(&request, no_reboot)? {
                 UpdateOutcome::UpToDate { booted } => {
                     println!("up to date ({booted})");
                     Ok(())
@@ -165,7 +165,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rollback { no_reboot } => {
             let agent = agent()?;
             let _lock = lock()?;
-            let v = agent.rollback()?;
+            let v = agent.rollback(no_reboot)?;
             println!("rollback to {v} staged");
             reboot_per_strategy(&agent, no_reboot)
         }
@@ -204,36 +204,42 @@ fn daemon() -> Result<()> {
         let outcome = agent.boot_check()?;
         tracing::info!(?outcome, "boot settled");
     }
+    let checks = agent.config.auto_update && agent.config.url.is_some();
+    // The first check right after the boot settled; then every interval.
+    let mut next_check_at = now();
     loop {
-        let wait = schedule::next_check(
-            agent.config.check_interval,
-            agent.config.check_jitter,
-            schedule::random_fraction(),
+        let reboot_pending = agent.store.load()?.update.daemon_reboots();
+        let step = schedule::daemon_step(
+            now(),
+            checks.then_some(next_check_at),
+            reboot_pending,
+            &agent.config.reboot,
         );
-        if agent.config.auto_update && agent.config.url.is_some() {
-            let staged = {
-                let _lock = lock()?;
-                agent.update(&Request::Latest)
-            };
-            match staged {
-                Ok(UpdateOutcome::Staged { .. } | UpdateOutcome::AlreadyStaged { .. }) => {
-                    let secs = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
-                    if let Some(delay) = schedule::reboot_delay(&agent.config.reboot, secs) {
-                        std::thread::sleep(delay.min(wait));
-                        if delay <= wait {
-                            updater::reboot("update staged")?;
-                        }
-                    }
+        match step {
+            DaemonStep::Check => {
+                let wait = schedule::next_check(
+                    agent.config.check_interval,
+                    agent.config.check_jitter,
+                    schedule::random_fraction(),
+                );
+                next_check_at = now() + wait.as_secs();
+                let staged = {
+                    let _lock = lock()?;
+                    agent.update(&Request::Latest, false)
+                };
+                match staged {
+                    Ok(outcome) => tracing::info!(?outcome, next_check_secs = wait.as_secs(), "checked"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "update check failed"),
                 }
-                Ok(UpdateOutcome::UpToDate { .. }) => {}
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "update check failed"),
             }
+            DaemonStep::Reboot => updater::reboot("update staged; the reboot strategy allows it now")?,
+            DaemonStep::Sleep(d) => std::thread::sleep(d),
         }
-        tracing::info!(next_check_secs = wait.as_secs(), "sleeping");
-        std::thread::sleep(wait.max(Duration::from_secs(60)));
     }
+}
+
+fn now() -> u64 {
+    cairn_agent::state::now()
 }
 
 fn main() -> std::process::ExitCode {

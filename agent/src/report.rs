@@ -2,8 +2,9 @@
 
 use std::fmt::Write as _;
 
-use crate::state::{Event, Phase};
-use crate::updater::Status;
+use crate::lifecycle::{ExclusionReason, UpdateState};
+use crate::state::Event;
+use crate::status::{Slot, Status, Waiting};
 
 /// `YYYY-MM-DD HH:MM:SS UTC` from Unix seconds, without a time crate.
 fn when(secs: u64) -> String {
@@ -27,20 +28,8 @@ fn when(secs: u64) -> String {
     )
 }
 
-pub fn status_text(s: &Status) -> String {
-    let mut out = String::new();
-    for d in &s.deployments {
-        let role = if d.booted {
-            "booted"
-        } else if d.staged {
-            "staged"
-        } else if d.rollback {
-            "rollback"
-        } else if d.pending {
-            "pending"
-        } else {
-            "other"
-        };
+fn slot_line(out: &mut String, role: &str, slot: Option<&Slot>) {
+    if let Some(d) = slot {
         let _ = writeln!(
             out,
             "{role:>8}: {} ({}.{})",
@@ -49,12 +38,38 @@ pub fn status_text(s: &Status) -> String {
             d.serial
         );
     }
-    let phase = match &s.phase {
-        Phase::Idle => "idle".to_owned(),
-        Phase::Staged { version } => format!("{version} staged, waiting for a reboot"),
-        Phase::Trial { version } => format!("{version} on trial"),
+}
+
+/// The lifecycle state in words, with what a staged update waits for.
+pub fn state_text(s: &Status) -> String {
+    let waiting = match &s.waiting {
+        None => String::new(),
+        Some(Waiting::Reboot) => ", rebooting".to_owned(),
+        Some(Waiting::Window { opens_in_secs }) => format!(
+            ", waiting for the maintenance window (opens in {}h{:02}m)",
+            opens_in_secs / 3600,
+            opens_in_secs % 3600 / 60
+        ),
+        Some(Waiting::Operator) => ", waiting for an operator to reboot".to_owned(),
     };
-    let _ = writeln!(out, "   state: {phase}");
+    match &s.update {
+        UpdateState::Idle => "idle".to_owned(),
+        UpdateState::Staging { trial } => format!("staging {}", trial.version),
+        UpdateState::Staged { trial, .. } => format!("{} staged{waiting}", trial.version),
+        UpdateState::OnTrial { trial } => format!("{} on trial (health gate)", trial.version),
+        UpdateState::FallingBack { trial } => format!("{} failed its trial; cleaning up", trial.version),
+        UpdateState::RollingBack { rollback, .. } => {
+            format!("rollback to {} staged{waiting}", rollback.to_version)
+        }
+    }
+}
+
+pub fn status_text(s: &Status) -> String {
+    let mut out = String::new();
+    slot_line(&mut out, "staged", s.staged.as_ref());
+    slot_line(&mut out, "booted", s.booted.as_ref());
+    slot_line(&mut out, "rollback", s.rollback.as_ref());
+    let _ = writeln!(out, "   state: {}", state_text(s));
     if let Some(t) = s.boot_tries_left {
         let _ = writeln!(out, "  trials: {t} boots left before falling back");
     }
@@ -68,8 +83,12 @@ pub fn status_text(s: &Status) -> String {
     if let Some(v) = &s.available {
         let _ = writeln!(out, "   newer: {v}");
     }
-    if !s.bad_versions.is_empty() {
-        let _ = writeln!(out, "     bad: {}", s.bad_versions.join(", "));
+    for e in &s.excluded {
+        let why = match e.reason {
+            ExclusionReason::FailedTrial => "failed its trial",
+            ExclusionReason::RolledBack => "rolled back from",
+        };
+        let _ = writeln!(out, "excluded: {} ({why}, {})", e.version, when(e.at));
     }
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "   error: {} at {}: {}", e.operation, when(e.at), e.message);

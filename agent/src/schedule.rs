@@ -31,6 +31,42 @@ pub fn reboot_delay(strategy: &RebootStrategy, now_secs_of_day: u64) -> Option<D
     }
 }
 
+/// The longest the daemon sleeps before looking again: an update staged
+/// by the CLI, or a clock that jumped, is noticed within this.
+pub const LONGEST_SLEEP: Duration = Duration::from_secs(60);
+
+/// What the daemon does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonStep {
+    /// Check for (and stage) a newer release.
+    Check,
+    /// Reboot into what is staged.
+    Reboot,
+    Sleep(Duration),
+}
+
+/// The daemon's next step, from the time now, when the next check is due
+/// (`None`: the daemon does not check by itself), whether the daemon is to
+/// reboot into something staged, and the reboot strategy. One decision per
+/// wake-up, so a pending reboot never delays a check or the reverse.
+pub fn daemon_step(now: u64, next_check_at: Option<u64>, reboot_pending: bool, strategy: &RebootStrategy) -> DaemonStep {
+    let mut sleep = LONGEST_SLEEP;
+    if reboot_pending {
+        match reboot_delay(strategy, now) {
+            Some(d) if d.is_zero() => return DaemonStep::Reboot,
+            Some(d) => sleep = sleep.min(d),
+            None => {}
+        }
+    } else if let Some(at) = next_check_at {
+        // Nothing is checked while an update waits to be booted.
+        if now >= at {
+            return DaemonStep::Check;
+        }
+        sleep = sleep.min(Duration::from_secs(at - now));
+    }
+    DaemonStep::Sleep(sleep.max(Duration::from_secs(1)))
+}
+
 /// A number in 0..1 from the kernel's random source (0.5 if unreadable).
 pub fn random_fraction() -> f64 {
     use std::io::Read as _;
@@ -53,6 +89,37 @@ mod tests {
         assert_eq!(next_check(i, j, 7.0), i + j);
         let f = random_fraction();
         assert!((0.0..1.0).contains(&f));
+    }
+
+    #[test]
+    fn the_daemon_checks_when_due_and_reboots_in_the_window_even_without_auto_updates() {
+        let window = RebootStrategy::MaintenanceWindow {
+            start_minute: 3 * 60,
+            length: Duration::from_secs(3600),
+        };
+        let day = 20_000 * 86_400;
+        // Due: check; not due: sleep until it is (at most LONGEST_SLEEP).
+        assert_eq!(daemon_step(day + 100, Some(day + 100), false, &window), DaemonStep::Check);
+        assert_eq!(
+            daemon_step(day + 100, Some(day + 130), false, &window),
+            DaemonStep::Sleep(Duration::from_secs(30))
+        );
+        assert_eq!(daemon_step(day + 100, Some(day + 9_999), false, &window), DaemonStep::Sleep(LONGEST_SLEEP));
+        // A staged update with auto updates off (no check due, ever): the
+        // reboot still happens, in the window and only there.
+        assert_eq!(daemon_step(day + 3600, None, true, &window), DaemonStep::Sleep(LONGEST_SLEEP));
+        assert_eq!(
+            daemon_step(day + 3 * 3600 - 10, None, true, &window),
+            DaemonStep::Sleep(Duration::from_secs(10))
+        );
+        assert_eq!(daemon_step(day + 3 * 3600 + 5, None, true, &window), DaemonStep::Reboot);
+        assert_eq!(daemon_step(day, Some(day), true, &RebootStrategy::Immediate), DaemonStep::Reboot);
+        // Strategy off: never a reboot, and no checks while staged.
+        assert_eq!(
+            daemon_step(day, Some(day), true, &RebootStrategy::Off),
+            DaemonStep::Sleep(LONGEST_SLEEP)
+        );
+        assert_eq!(daemon_step(day, None, false, &RebootStrategy::Off), DaemonStep::Sleep(LONGEST_SLEEP));
     }
 
     #[test]

@@ -5,32 +5,22 @@
 //! file, fsync, rename, fsync of the folder): after a power cut the file is
 //! either the old record or the new one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::lifecycle::Trial;
+use crate::lifecycle::{ExclusionReason, Note, Trial, UpdateState};
 
 /// Where the state lives on a host.
 pub const STATE_PATH: &str = "/var/lib/cairn/agent/state.json";
 /// History entries kept (oldest dropped first).
 const HISTORY_LIMIT: usize = 200;
-
-/// Where the update lifecycle stands.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "phase")]
-pub enum Phase {
-    #[default]
-    Idle,
-    /// A release is staged; the host reboots into it when the reboot
-    /// strategy allows.
-    Staged { version: String },
-    /// The host booted the staged release and runs the health gate.
-    Trial { version: String },
-}
+/// The record's format: 2 since the typed lifecycle (1 had `phase` beside
+/// `trial`, and `bad_versions`; still read).
+pub const SCHEMA: u32 = 2;
 
 /// Something that happened, for `cairn-agent history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +41,7 @@ pub enum EventKind {
     Committed,
     FellBack,
     StageLost,
+    RollbackStaged,
     RolledBack,
     Refused,
     Failed,
@@ -64,19 +55,105 @@ pub struct LastError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+/// A version the agent does not take by itself, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exclusion {
+    pub reason: ExclusionReason,
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "StoredState")]
 pub struct AgentState {
-    pub phase: Phase,
-    /// The update on trial (armed boot counter), from staging to its verdict.
-    pub trial: Option<Trial>,
+    pub schema: u32,
+    /// The update lifecycle: the one record of where it stands.
+    pub update: UpdateState,
     pub last_check: Option<u64>,
     /// Newest release the last check saw, if newer than the booted one.
     pub available: Option<String>,
     pub last_error: Option<LastError>,
-    /// Versions that failed their trial: not taken again automatically.
-    pub bad_versions: BTreeSet<String>,
+    /// Versions not taken automatically: failed trials, versions an
+    /// operator rolled back from. Naming one explicitly takes it.
+    pub excluded: BTreeMap<String, Exclusion>,
     pub history: Vec<Event>,
+}
+
+/// Every format the state file has had, read leniently and then checked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StoredState {
+    schema: Option<u32>,
+    update: Option<UpdateState>,
+    last_check: Option<u64>,
+    available: Option<String>,
+    last_error: Option<LastError>,
+    excluded: BTreeMap<String, Exclusion>,
+    history: Vec<Event>,
+    // Schema 1.
+    phase: Option<serde_json::Value>,
+    trial: Option<Trial>,
+    bad_versions: BTreeSet<String>,
+}
+
+impl TryFrom<StoredState> for AgentState {
+    type Error = String;
+
+    fn try_from(s: StoredState) -> Result<Self, String> {
+        let schema = s.schema.unwrap_or(1);
+        if schema > SCHEMA {
+            return Err(format!(
+                "schema {schema} is newer than this agent's ({SCHEMA}): was a newer release rolled back from?"
+            ));
+        }
+        let update = match (s.update, s.trial) {
+            (Some(update), _) => update,
+            // Schema 1: a trial was recorded from staging to its verdict;
+            // `phase` said whether it had booted. A `staged` phase with no
+            // trial was a rollback, which that agent never settled.
+            (None, Some(trial)) => {
+                let booted = s.phase.as_ref().and_then(|p| p.get("phase")).and_then(|p| p.as_str()) == Some("trial");
+                if booted {
+                    UpdateState::OnTrial { trial }
+                } else {
+                    UpdateState::Staged {
+                        trial,
+                        operator_reboots: false,
+                    }
+                }
+            }
+            (None, None) => UpdateState::Idle,
+        };
+        let mut excluded = s.excluded;
+        for version in s.bad_versions {
+            excluded.entry(version).or_insert(Exclusion {
+                reason: ExclusionReason::FailedTrial,
+                at: 0,
+            });
+        }
+        Ok(AgentState {
+            schema: SCHEMA,
+            update,
+            last_check: s.last_check,
+            available: s.available,
+            last_error: s.last_error,
+            excluded,
+            history: s.history,
+        })
+    }
+}
+
+impl Default for AgentState {
+    fn default() -> Self {
+        AgentState {
+            schema: SCHEMA,
+            update: UpdateState::Idle,
+            last_check: None,
+            available: None,
+            last_error: None,
+            excluded: BTreeMap::new(),
+            history: Vec::new(),
+        }
+    }
 }
 
 pub fn now() -> u64 {
@@ -84,9 +161,9 @@ pub fn now() -> u64 {
 }
 
 impl AgentState {
-    pub fn record(&mut self, kind: EventKind, version: Option<&str>, detail: impl Into<String>) {
+    pub fn record(&mut self, at: u64, kind: EventKind, version: Option<&str>, detail: impl Into<String>) {
         self.history.push(Event {
-            at: now(),
+            at,
             kind,
             version: version.map(str::to_owned),
             detail: detail.into(),
@@ -97,19 +174,42 @@ impl AgentState {
         }
     }
 
-    pub fn fail(&mut self, operation: &str, error: &anyhow::Error) {
+    /// Record `error` as the last error of `operation`, and in the history.
+    pub fn fail(&mut self, at: u64, operation: &str, error: &anyhow::Error) {
         let message = format!("{error:#}");
-        self.record(EventKind::Failed, None, format!("{operation}: {message}"));
-        self.set_error(operation, message);
+        self.record(at, EventKind::Failed, None, format!("{operation}: {message}"));
+        self.set_error(at, operation, message);
     }
 
     /// Show `message` as the last error of `operation` (until one succeeds).
-    pub fn set_error(&mut self, operation: &str, message: impl Into<String>) {
+    pub fn set_error(&mut self, at: u64, operation: &str, message: impl Into<String>) {
         self.last_error = Some(LastError {
-            at: now(),
+            at,
             operation: operation.to_owned(),
             message: message.into(),
         });
+    }
+
+    /// The versions selection must skip.
+    pub fn excluded_versions(&self) -> BTreeSet<String> {
+        self.excluded.keys().cloned().collect()
+    }
+
+    /// Apply one of a plan's notes.
+    pub fn apply(&mut self, at: u64, note: &Note) {
+        match note {
+            Note::Exclude { version, reason } => {
+                self.excluded.insert(version.clone(), Exclusion { reason: *reason, at });
+            }
+            Note::Include { version } => {
+                self.excluded.remove(version);
+            }
+            Note::Event { kind, version, detail } => self.record(at, *kind, version.as_deref(), detail.clone()),
+            Note::Error { operation, message } => self.set_error(at, operation, message.clone()),
+            Note::ClearError => self.last_error = None,
+            Note::Available(version) => self.available = version.clone(),
+            Note::Checked => self.last_check = Some(at),
+        }
     }
 }
 
@@ -161,32 +261,80 @@ impl StateFile {
 mod tests {
     use super::*;
 
+    fn trial() -> Trial {
+        Trial {
+            version: "1.1.0".into(),
+            commit: "c".repeat(64),
+            from_version: "1.0.0".into(),
+            from_commit: "b".repeat(64),
+        }
+    }
+
     #[test]
     fn round_trips_and_a_missing_file_is_a_fresh_host() {
         let dir = tempfile::tempdir().unwrap();
         let file = StateFile::new(dir.path().join("agent/state.json"));
-        assert_eq!(file.load().unwrap(), AgentState::default());
+        let fresh = file.load().unwrap();
+        assert_eq!(fresh.update, UpdateState::Idle);
+        assert_eq!(fresh.schema, SCHEMA);
         file.update(|s| {
-            s.phase = Phase::Staged {
-                version: "1.1.0".into(),
+            s.update = UpdateState::Staged {
+                trial: trial(),
+                operator_reboots: true,
             };
-            s.bad_versions.insert("1.0.1".into());
-            s.record(EventKind::Staged, Some("1.1.0"), "staged");
+            s.apply(
+                7,
+                &Note::Exclude {
+                    version: "1.0.1".into(),
+                    reason: ExclusionReason::FailedTrial,
+                },
+            );
+            s.record(7, EventKind::Staged, Some("1.1.0"), "staged");
         })
         .unwrap();
         let s = file.load().unwrap();
         assert_eq!(
-            s.phase,
-            Phase::Staged {
-                version: "1.1.0".into()
+            s.update,
+            UpdateState::Staged {
+                trial: trial(),
+                operator_reboots: true
             }
         );
-        assert!(s.bad_versions.contains("1.0.1"));
+        assert_eq!(s.excluded["1.0.1"].reason, ExclusionReason::FailedTrial);
         assert_eq!(s.history.len(), 1);
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(text.contains("\"schema\": 2") && text.contains("\"state\": \"staged\""), "{text}");
     }
 
     #[test]
-    fn corrupt_state_is_an_error_naming_the_file() {
+    fn the_record_of_the_agent_before_the_typed_lifecycle_is_read() {
+        let trial_json = serde_json::to_string(&trial()).unwrap();
+        let old = |phase: &str, trial: &str| {
+            format!(
+                r#"{{"phase":{phase},"trial":{trial},"last_check":5,"available":null,"last_error":null,"bad_versions":["0.3.0"],"history":[]}}"#
+            )
+        };
+        let s: AgentState =
+            serde_json::from_str(&old(r#"{"phase":"staged","version":"1.1.0"}"#, &trial_json)).unwrap();
+        assert_eq!(
+            s.update,
+            UpdateState::Staged {
+                trial: trial(),
+                operator_reboots: false
+            }
+        );
+        assert_eq!(s.excluded["0.3.0"].reason, ExclusionReason::FailedTrial);
+        assert_eq!(s.last_check, Some(5));
+        let s: AgentState =
+            serde_json::from_str(&old(r#"{"phase":"trial","version":"1.1.0"}"#, &trial_json)).unwrap();
+        assert_eq!(s.update, UpdateState::OnTrial { trial: trial() });
+        // The stuck `staged` phase an old rollback left: idle.
+        let s: AgentState = serde_json::from_str(&old(r#"{"phase":"staged","version":"1.0.0"}"#, "null")).unwrap();
+        assert_eq!(s.update, UpdateState::Idle);
+    }
+
+    #[test]
+    fn corrupt_or_newer_state_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         std::fs::write(&path, "{not json").unwrap();
@@ -195,13 +343,16 @@ mod tests {
             format!("{err:#}").contains("state.json is not a valid agent state record"),
             "{err:#}"
         );
+        std::fs::write(&path, r#"{"schema": 9}"#).unwrap();
+        let err = format!("{:#}", StateFile::new(&path).load().unwrap_err());
+        assert!(err.contains("schema 9 is newer"), "{err}");
     }
 
     #[test]
     fn history_is_bounded() {
         let mut s = AgentState::default();
         for i in 0..(HISTORY_LIMIT + 5) {
-            s.record(EventKind::Checked, None, i.to_string());
+            s.record(0, EventKind::Checked, None, i.to_string());
         }
         assert_eq!(s.history.len(), HISTORY_LIMIT);
         assert_eq!(s.history[0].detail, "5");

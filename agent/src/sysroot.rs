@@ -78,12 +78,37 @@ pub trait Sysroot {
     fn pull(&self, ostree_ref: &str, commit: &str, retries: u32, stall: Duration) -> Result<()>;
     /// A string metadata value of a commit in the local repo.
     fn commit_metadata(&self, commit: &str, key: &str) -> Result<Option<String>>;
-    /// Stage `commit` as the next default deployment (finalized at shutdown).
-    fn stage(&self, commit: &str) -> Result<()>;
+    /// Stage `commit` as the next default deployment (finalized at
+    /// shutdown), booting with exactly `kargs`.
+    fn stage(&self, commit: &str, kargs: &[String]) -> Result<()>;
     fn undeploy(&self, index: usize) -> Result<()>;
-    /// Drop a staged deployment that was not booted yet.
-    fn cleanup(&self) -> Result<()>;
+    /// Remove the staged deployment, if any, so no shutdown finalizes it.
+    fn drop_staged(&self) -> Result<()>;
+    /// The booted deployment's kernel arguments (its command line, less
+    /// what ostree and GRUB add).
+    fn booted_kargs(&self) -> Result<Vec<String>>;
+    /// The kernel arguments a commit ships in `/usr/lib/cairn/kargs.d`
+    /// (none for a release from before kargs.d).
+    fn release_kargs(&self, commit: &str) -> Result<Vec<String>>;
 }
+
+/// The `.toml` files an `ostree ls` listing names (pure): lines are
+/// `MODE UID GID SIZE PATH`, directories' modes start with `d`.
+pub fn toml_files_of_listing(listing: &str) -> Vec<String> {
+    let mut out: Vec<String> = listing
+        .lines()
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|p| p.ends_with(".toml"))
+        .map(str::to_owned)
+        .collect();
+    out.sort_by(|a, b| a.rsplit('/').next().cmp(&b.rsplit('/').next()));
+    out
+}
+
+/// Where ostree records the staged deployment for `ostree admin
+/// finalize-staged` at shutdown.
+const STAGED_RECORD: &str = "/run/ostree/staged-deployment";
 
 /// The sysroot of the running host.
 #[derive(Debug, Default)]
@@ -165,9 +190,13 @@ impl Sysroot for HostSysroot {
             .then(|| out.stdout.trim().trim_matches('\'').to_owned()))
     }
 
-    fn stage(&self, commit: &str) -> Result<()> {
+    fn stage(&self, commit: &str, kargs: &[String]) -> Result<()> {
+        // --karg-none: exactly these arguments, not the booted ones;
+        // --karg-append keeps repeated keys (console=tty0 console=ttyS0).
         Self::admin()
-            .args(["deploy", "--stage", &format!("--os={OSNAME}"), commit])
+            .args(["deploy", "--stage", &format!("--os={OSNAME}"), "--karg-none"])
+            .args(kargs.iter().map(|k| format!("--karg-append={k}")))
+            .arg(commit)
             .run()
             .with_context(|| format!("staging {commit}"))
     }
@@ -176,8 +205,48 @@ impl Sysroot for HostSysroot {
         Self::admin().args(["undeploy", &index.to_string()]).run()
     }
 
-    fn cleanup(&self) -> Result<()> {
-        Self::admin().arg("cleanup").run()
+    fn drop_staged(&self) -> Result<()> {
+        // `ostree admin cleanup` keeps a staged deployment; undeploying it
+        // unstages it. Should an ostree not, the record finalize-staged
+        // reads goes, which makes the shutdown finalize nothing.
+        if let Some(staged) = self.deployments()?.into_iter().find(|d| d.staged) {
+            if let Err(e) = self.undeploy(staged.index) {
+                tracing::warn!(error = %format!("{e:#}"), "undeploying the staged deployment failed");
+            }
+        }
+        if self.deployments()?.iter().any(|d| d.staged) {
+            match std::fs::remove_file(STAGED_RECORD) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {STAGED_RECORD}")),
+            }
+        }
+        if self.deployments()?.iter().any(|d| d.staged) {
+            bail!("a staged deployment is still there after undeploying it and removing {STAGED_RECORD}");
+        }
+        Ok(())
+    }
+
+    fn booted_kargs(&self) -> Result<Vec<String>> {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+        Ok(crate::kargs::host_args(&cmdline))
+    }
+
+    fn release_kargs(&self, commit: &str) -> Result<Vec<String>> {
+        let dir = format!("/{}", cairn_common::kargs::KARGS_DIR);
+        let (status, out) = Self::repo().args(["ls", commit, &dir]).status_output()?;
+        if !status.success() {
+            if out.stderr_tail.contains("No such file or directory") {
+                return Ok(Vec::new());
+            }
+            bail!("listing {dir} of {commit}: {}", out.stderr_tail.trim());
+        }
+        let mut kargs = Vec::new();
+        for file in toml_files_of_listing(&out.stdout) {
+            let text = Self::repo().args(["cat", commit, &file]).output()?.stdout;
+            kargs.extend(cairn_common::kargs::parse(std::path::Path::new(&format!("{commit}:{file}")), &text)?);
+        }
+        Ok(kargs)
     }
 }
 
@@ -272,6 +341,19 @@ mod tests {
         let err = parse_status("* cairn nochecksum\n").unwrap_err().to_string();
         assert!(err.contains("is not CHECKSUM.SERIAL"), "{err}");
         assert!(parse_status("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn kargs_files_of_a_listing_sorted_by_name() {
+        let listing = "d00755 0 0      0 /usr/lib/cairn/kargs.d
+-00644 0 0     40 /usr/lib/cairn/kargs.d/50-test.toml
+-00644 0 0     80 /usr/lib/cairn/kargs.d/00-image.toml
+-00644 0 0      3 /usr/lib/cairn/kargs.d/README
+";
+        assert_eq!(
+            toml_files_of_listing(listing),
+            ["/usr/lib/cairn/kargs.d/00-image.toml", "/usr/lib/cairn/kargs.d/50-test.toml"]
+        );
     }
 
     #[test]

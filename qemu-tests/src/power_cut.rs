@@ -46,7 +46,15 @@ pub enum Moment {
     Committed,
     /// The update command was typed (the delay alone times the cut).
     UpdateStarted,
+    /// The release fails its health gate (with one trial boot), GRUB falls
+    /// back, and the agent has recorded the verdict: its console line says
+    /// so (the fall-back cleanup's first effect is done, the rest is not).
+    FallBackRecorded,
 }
+
+/// What the agent prints once a failed trial's verdict is recorded
+/// (`lifecycle::plan_boot`'s announcement).
+const FALL_BACK_RECORDED: &str = "excluded, cleaning up";
 
 /// Where to cut: `delay` after `moment`.
 #[derive(Debug, Clone)]
@@ -66,8 +74,8 @@ impl CutPoint {
     }
 }
 
-/// Twelve moments covering check, download, stage, finalize, the trial
-/// boot and the commit.
+/// Thirteen moments covering check, download, stage, finalize, the trial
+/// boot, the commit, and the cleanup after a failed trial.
 pub fn standard_points() -> Vec<CutPoint> {
     use Moment::*;
     vec![
@@ -116,6 +124,7 @@ pub fn standard_points() -> Vec<CutPoint> {
             0,
         ),
         CutPoint::new("after commit", Committed, 0),
+        CutPoint::new("fall-back: failed trial recorded, cleanup under way", FallBackRecorded, 0),
     ]
 }
 
@@ -201,10 +210,33 @@ impl<'a> Rig<'a> {
         Ok(version)
     }
 
+    /// A new release whose health gate fails, published; the agent gets one
+    /// trial boot per release until [`Rig::end_failing_trial`].
+    fn failing_target(&mut self) -> Result<String> {
+        let version = format!("0.{}.0", self.next_minor);
+        self.next_minor += 1;
+        let failing = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/failing-health");
+        self.releases.compose(&version, &[failing])?;
+        self.releases.publish()?;
+        self.vm.console.run_ok(
+            "printf '[boot]\\ntries = 1\\n' > /etc/cairn/agent.d/60-power-cut-tries.toml && sync",
+            COMMAND,
+        )?;
+        Ok(version)
+    }
+
+    fn end_failing_trial(&self) -> Result<()> {
+        self.vm
+            .console
+            .run_ok("rm -f /etc/cairn/agent.d/60-power-cut-tries.toml && sync", COMMAND)?;
+        Ok(())
+    }
+
     /// Start an update, cut the power at `point`, and check the host that
     /// comes back. An error names the point and what was wrong.
     pub fn cut(&mut self, point: &CutPoint) -> Result<CutReport> {
-        let to = self.target()?;
+        let fails = matches!(point.moment, Moment::FallBackRecorded);
+        let to = if fails { self.failing_target()? } else { self.target()? };
         let from = self.booted.clone();
         tracing::info!(point = %point.name, %from, %to, "power cut");
         let cut_after = self
@@ -227,6 +259,21 @@ impl<'a> Rig<'a> {
             recovery_secs: started.elapsed().as_secs_f64(),
             marked_bad: verdict.1,
         };
+        if fails {
+            self.end_failing_trial()?;
+            // Excluded for good: the next update does not stage it again.
+            let again = self
+                .vm
+                .console
+                .run_ok("cairn-agent update --no-reboot 2>&1", COMMAND)?;
+            if report.landed != Landed::Old || !report.marked_bad || !again.contains("up to date") {
+                bail!(
+                    "after a cut in the fall-back cleanup of {to}: landed on the {:?} release, marked bad: {}; `update` said: {again}",
+                    report.landed,
+                    report.marked_bad
+                );
+            }
+        }
         tracing::info!(?report, "host recovered");
         if report.landed == Landed::New || report.marked_bad {
             self.target = None;
@@ -259,6 +306,11 @@ impl<'a> Rig<'a> {
             }
             Moment::Committed => self.wait_committed(to)?,
             Moment::UpdateStarted => {}
+            Moment::FallBackRecorded => {
+                console.wait_for("Linux version", BOOT)?; // the trial boot
+                console.wait_for("Linux version", BOOT)?; // GRUB fell back
+                console.wait_for(FALL_BACK_RECORDED, BOOT)?;
+            }
         }
         std::thread::sleep(point.delay);
         let cut_after = began.elapsed();
@@ -290,15 +342,10 @@ impl<'a> Rig<'a> {
         } else if booted == to {
             Landed::New
         } else {
-            bail!("booted {booted:?}, neither {from} nor {to}:\n{s:#}");
+            bail!("booted {booted:?}, neither {from} nor {to}:\n{s:#?}");
         };
-        if s["deployments"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|d| d["staged"] == true)
-        {
-            bail!("a deployment is still staged:\n{s:#}");
+        if s.staged.is_some() {
+            bail!("a deployment is still staged:\n{s:#?}");
         }
         let fsck = c.run(
             "ostree fsck --quiet >/tmp/fsck.log 2>&1; r=$?; tail -n 5 /tmp/fsck.log; (exit $r)",

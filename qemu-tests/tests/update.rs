@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use cairn_common::layout::Arch;
 
-use cairn_qemu_tests::agent_status::{self, booted_version, is_bad};
+use cairn_qemu_tests::agent_status::{
+    self, booted_version, is_bad, versions, ExclusionReason, Status, UpdateState,
+};
 use cairn_qemu_tests::http::{Fault, Server};
 use cairn_qemu_tests::releases::TestReleases;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
 use cairn_qemu_tests::Artifacts;
-use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(600);
 const COMMAND: Duration = Duration::from_secs(300);
@@ -23,23 +24,18 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// Nothing staged, no trial, still on `version`.
-fn assert_unchanged(s: &Value, version: &str) {
-    assert_eq!(booted_version(s), version, "{s:#}");
-    assert!(s["trial"].is_null(), "{s:#}");
-    assert_eq!(s["phase"]["phase"], "idle", "{s:#}");
-    assert!(s["boot_tries_left"].is_null(), "{s:#}");
-    assert!(
-        !s["deployments"].as_array().unwrap().iter().any(|d| d["staged"] == true),
-        "{s:#}"
-    );
+fn assert_unchanged(s: &Status, version: &str) {
+    assert_eq!(booted_version(s), version, "{s:#?}");
+    assert!(s.settled(), "{s:#?}");
+    assert!(s.boot_tries_left.is_none(), "{s:#?}");
 }
 
-fn status(vm: &Vm) -> Value {
+fn status(vm: &Vm) -> Status {
     agent_status::status(&vm.console).unwrap()
 }
 
 /// Poll `status` until `done` holds (the daemon settles a boot after the boot finishes).
-fn wait_status(vm: &Vm, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+fn wait_status(vm: &Vm, what: &str, done: impl Fn(&Status) -> bool) -> Status {
     agent_status::wait_status(&vm.console, what, BOOT, done).unwrap()
 }
 
@@ -68,10 +64,10 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     // The image's agent updates from http://10.0.2.100/repo (rootfs/image.toml).
     let releases = TestReleases::new(&a, scratch.path());
 
-    // v1 is the booted image; v2 a healthy release.
+    // v1 is the booted image; v2 a healthy release that adds a kernel argument.
     let v1 = releases.publish_booted().unwrap();
     assert_eq!(v1["release"]["commit"], a.dev.commit.as_str());
-    releases.compose("0.2.0", &[]).unwrap();
+    releases.compose("0.2.0", &[fixture("added-karg")]).unwrap();
     let v2 = releases.publish().unwrap();
     assert_eq!(v2["deltas_from"], serde_json::json!([a.dev.version]));
 
@@ -83,7 +79,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     );
     let c = &vm.console;
     let s = status(&vm);
-    assert_eq!(booted_version(&s), a.dev.version, "{s:#}");
+    assert_eq!(booted_version(&s), a.dev.version, "{s:#?}");
 
     // A downgrade or an unknown version is refused, and changes nothing.
     let refused = c
@@ -102,8 +98,8 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     assert_ne!(down.status, 0, "{}", down.output);
     let s = status(&vm);
     assert!(
-        s["last_error"]["message"].as_str().unwrap_or("").contains("503"),
-        "{s:#}"
+        s.last_error.as_ref().is_some_and(|e| e.message.contains("503")),
+        "{s:#?}"
     );
     assert_unchanged(&s, &a.dev.version);
     server.clear_faults();
@@ -117,7 +113,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
         .unwrap();
     assert_ne!(missing.status, 0, "{}", missing.output);
     let s = status(&vm);
-    assert!(s["last_error"]["operation"] == "update", "{s:#}");
+    assert!(s.last_error.as_ref().is_some_and(|e| e.operation == "update"), "{s:#?}");
     assert_unchanged(&s, &a.dev.version);
     releases.remove_release("0.2.1").unwrap();
 
@@ -155,16 +151,14 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     );
     server.clear_faults();
     let s = status(&vm);
-    assert_eq!(s["phase"]["phase"], "staged", "{s:#}");
-    assert_eq!(s["boot_tries_left"], 1, "{s:#}");
+    assert!(matches!(s.update, UpdateState::Staged { .. }), "{s:#?}");
+    assert_eq!(s.boot_tries_left, Some(1), "{s:#?}");
     c.send("systemctl reboot\n").unwrap();
     c.wait_for("Linux version", BOOT).unwrap();
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v2 to be committed", |s| {
-        s["phase"]["phase"] == "idle" && s["trial"].is_null()
-    });
-    assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
-    assert!(s["boot_tries_left"].is_null(), "{s:#}");
+    let s = wait_status(&vm, "v2 to be committed", |s| s.settled());
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
+    assert!(s.boot_tries_left.is_none(), "{s:#?}");
     assert_eq!(
         c.run_ok("cat /etc/cairn-update-test /var/lib/cairn-test/data", COMMAND)
             .unwrap()
@@ -173,6 +167,42 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     );
     let history = c.run_ok("cairn-agent history", COMMAND).unwrap();
     assert!(history.contains("committed") && history.contains("0.2.0"), "{history}");
+    assert_cmdline(&vm, ADDED_KARG, true);
+
+    // An operator rolls back to v1: it sticks. The daemon, checking every
+    // few seconds with immediate reboots, does not take v2 again; v2's
+    // kernel argument goes with it; `status` reads idle after the reboot.
+    c.run_ok(
+        "printf '[update]\\nauto = true\\ncheck-interval = \"5s\"\\ncheck-jitter = \"0s\"\\n[reboot]\\nstrategy = \"immediate\"\\n' > /etc/cairn/agent.d/70-rollback-test.toml && sync",
+        COMMAND,
+    )
+    .unwrap();
+    c.send("cairn-agent rollback\n").unwrap();
+    c.wait_for("Linux version", BOOT).unwrap();
+    vm.wait_for_root_shell(BOOT).unwrap();
+    let s = wait_status(&vm, "the rollback to settle", |s| s.settled());
+    assert_eq!(booted_version(&s), a.dev.version, "{s:#?}");
+    assert!(s.is_excluded("0.2.0", ExclusionReason::RolledBack), "{s:#?}");
+    let settled_at: u64 = c.run_ok("date +%s", COMMAND).unwrap().trim().parse().unwrap();
+    let s = wait_status(&vm, "two daemon checks after the rollback", |s| {
+        s.last_check.is_some_and(|t| t > settled_at + 6)
+    });
+    assert_unchanged(&s, &a.dev.version);
+    assert_eq!(s.available, None, "{s:#?}");
+    assert_cmdline(&vm, ADDED_KARG, false);
+    // Named explicitly, v2 is taken again (and its argument comes back).
+    c.run_ok(
+        "rm /etc/cairn/agent.d/70-rollback-test.toml && sync && systemctl restart cairn-agent",
+        COMMAND,
+    )
+    .unwrap();
+    c.send("cairn-agent update --version 0.2.0\n").unwrap();
+    c.wait_for("Linux version", BOOT).unwrap();
+    vm.wait_for_root_shell(BOOT).unwrap();
+    let s = wait_status(&vm, "v2 to be committed again", |s| s.settled());
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
+    assert!(s.excluded.is_empty(), "{s:#?}");
+    assert_cmdline(&vm, ADDED_KARG, true);
 
     // Each of these is refused, names why, and leaves the host as it was.
     let v2_commit = v2["release"]["commit"].as_str().unwrap().to_owned();
@@ -186,10 +216,10 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
             .unwrap();
         assert_ne!(out.status, 0, "{version} was not refused:\n{}", out.output);
         let s = status(&vm);
-        let message = s["last_error"]["message"].as_str().unwrap_or("").to_lowercase();
+        let message = s.last_error.as_ref().map(|e| e.message.to_lowercase()).unwrap_or_default();
         assert!(
             why.iter().any(|w| message.contains(w)),
-            "{version}: expected one of {why:?} in the last error:\n{s:#}"
+            "{version}: expected one of {why:?} in the last error:\n{s:#?}"
         );
         assert_unchanged(&s, "0.2.0");
     };
@@ -236,10 +266,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     refused("0.2.4", &["corrupted file object"]);
     releases.remove_release("0.2.4").unwrap();
     let s = status(&vm);
-    assert!(
-        s["bad_versions"].as_array().unwrap().is_empty(),
-        "a refusal is not a bad trial: {s:#}"
-    );
+    assert!(s.excluded.is_empty(), "a refusal excludes nothing: {s:#?}");
 
     // v3's health check fails: the trial boot reboots, GRUB's counter runs
     // out, and the host comes back on v2 unattended, with v3 marked bad.
@@ -250,22 +277,16 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
     vm.wait_for_root_shell(BOOT).unwrap();
     let s = wait_status(&vm, "v3 to be rolled back", |s| {
-        is_bad(s, "0.3.0") && s["trial"].is_null()
+        is_bad(s, "0.3.0") && s.settled()
     });
-    assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
-    let versions: Vec<&str> = s["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["version"].as_str())
-        .collect();
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     assert!(
-        !versions.contains(&"0.3.0"),
-        "the failed deployment is still there: {s:#}"
+        !versions(&s).contains(&"0.3.0".to_owned()),
+        "the failed deployment is still there: {s:#?}"
     );
     assert!(
-        s["last_error"]["message"].as_str().unwrap_or("").contains("0.3.0"),
-        "{s:#}"
+        s.last_error.as_ref().is_some_and(|e| e.message.contains("0.3.0")),
+        "{s:#?}"
     );
     // A bad version is not taken again.
     let again = c.run_ok("cairn-agent update --no-reboot 2>&1", COMMAND).unwrap();
@@ -285,9 +306,9 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     c.wait_for("Linux version", BOOT).unwrap(); // after the health gate timed out
     vm.wait_for_root_shell(BOOT).unwrap();
     let s = wait_status(&vm, "v4 to be rolled back", |s| {
-        is_bad(s, "0.4.0") && s["trial"].is_null()
+        is_bad(s, "0.4.0") && s.settled()
     });
-    assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
 
     // v5's kernel cannot mount its root (its initramfs is empty): the kernel
     // panics, panic=10 reboots, and GRUB's counter brings back v2.
@@ -301,9 +322,9 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     c.wait_for("Linux version", BOOT).unwrap(); // panic=10 rebooted; GRUB falls back
     vm.wait_for_root_shell(BOOT).unwrap();
     let s = wait_status(&vm, "v5 to be rolled back", |s| {
-        is_bad(s, "0.5.0") && s["trial"].is_null()
+        is_bad(s, "0.5.0") && s.settled()
     });
-    assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
 
     // v6 hangs userspace hard (PID 1 starved): nothing in userspace can act,
     // systemd stops feeding the watchdog, the watchdog reboots, and GRUB's
@@ -317,9 +338,9 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     c.wait_for("Linux version", BOOT).unwrap();
     vm.wait_for_root_shell(BOOT).unwrap();
     let s = wait_status(&vm, "v6 to be rolled back", |s| {
-        is_bad(s, "0.6.0") && s["trial"].is_null()
+        is_bad(s, "0.6.0") && s.settled()
     });
-    assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     let history = c.run_ok("cairn-agent history", COMMAND).unwrap();
     for v in ["0.3.0", "0.4.0", "0.5.0", "0.6.0"] {
         assert!(
@@ -328,6 +349,20 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
         );
     }
     assert_running_without_failures(&vm);
+}
+
+/// The kernel argument the `added-karg` fixture ships in kargs.d.
+const ADDED_KARG: &str = "cairn.test-karg=added";
+
+/// Whether the running kernel's command line has `karg`.
+fn assert_cmdline(vm: &Vm, karg: &str, present: bool) {
+    let cmdline = vm.console.run_ok("cat /proc/cmdline", COMMAND).unwrap();
+    assert_eq!(
+        cmdline.split_whitespace().any(|w| w == karg),
+        present,
+        "{karg} {} in /proc/cmdline: {cmdline}",
+        if present { "missing" } else { "still" }
+    );
 }
 
 fn other_arch(arch: Arch) -> Arch {
@@ -434,7 +469,7 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
     let scratch = tempfile::Builder::new().prefix("cairn-update-test-").tempdir().unwrap();
     let releases = TestReleases::new(&a, scratch.path());
     releases.publish_booted().unwrap();
-    releases.compose("0.2.0", &[]).unwrap();
+    releases.compose("0.2.0", &[fixture("added-karg")]).unwrap();
     releases.publish().unwrap();
 
     let (_server, vm) = boot_with_update_server(&a, &releases, "[update]\\nauto = false\\n[boot]\\ntries = 1\\n");
@@ -446,10 +481,8 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
     c.send("cairn-agent update\n").unwrap();
     c.wait_for("Linux version", BOOT).unwrap();
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v2 to be committed", |s| {
-        s["phase"]["phase"] == "idle" && s["trial"].is_null()
-    });
-    assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
+    let s = wait_status(&vm, "v2 to be committed", |s| s.settled());
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     assert_eq!(
         c.run_ok("cat /etc/cairn-update-test /var/lib/cairn-test/data", COMMAND)
             .unwrap()
@@ -457,6 +490,7 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
         "kept\nkept"
     );
     assert_eq!(c.run_ok("uname -m", COMMAND).unwrap().trim(), a.arch.as_str());
+    assert_cmdline(&vm, ADDED_KARG, true);
 
     releases.compose("0.3.0", &[fixture("failing-health")]).unwrap();
     releases.publish().unwrap();
@@ -465,17 +499,11 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
     c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
     vm.wait_for_root_shell(BOOT).unwrap();
     let s = wait_status(&vm, "v3 to be rolled back", |s| {
-        is_bad(s, "0.3.0") && s["trial"].is_null()
+        is_bad(s, "0.3.0") && s.settled()
     });
-    assert_eq!(booted_version(&s), "0.2.0", "{s:#}");
-    let versions: Vec<&str> = s["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["version"].as_str())
-        .collect();
+    assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     assert!(
-        !versions.contains(&"0.3.0"),
-        "the failed deployment is still there: {s:#}"
+        !versions(&s).contains(&"0.3.0".to_owned()),
+        "the failed deployment is still there: {s:#?}"
     );
 }

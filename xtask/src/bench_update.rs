@@ -140,17 +140,7 @@ pub fn measure(t: &ImageTarget, agent_dir: &Path, v1: &BuiltImage, full_image_by
     c.send("systemctl reboot\n")?;
     c.wait_for("Linux version", BOOT)?;
     vm.wait_for_root_shell(BOOT)?;
-    loop {
-        let out = c.run_ok("cairn-agent status --json 2>/dev/null", COMMAND)?;
-        let s: serde_json::Value = serde_json::from_str(out.trim()).with_context(|| format!("status: {out}"))?;
-        if s["trial"].is_null() && s["phase"]["phase"] == "idle" {
-            break;
-        }
-        if t.elapsed() > BOOT {
-            bail!("the update was not committed in {}s: {s:#}", BOOT.as_secs());
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    cairn_qemu_tests::agent_status::wait_status(c, "the update to be committed", BOOT, |s| s.settled())?;
     let reboot_to_committed_secs = t.elapsed().as_secs_f64();
     Ok(UpdateFigures {
         added_package: ADDED_PACKAGE,

@@ -1,0 +1,271 @@
+//! Which release to take, among those TUF vouched for (pure).
+
+use std::collections::BTreeSet;
+
+use cairn_common::layout::Arch;
+use cairn_common::release::Release;
+use semver::{Version, VersionReq};
+use thiserror::Error;
+
+/// What the user (or the daemon) asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// The newest release this host may take.
+    Latest,
+    /// One version, named by an operator.
+    Exact { version: Version, allow_downgrade: bool },
+}
+
+/// The host as the decision sees it.
+#[derive(Debug, Clone)]
+pub struct Host<'a> {
+    pub arch: Arch,
+    pub flavor: &'a str,
+    pub stream: &'a str,
+    pub booted: &'a Version,
+    /// Versions not to take automatically (a failed trial, or one an
+    /// operator rolled back from); taken only when named explicitly.
+    pub excluded: &'a BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    UpToDate,
+    Update(Release),
+}
+
+/// Why a release the user asked for is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Refusal {
+    #[error("release {0} is not in the update repository for this stream")]
+    NotFound(Version),
+    #[error("release {version} is for {arch}, this host is {host}")]
+    WrongArch { version: Version, arch: Arch, host: Arch },
+    #[error("release {target} is older than the booted {booted}: a downgrade needs --allow-downgrade")]
+    Downgrade { target: Version, booted: Version },
+    #[error("release {version} requires the host to run {requires}, it runs {booted}")]
+    Unreachable {
+        version: Version,
+        requires: String,
+        booted: Version,
+    },
+    #[error("release record is invalid: {0}")]
+    Invalid(String),
+}
+
+/// A release record's version and requirement, checked.
+fn parse(release: &Release) -> Result<(Version, Option<VersionReq>), Refusal> {
+    let version = Version::parse(&release.version)
+        .map_err(|e| Refusal::Invalid(format!("version `{}`: {e}", release.version)))?;
+    let requires = match &release.requires {
+        Some(r) => Some(VersionReq::parse(r).map_err(|e| Refusal::Invalid(format!("requires `{r}`: {e}")))?),
+        None => None,
+    };
+    if !Release::is_checksum(&release.commit) {
+        return Err(Refusal::Invalid(format!(
+            "commit `{}` is not a SHA-256 checksum",
+            release.commit
+        )));
+    }
+    Ok((version, requires))
+}
+
+/// Choose the release to update to, among those TUF vouched for.
+pub fn select(releases: &[Release], host: &Host<'_>, request: &Request) -> Result<Selection, Refusal> {
+    let in_stream = releases
+        .iter()
+        .filter(|r| r.stream == host.stream && r.flavor == host.flavor);
+    match request {
+        Request::Latest => {
+            let mut best: Option<(Version, &Release)> = None;
+            for r in in_stream.filter(|r| r.arch == host.arch) {
+                // A malformed record is not a reason to stop updating to a good one.
+                let Ok((version, requires)) = parse(r) else { continue };
+                if &version <= host.booted || host.excluded.contains(&r.version) {
+                    continue;
+                }
+                if requires.is_some_and(|req| !req.matches(host.booted)) {
+                    continue;
+                }
+                if best.as_ref().is_none_or(|(v, _)| &version > v) {
+                    best = Some((version, r));
+                }
+            }
+            Ok(best.map_or(Selection::UpToDate, |(_, r)| Selection::Update(r.clone())))
+        }
+        Request::Exact {
+            version,
+            allow_downgrade,
+        } => {
+            let same_version: Vec<&Release> = in_stream
+                .filter(|r| Version::parse(&r.version).is_ok_and(|v| &v == version))
+                .collect();
+            let Some(release) = same_version.iter().find(|r| r.arch == host.arch) else {
+                return Err(match same_version.first() {
+                    Some(other) => Refusal::WrongArch {
+                        version: version.clone(),
+                        arch: other.arch,
+                        host: host.arch,
+                    },
+                    None => Refusal::NotFound(version.clone()),
+                });
+            };
+            let (_, requires) = parse(release)?;
+            if version == host.booted {
+                return Ok(Selection::UpToDate);
+            }
+            if version < host.booted && !allow_downgrade {
+                return Err(Refusal::Downgrade {
+                    target: version.clone(),
+                    booted: host.booted.clone(),
+                });
+            }
+            if let Some(req) = requires.filter(|req| !req.matches(host.booted)) {
+                return Err(Refusal::Unreachable {
+                    version: version.clone(),
+                    requires: req.to_string(),
+                    booted: host.booted.clone(),
+                });
+            }
+            Ok(Selection::Update((*release).clone()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(version: &str, arch: Arch) -> Release {
+        Release {
+            version: version.into(),
+            arch,
+            flavor: "dev".into(),
+            stream: "stable".into(),
+            ostree_ref: format!("cairn/{arch}/stable"),
+            commit: format!("{:0>64}", version.replace('.', "")),
+            requires: None,
+        }
+    }
+
+    fn host<'a>(booted: &'a Version, bad: &'a BTreeSet<String>) -> Host<'a> {
+        Host {
+            arch: Arch::X86_64,
+            flavor: "dev",
+            stream: "stable",
+            booted,
+            excluded: bad,
+        }
+    }
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    #[test]
+    fn latest_takes_the_newest_allowed_release() {
+        let releases = [
+            rel("1.0.0", Arch::X86_64),
+            rel("1.2.0", Arch::X86_64),
+            rel("1.1.0", Arch::X86_64),
+            rel("9.0.0", Arch::Aarch64),
+        ];
+        let (booted, bad) = (v("1.0.0"), BTreeSet::new());
+        let got = select(&releases, &host(&booted, &bad), &Request::Latest).unwrap();
+        assert_eq!(got, Selection::Update(releases[1].clone()));
+        let booted = v("1.2.0");
+        assert_eq!(
+            select(&releases, &host(&booted, &bad), &Request::Latest).unwrap(),
+            Selection::UpToDate
+        );
+    }
+
+    #[test]
+    fn bad_versions_are_skipped_until_a_newer_release_appears() {
+        let mut releases = vec![rel("1.0.0", Arch::X86_64), rel("1.1.0", Arch::X86_64)];
+        let booted = v("1.0.0");
+        let bad = BTreeSet::from(["1.1.0".to_owned()]);
+        assert_eq!(
+            select(&releases, &host(&booted, &bad), &Request::Latest).unwrap(),
+            Selection::UpToDate
+        );
+        releases.push(rel("1.1.1", Arch::X86_64));
+        assert_eq!(
+            select(&releases, &host(&booted, &bad), &Request::Latest).unwrap(),
+            Selection::Update(releases[2].clone())
+        );
+    }
+
+    #[test]
+    fn requirements_on_the_booted_version_are_honoured() {
+        let mut r = rel("2.0.0", Arch::X86_64);
+        r.requires = Some(">=1.5.0".into());
+        let (booted, bad) = (v("1.0.0"), BTreeSet::new());
+        let releases = [r];
+        assert_eq!(
+            select(&releases, &host(&booted, &bad), &Request::Latest).unwrap(),
+            Selection::UpToDate
+        );
+        let exact = Request::Exact {
+            version: v("2.0.0"),
+            allow_downgrade: false,
+        };
+        assert!(matches!(
+            select(&releases, &host(&booted, &bad), &exact),
+            Err(Refusal::Unreachable { .. })
+        ));
+    }
+
+    #[test]
+    fn exact_requests_refuse_downgrade_wrong_arch_and_unknown_versions() {
+        let releases = [
+            rel("1.0.0", Arch::X86_64),
+            rel("2.0.0", Arch::X86_64),
+            rel("3.0.0", Arch::Aarch64),
+        ];
+        let (booted, bad) = (v("2.0.0"), BTreeSet::new());
+        let h = host(&booted, &bad);
+        let ask = |s: &str, allow_downgrade| Request::Exact {
+            version: v(s),
+            allow_downgrade,
+        };
+        assert_eq!(
+            select(&releases, &h, &ask("1.0.0", false)).unwrap_err().to_string(),
+            "release 1.0.0 is older than the booted 2.0.0: a downgrade needs --allow-downgrade"
+        );
+        assert_eq!(
+            select(&releases, &h, &ask("1.0.0", true)).unwrap(),
+            Selection::Update(releases[0].clone())
+        );
+        assert_eq!(
+            select(&releases, &h, &ask("3.0.0", false)).unwrap_err().to_string(),
+            "release 3.0.0 is for aarch64, this host is x86_64"
+        );
+        assert_eq!(
+            select(&releases, &h, &ask("4.0.0", false)).unwrap_err(),
+            Refusal::NotFound(v("4.0.0"))
+        );
+        assert_eq!(
+            select(&releases, &h, &ask("2.0.0", false)).unwrap(),
+            Selection::UpToDate
+        );
+    }
+
+    #[test]
+    fn malformed_records_are_skipped_by_latest_and_refused_when_named() {
+        let mut broken = rel("1.5.0", Arch::X86_64);
+        broken.commit = "not-a-checksum".into();
+        let releases = [broken, rel("1.1.0", Arch::X86_64)];
+        let (booted, bad) = (v("1.0.0"), BTreeSet::new());
+        let h = host(&booted, &bad);
+        assert_eq!(
+            select(&releases, &h, &Request::Latest).unwrap(),
+            Selection::Update(releases[1].clone())
+        );
+        let exact = Request::Exact {
+            version: v("1.5.0"),
+            allow_downgrade: false,
+        };
+        assert!(matches!(select(&releases, &h, &exact), Err(Refusal::Invalid(_))));
+    }
+}

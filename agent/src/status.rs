@@ -1,0 +1,143 @@
+//! `cairn-agent status --json`: a typed, versioned document. It is an API
+//! (scripts and Cairn's own VM tests deserialise it), so fields are only
+//! added; a change of meaning raises [`API_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::RebootStrategy;
+use crate::lifecycle::{ExclusionReason, UpdateState};
+use crate::state::{AgentState, LastError};
+use crate::sysroot::Deployment;
+
+/// The status document's version (`api_version`).
+pub const API_VERSION: u32 = 1;
+
+/// One deployment in a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    pub version: Option<String>,
+    pub commit: String,
+    /// ostree's deployment serial (several deployments may share a commit).
+    pub serial: u32,
+}
+
+impl From<&Deployment> for Slot {
+    fn from(d: &Deployment) -> Self {
+        Slot {
+            version: d.version.clone(),
+            commit: d.commit.clone(),
+            serial: d.serial,
+        }
+    }
+}
+
+/// What a staged update waits for before the host reboots into it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "for")]
+pub enum Waiting {
+    /// The daemon reboots at once (strategy `immediate`).
+    Reboot,
+    /// The maintenance window, which opens in this many seconds.
+    Window { opens_in_secs: u64 },
+    /// An operator (strategy `off`).
+    Operator,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExcludedVersion {
+    pub version: String,
+    pub reason: ExclusionReason,
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub api_version: u32,
+    /// The deployment running now.
+    pub booted: Option<Slot>,
+    /// Staged for the next boot (finalized at shutdown).
+    pub staged: Option<Slot>,
+    /// What GRUB falls back to and `rollback` goes to.
+    pub rollback: Option<Slot>,
+    /// Where the update lifecycle stands.
+    pub update: UpdateState,
+    /// With something staged: what the reboot into it waits for.
+    pub waiting: Option<Waiting>,
+    /// Trial boots left before GRUB falls back, while a trial is armed.
+    pub boot_tries_left: Option<u32>,
+    pub last_check: Option<u64>,
+    pub available: Option<String>,
+    pub last_error: Option<LastError>,
+    /// Versions not taken automatically, and why.
+    pub excluded: Vec<ExcludedVersion>,
+    pub stream: String,
+    pub url: Option<String>,
+}
+
+impl Status {
+    /// Nothing in progress and nothing staged.
+    pub fn settled(&self) -> bool {
+        self.update.is_idle() && self.staged.is_none()
+    }
+
+    pub fn booted_version(&self) -> &str {
+        self.booted.as_ref().and_then(|b| b.version.as_deref()).unwrap_or_default()
+    }
+
+    pub fn is_excluded(&self, version: &str, reason: ExclusionReason) -> bool {
+        self.excluded.iter().any(|e| e.version == version && e.reason == reason)
+    }
+}
+
+/// What the reboot into a staged update waits for, under `strategy`, now.
+pub fn waiting(state: &UpdateState, strategy: &RebootStrategy, now_secs: u64) -> Option<Waiting> {
+    if !state.awaits_reboot() {
+        return None;
+    }
+    if !state.daemon_reboots() {
+        return Some(Waiting::Operator);
+    }
+    Some(match crate::schedule::reboot_delay(strategy, now_secs) {
+        None => Waiting::Operator,
+        Some(d) if d.is_zero() => Waiting::Reboot,
+        Some(d) => Waiting::Window {
+            opens_in_secs: d.as_secs(),
+        },
+    })
+}
+
+/// The document, from the deployments, the state record and the counter.
+pub fn build(
+    deployments: &[Deployment],
+    state: AgentState,
+    boot_tries_left: Option<u32>,
+    config: &crate::config::Config,
+    now_secs: u64,
+) -> Status {
+    let booted = deployments.iter().find(|d| d.booted);
+    let staged = deployments.iter().find(|d| d.staged);
+    let rollback = deployments.iter().find(|d| !d.booted && !d.staged);
+    Status {
+        api_version: API_VERSION,
+        booted: booted.map(Slot::from),
+        staged: staged.map(Slot::from),
+        rollback: rollback.map(Slot::from),
+        waiting: waiting(&state.update, &config.reboot, now_secs),
+        update: state.update,
+        boot_tries_left,
+        last_check: state.last_check,
+        available: state.available,
+        last_error: state.last_error,
+        excluded: state
+            .excluded
+            .into_iter()
+            .map(|(version, e)| ExcludedVersion {
+                version,
+                reason: e.reason,
+                at: e.at,
+            })
+            .collect(),
+        stream: config.stream.clone(),
+        url: config.url.clone(),
+    }
+}
