@@ -223,6 +223,7 @@ pub struct Output {
 }
 
 impl Cmd {
+    #[allow(clippy::disallowed_methods, reason = "the one place a Command is made")]
     pub fn new(program: impl AsRef<OsStr>) -> Self {
         Self {
             command: Command::new(program.as_ref()),
