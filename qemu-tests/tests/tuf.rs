@@ -1,16 +1,23 @@
 //! The agent's trust decisions on real TUF repositories made by the
 //! builder's publish code, served over HTTP on 127.0.0.1. No VM, no root:
-//! these run with plain `cargo test`.
+//! these run with plain `cargo test`. Also: hosts whose root predates
+//! consistent snapshots follow the upgrade, and a client reading while a
+//! publish writes sees the old releases or the new, never a mix.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aws_lc_rs::rand::SystemRandom;
 use cairn_agent::releases::UpdateRepo;
-use cairn_builder::tuf_repo::{self, Expiry};
+use cairn_builder::tuf_repo::{self, Expiry, Stage};
 use cairn_common::layout::Arch;
 use cairn_common::release::Release;
 use cairn_qemu_tests::http::Server;
 use chrono::{Duration as Days, Utc};
+use tough::editor::signed::SignedRole;
+use tough::editor::RepositoryEditor;
+use tough::key_source::{KeySource, LocalKeySource};
+use tough::schema::{KeyHolder, Root, Signed};
 
 fn release(version: &str) -> Release {
     Release {
@@ -32,7 +39,7 @@ fn expiry(timestamp_days: i64) -> Expiry {
     }
 }
 
-fn keys(dir: &Path) -> std::path::PathBuf {
+fn keys(dir: &Path) -> PathBuf {
     tuf_repo::keygen(dir, 1, 1, Utc::now() + Days::days(365)).unwrap();
     dir.to_owned()
 }
@@ -120,7 +127,7 @@ fn tampered_or_unsigned_metadata_is_refused() {
     let keys = keys(k.path());
     publish(&keys, r.path(), &["0.1.0"], expiry(7));
     let server = Server::start(r.path()).unwrap();
-    let targets = r.path().join("tuf/targets.json");
+    let targets = r.path().join("tuf/1.targets.json");
     let original = std::fs::read_to_string(&targets).unwrap();
     // Point the release at another commit: the signature no longer covers it.
     std::fs::write(&targets, original.replace(&release("0.1.0").commit, &"f".repeat(64))).unwrap();
@@ -172,4 +179,220 @@ fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), dst).unwrap();
         }
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn key_sources(keys: &Path, files: &[&str]) -> Vec<Box<dyn KeySource>> {
+    files
+        .iter()
+        .map(|f| {
+            Box::new(LocalKeySource {
+                path: keys.join("tuf").join(f),
+            }) as Box<dyn KeySource>
+        })
+        .collect()
+}
+
+/// Keys as `cairn-build keygen` made them before consistent snapshots:
+/// `root.json` alone, `consistent_snapshot: false`, an expiry with a
+/// fraction of a second. Returns the root, as images of then baked it.
+fn legacy_keys(dir: &Path) -> PathBuf {
+    let keys = keys(dir);
+    let root_file = keys.join("tuf/root.json");
+    let mut root: Signed<Root> = serde_json::from_slice(&std::fs::read(&root_file).unwrap()).unwrap();
+    root.signed.consistent_snapshot = false;
+    root.signed.expires = Utc::now() + Days::days(365) + Days::nanoseconds(123_456_789);
+    let signed = runtime()
+        .block_on(SignedRole::new(
+            root.signed.clone(),
+            &KeyHolder::Root(root.signed),
+            &key_sources(&keys, &["root-1.pk8"]),
+            &SystemRandom::new(),
+        ))
+        .unwrap();
+    std::fs::write(&root_file, signed.buffer()).unwrap();
+    std::fs::remove_file(keys.join("tuf/1.root.json")).unwrap();
+    let baked = dir.join("baked-root.json");
+    std::fs::write(&baked, signed.buffer()).unwrap();
+    baked
+}
+
+/// A repository as `cairn-build publish` wrote it before consistent
+/// snapshots: release records under their names, unversioned
+/// `targets.json` and `snapshot.json`, expiry with fractions of a second.
+fn legacy_publish(keys: &Path, repo: &Path, versions: &[&str]) {
+    let targets = repo.join("targets");
+    std::fs::create_dir_all(&targets).unwrap();
+    let fraction = Days::nanoseconds(987_654_321);
+    runtime().block_on(async {
+        let mut editor = RepositoryEditor::new(keys.join("tuf/root.json")).await.unwrap();
+        for v in versions {
+            let r = release(v);
+            let path = targets.join(r.target_name());
+            std::fs::write(&path, serde_json::to_vec(&r).unwrap()).unwrap();
+            let (name, mut target) = RepositoryEditor::build_target(&path).await.unwrap();
+            target.custom = tuf_repo::release_custom(&r).unwrap();
+            editor.add_target(name, target).unwrap();
+        }
+        let one = std::num::NonZeroU64::MIN;
+        editor
+            .targets_version(one)
+            .unwrap()
+            .targets_expires(Utc::now() + Days::days(30) + fraction)
+            .unwrap()
+            .snapshot_version(one)
+            .snapshot_expires(Utc::now() + Days::days(30) + fraction)
+            .timestamp_version(one)
+            .timestamp_expires(Utc::now() + Days::days(7) + fraction);
+        let signed = editor
+            .sign(&key_sources(keys, &["targets.pk8", "snapshot.pk8", "timestamp.pk8"]))
+            .await
+            .unwrap();
+        signed.write(repo.join("tuf")).await.unwrap();
+    });
+    for f in ["targets.json", "snapshot.json", "timestamp.json", "1.root.json"] {
+        assert!(repo.join("tuf").join(f).is_file(), "the old layout has {f}");
+    }
+}
+
+fn versions_of(repo: &UpdateRepo) -> Vec<String> {
+    let mut v: Vec<String> = repo.releases().unwrap().into_iter().map(|r| r.version).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn hosts_with_a_root_from_before_consistent_snapshots_follow_the_upgrade() {
+    let (k, r, d, fresh) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let baked = legacy_keys(k.path());
+    let keys = k.path().to_owned();
+    legacy_publish(&keys, r.path(), &["0.1.0"]);
+    let server = Server::start(r.path()).unwrap();
+    // A host in the field: the old root baked in, a datastore of what it trusted.
+    let host = UpdateRepo {
+        root: baked.clone(),
+        ..client(&keys, &server, d.path())
+    };
+    assert_eq!(versions_of(&host), ["0.1.0"]);
+
+    // The next publish upgrades the root and moves the repository to the new layout.
+    publish(&keys, r.path(), &["0.2.0"], expiry(7));
+    let tuf = r.path().join("tuf");
+    for f in [
+        "1.root.json",
+        "2.root.json",
+        "1.targets.json",
+        "2.targets.json",
+        "2.snapshot.json",
+    ] {
+        assert!(tuf.join(f).is_file(), "{f}");
+    }
+    let root2: serde_json::Value = serde_json::from_slice(&std::fs::read(tuf.join("2.root.json")).unwrap()).unwrap();
+    assert_eq!(root2["signed"]["consistent_snapshot"], true);
+    assert_eq!(
+        std::fs::read(keys.join("tuf/root.json")).unwrap(),
+        std::fs::read(tuf.join("2.root.json")).unwrap()
+    );
+
+    assert_eq!(versions_of(&host), ["0.1.0", "0.2.0"]);
+    // The host fetched the versioned files, not the old unversioned ones.
+    let asked: Vec<String> = server.requests().into_iter().map(|(p, _, _)| p).collect();
+    assert!(asked.iter().any(|p| p == "/tuf/2.root.json"), "{asked:?}");
+    assert!(asked.iter().any(|p| p == "/tuf/2.snapshot.json"), "{asked:?}");
+    // A host installed from then on (root 2 baked in) and a host with the old root and no datastore.
+    assert_eq!(versions_of(&client(&keys, &server, fresh.path())), ["0.1.0", "0.2.0"]);
+    let (d2, d3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old_fresh = UpdateRepo {
+        root: baked,
+        ..client(&keys, &server, d2.path())
+    };
+    assert_eq!(versions_of(&old_fresh), ["0.1.0", "0.2.0"]);
+    // And the publish after that needs no upgrade.
+    publish(&keys, r.path(), &["0.3.0"], expiry(7));
+    assert!(!tuf.join("3.root.json").exists());
+    assert_eq!(versions_of(&host), ["0.1.0", "0.2.0", "0.3.0"]);
+    assert_eq!(
+        versions_of(&client(&keys, &server, d3.path())),
+        ["0.1.0", "0.2.0", "0.3.0"]
+    );
+}
+
+/// Publish 0.2.0 over a repository offering 0.1.0 one write at a time; after
+/// each write, clients (a host that knew the repository before, and a new
+/// one) must see exactly one of the two states.
+fn check_every_step_of_a_publish(legacy: bool) {
+    let (k, r, d) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (keys, baked) = if legacy {
+        let baked = legacy_keys(k.path());
+        legacy_publish(k.path(), r.path(), &["0.1.0"]);
+        (k.path().to_owned(), baked)
+    } else {
+        let keys = keys(k.path());
+        publish(&keys, r.path(), &["0.1.0"], expiry(7));
+        (keys.clone(), keys.join("tuf/root.json"))
+    };
+    let server = Server::start(r.path()).unwrap();
+    let known = UpdateRepo {
+        root: baked.clone(),
+        ..client(&keys, &server, d.path())
+    };
+    assert_eq!(versions_of(&known), ["0.1.0"]);
+
+    let targets = r.path().join("targets");
+    let record = release("0.2.0");
+    std::fs::write(targets.join(record.target_name()), serde_json::to_vec(&record).unwrap()).unwrap();
+    let plan = tuf_repo::plan_metadata(&keys, &targets, &r.path().join("tuf"), expiry(7)).unwrap();
+    let stages: Vec<Stage> = plan.writes.iter().map(|w| w.stage).collect();
+    if legacy {
+        assert!(
+            stages.contains(&Stage::LegacyCopy) && stages.contains(&Stage::Root),
+            "{stages:?}"
+        );
+    }
+    for (i, write) in plan.writes.iter().enumerate() {
+        write.apply().unwrap();
+        let done = i + 1 == plan.writes.len();
+        let want: &[&str] = if done { &["0.1.0", "0.2.0"] } else { &["0.1.0"] };
+        let step = format!("after writing {} ({:?})", write.path.display(), write.stage);
+        let fresh = tempfile::tempdir().unwrap();
+        let new_host = UpdateRepo {
+            root: baked.clone(),
+            ..client(&keys, &server, fresh.path())
+        };
+        for (who, repo) in [("a host that knew the repository", &known), ("a new host", &new_host)] {
+            let got = repo.releases().map(|mut v| {
+                v.sort_by(|a, b| a.version.cmp(&b.version));
+                v.into_iter().map(|r| r.version).collect::<Vec<_>>()
+            });
+            match got {
+                Ok(got) => assert_eq!(got, want, "{who} {step}"),
+                Err(e) => panic!("{who} {step}: {e:#}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_reader_during_a_publish_sees_the_old_releases_or_the_new_never_a_mix() {
+    check_every_step_of_a_publish(false);
+}
+
+#[test]
+fn a_reader_during_the_publish_that_upgrades_an_old_repository_sees_the_old_releases_or_the_new() {
+    check_every_step_of_a_publish(true);
 }
