@@ -7,6 +7,7 @@
 //! - [`duration`]: `90s`, `6h`, `1h30m` as written in configuration.
 //! - [`fsutil`]: atomic file replacement; line/column of an offset.
 //! - [`grubenv`]: the GRUB environment block that holds the boot counter.
+//! - [`identity`]: what an image is (arch, variant, stream), and its ref.
 //! - [`kargs`]: the kernel arguments a release carries (`kargs.d`).
 //! - [`metadata`]: keys of the OSTree commit metadata.
 //! - [`release`]: what an update repository says of one release.
@@ -17,6 +18,7 @@ pub mod bootcfg;
 pub mod duration;
 pub mod fsutil;
 pub mod grubenv;
+pub mod identity;
 pub mod kargs;
 pub mod layout;
 pub mod logging;
