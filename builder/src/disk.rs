@@ -1,18 +1,23 @@
 //! GPT disk image assembly, in-process and without mounts.
 //!
 //! The layout is computed by pure code ([`DiskLayout`]); the partition table
-//! is written with the `gpt` crate and the EFI System Partition with `fatfs`,
-//! both straight into the image file through a [`Window`] onto the
-//! partition's byte range. The root filesystem is written by `mkfs.ext4 -d`
-//! at its offset (see `image.rs`).
+//! is written with the `gpt` crate straight into the image file. The EFI
+//! System Partition is made in a file of its own by `mkfs.fat` and mtools
+//! and copied in through a [`Window`] onto the partition's byte range. The
+//! root filesystem is written by `mkfs.ext4 -d` at its offset (see
+//! `image.rs`).
 
+use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
 use std::str::FromStr;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use cairn_common::layout::{Arch, ESP_LABEL, ESP_PARTNUM, ROOT_LABEL, ROOT_PARTNUM};
+use cairn_common::process::Cmd;
 use gpt::partition_types::{self, Type};
+use sha2::{Digest, Sha256};
 
 pub const SECTOR: u64 = 512;
 const MIB: u64 = 1 << 20;
@@ -84,48 +89,153 @@ pub fn write_partition_table(file: &mut File, layout: &DiskLayout, arch: Arch) -
 }
 
 /// A file to place on the ESP.
+#[derive(Clone, Copy)]
 pub struct EspFile<'a> {
     /// Path with `/` separators, relative to the ESP root.
     pub path: &'a str,
     pub contents: &'a [u8],
 }
 
-/// Format the ESP as FAT32 and write `files` into it.
-pub fn write_esp(file: &mut File, layout: &DiskLayout, files: &[EspFile<'_>]) -> Result<()> {
-    let mut label = [b' '; 11];
-    label[..ESP_LABEL.len()].copy_from_slice(ESP_LABEL.as_bytes());
-    let mut window = Window::new(file, layout.esp_offset, layout.esp_size)?;
-    fatfs::format_volume(
-        &mut window,
-        fatfs::FormatVolumeOptions::new()
-            .fat_type(fatfs::FatType::Fat32)
-            .volume_label(label),
-    )
-    .context("formatting the ESP as FAT32")?;
-    window.seek(SeekFrom::Start(0))?;
-    let fs = fatfs::FileSystem::new(&mut window, fatfs::FsOptions::new()).context("opening the new ESP")?;
-    for f in files {
-        let mut dir = fs.root_dir();
-        let mut parts: Vec<&str> = f.path.split('/').collect();
-        let name = parts.pop().ok_or_else(|| anyhow!("empty ESP path"))?;
-        for p in parts {
-            dir = match dir.open_dir(p) {
-                Ok(d) => d,
-                Err(_) => dir
-                    .create_dir(p)
-                    .with_context(|| format!("creating ESP directory {p}"))?,
-            };
-        }
-        let mut out = dir
-            .create_file(name)
-            .with_context(|| format!("creating ESP file {}", f.path))?;
-        out.truncate()?;
-        out.write_all(f.contents)
-            .with_context(|| format!("writing ESP file {}", f.path))?;
-        out.flush()?;
+/// The time every file and folder on the ESP carries (2023-06-10, the
+/// package layer's `SOURCE_DATE_EPOCH`), so the same input makes the same ESP.
+const ESP_EPOCH: &str = "1686355200";
+
+/// The ESP's FAT volume id (`XXXX-XXXX` in `/dev/disk/by-uuid`), derived from
+/// the commit the image holds: the same for the same commit, different
+/// between images, so two Cairn disks in one machine do not collide.
+pub fn esp_volume_id(commit: &str) -> u32 {
+    let digest = Sha256::new()
+        .chain_update(b"cairn ESP volume id\0")
+        .chain_update(commit.as_bytes())
+        .finalize();
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// Make the ESP (see [`make_esp`]) in a file in `work` and copy it into the
+/// disk at its offset; the partition starts where `layout` says.
+pub fn write_esp(
+    disk: &mut File,
+    layout: &DiskLayout,
+    volume_id: u32,
+    files: &[EspFile<'_>],
+    work: &Path,
+) -> Result<()> {
+    let esp = tempfile::Builder::new()
+        .prefix("esp-")
+        .suffix(".img")
+        .tempfile_in(work)
+        .with_context(|| format!("creating the ESP's file in {}", work.display()))?;
+    make_esp(
+        esp.path(),
+        layout.esp_size,
+        volume_id,
+        layout.esp_offset / SECTOR,
+        files,
+    )?;
+    let mut from = File::open(esp.path())?;
+    let mut window = Window::new(disk, layout.esp_offset, layout.esp_size)?;
+    let copied = io::copy(&mut from, &mut window).context("copying the ESP into the disk")?;
+    if copied != layout.esp_size {
+        bail!("the ESP is {copied} bytes, not the partition's {}", layout.esp_size);
     }
-    fs.unmount().context("closing the ESP")?;
     Ok(())
+}
+
+/// Write a FAT32 file system labelled [`ESP_LABEL`] holding `files` to the
+/// file `path` (created or truncated, `size` bytes): `mkfs.fat`, then mtools'
+/// `mmd` and `mcopy`, which write the image file; nothing is mounted. The
+/// result passes `fsck.fat -n` without a message and is the same bytes for
+/// the same input: `mkfs.fat --invariant` with the volume id given, files
+/// and folders created in path order with a fixed time. `start_sector` is
+/// where the partition starts on its disk (the boot sector's hidden sectors).
+pub fn make_esp(path: &Path, size: u64, volume_id: u32, start_sector: u64, files: &[EspFile<'_>]) -> Result<()> {
+    let kib = size / 1024;
+    if kib * 1024 != size {
+        bail!("the ESP's size {size} is not a whole number of KiB");
+    }
+    let (dirs, files) = esp_plan(files)?;
+    let image = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    image
+        .set_len(size)
+        .with_context(|| format!("sizing {} to {size} bytes", path.display()))?;
+    drop(image);
+    // `--invariant` pins the label entry's time (and a volume id, which `-i` after it replaces).
+    Cmd::new("mkfs.fat")
+        .args(["-F", "32", "-n", ESP_LABEL, "--invariant"])
+        .arg("-i")
+        .arg(format!("{volume_id:08X}"))
+        .arg("-h")
+        .arg(start_sector.to_string())
+        .arg(path)
+        .arg(kib.to_string())
+        .run()
+        .context("formatting the ESP as FAT32")?;
+    if !dirs.is_empty() {
+        let mut mmd = mtools("mmd").arg("-i").arg(path);
+        for d in &dirs {
+            mmd = mmd.arg(format!("::/{d}"));
+        }
+        mmd.run().context("creating the ESP's folders")?;
+    }
+    let staging = tempfile::Builder::new()
+        .prefix(".esp-files-")
+        .tempdir_in(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )
+        .context("creating a folder for the ESP's files")?;
+    for (i, f) in files.iter().enumerate() {
+        let source = staging.path().join(i.to_string());
+        std::fs::write(&source, f.contents).with_context(|| format!("writing {}", source.display()))?;
+        mtools("mcopy")
+            .arg("-i")
+            .arg(path)
+            .arg(&source)
+            .arg(format!("::/{}", f.path))
+            .run()
+            .with_context(|| format!("writing ESP file {}", f.path))?;
+    }
+    Ok(())
+}
+
+/// An mtools command on an image file: no geometry check (a partition image
+/// need not be whole cylinders), and times from [`ESP_EPOCH`] in UTC (FAT
+/// keeps local time).
+fn mtools(program: &str) -> Cmd {
+    Cmd::new(program)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("SOURCE_DATE_EPOCH", ESP_EPOCH)
+        .env("TZ", "UTC")
+}
+
+/// The folders to create (parents first) and the files in path order, so
+/// the ESP's directories list them the same way every time. Names are kept
+/// to letters, digits, `.`, `-` and `_` (no mtools wildcards, no `..`).
+fn esp_plan<'a, 'b>(files: &'b [EspFile<'a>]) -> Result<(Vec<String>, Vec<&'b EspFile<'a>>)> {
+    let mut dirs = BTreeSet::new();
+    let mut seen = HashSet::new();
+    let mut sorted: Vec<&EspFile<'_>> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(b.path));
+    for f in &sorted {
+        if !seen.insert(f.path.to_ascii_lowercase()) {
+            bail!("ESP file {} is given twice (FAT names ignore case)", f.path);
+        }
+        let parts: Vec<&str> = f.path.split('/').collect();
+        for part in &parts {
+            let plain = part.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if part.is_empty() || part.chars().all(|c| c == '.') || !plain {
+                bail!(
+                    "ESP path {:?}: each name must be letters, digits, '.', '-' or '_'",
+                    f.path
+                );
+            }
+        }
+        for n in 1..parts.len() {
+            dirs.insert(parts[..n].join("/"));
+        }
+    }
+    Ok((dirs.into_iter().collect(), sorted))
 }
 
 /// A read/write/seek view of `len` bytes of a file starting at `start`.
@@ -215,56 +325,100 @@ mod tests {
     }
 
     #[test]
-    fn writes_a_gpt_and_fat32_esp_others_can_read() {
+    fn writes_a_gpt_others_can_read() {
         let layout = DiskLayout::new(40 * MIB, 8 * MIB);
         let tmp = tempfile::NamedTempFile::new().unwrap();
         let mut f = tmp.reopen().unwrap();
         f.set_len(layout.total_size).unwrap();
         write_partition_table(&mut f, &layout, Arch::X86_64).unwrap();
-        let env = vec![b'#'; 1024];
-        write_esp(
-            &mut f,
-            &layout,
-            &[
-                EspFile {
-                    path: "EFI/BOOT/BOOTX64.EFI",
-                    contents: b"MZ-not-really",
-                },
-                EspFile {
-                    path: "EFI/cairn/grubenv",
-                    contents: &env,
-                },
-            ],
-        )
-        .unwrap();
 
         let disk = gpt::GptConfig::new().open(tmp.path()).unwrap();
         let parts = disk.partitions();
         assert_eq!(parts[&1].name, ESP_LABEL);
         assert_eq!(parts[&1].part_type_guid, partition_types::EFI);
         assert_eq!(parts[&1].first_lba, layout.esp_offset / SECTOR);
+        assert_eq!(parts[&1].last_lba, (layout.esp_offset + layout.esp_size) / SECTOR - 1);
         assert_eq!(parts[&2].name, ROOT_LABEL);
+        assert_eq!(parts[&2].first_lba, layout.root_offset / SECTOR);
         assert_eq!(parts[&2].last_lba, (layout.root_offset + layout.root_size) / SECTOR - 1);
+    }
 
-        let mut f = tmp.reopen().unwrap();
-        let w = Window::new(&mut f, layout.esp_offset, layout.esp_size).unwrap();
-        let fs = fatfs::FileSystem::new(w, fatfs::FsOptions::new()).unwrap();
-        assert_eq!(fs.fat_type(), fatfs::FatType::Fat32);
-        assert_eq!(fs.volume_label(), ESP_LABEL);
-        let mut s = Vec::new();
-        fs.root_dir()
-            .open_file("EFI/BOOT/BOOTX64.EFI")
-            .unwrap()
-            .read_to_end(&mut s)
-            .unwrap();
-        assert_eq!(s, b"MZ-not-really");
-        s.clear();
-        fs.root_dir()
-            .open_file("EFI/cairn/grubenv")
-            .unwrap()
-            .read_to_end(&mut s)
-            .unwrap();
-        assert_eq!(s.len(), 1024);
+    #[test]
+    fn esp_volume_id_is_the_commits_and_differs_between_commits() {
+        let a = "6f1f0bd4cb1e4cb0ae7fd1e1c7f8cbb8b0b7f1a1e7e1b6a83b53f3d9a0a1c2d3";
+        let b = "6f1f0bd4cb1e4cb0ae7fd1e1c7f8cbb8b0b7f1a1e7e1b6a83b53f3d9a0a1c2d4";
+        assert_eq!(esp_volume_id(a), esp_volume_id(a));
+        assert_ne!(esp_volume_id(a), esp_volume_id(b));
+        // Pinned: a change of derivation changes every image's /dev/disk/by-uuid name.
+        assert_eq!(esp_volume_id(""), 0x24D8_C149);
+    }
+
+    #[test]
+    fn esp_plan_makes_parents_first_and_lists_files_in_path_order() {
+        let files = [
+            EspFile {
+                path: "EFI/cairn/grubenv",
+                contents: b"",
+            },
+            EspFile {
+                path: "EFI/BOOT/grub.cfg",
+                contents: b"",
+            },
+            EspFile {
+                path: "EFI/BOOT/BOOTX64.EFI",
+                contents: b"",
+            },
+            EspFile {
+                path: "top.txt",
+                contents: b"",
+            },
+        ];
+        let (dirs, sorted) = esp_plan(&files).unwrap();
+        assert_eq!(dirs, ["EFI", "EFI/BOOT", "EFI/cairn"]);
+        let paths: Vec<&str> = sorted.iter().map(|f| f.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "EFI/BOOT/BOOTX64.EFI",
+                "EFI/BOOT/grub.cfg",
+                "EFI/cairn/grubenv",
+                "top.txt"
+            ]
+        );
+    }
+
+    #[test]
+    fn esp_plan_refuses_odd_names_and_duplicates() {
+        for bad in [
+            "",
+            "/EFI/x",
+            "EFI//x",
+            "EFI/../x",
+            "EFI/./x",
+            "EFI/*.efi",
+            "EFI/a b",
+            "EFI/x/",
+        ] {
+            let err = esp_plan(&[EspFile {
+                path: bad,
+                contents: b"",
+            }])
+            .map(|_| ())
+            .unwrap_err();
+            assert!(format!("{err:#}").contains("each name must be"), "{bad:?}: {err:#}");
+        }
+        let twice = [
+            EspFile {
+                path: "EFI/BOOT/grub.cfg",
+                contents: b"",
+            },
+            EspFile {
+                path: "EFI/boot/GRUB.cfg",
+                contents: b"",
+            },
+        ];
+        let err = esp_plan(&twice).map(|_| ()).unwrap_err();
+        assert!(format!("{err:#}").contains("given twice"), "{err:#}");
     }
 
     #[test]

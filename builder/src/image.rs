@@ -3,8 +3,9 @@
 //! The ostree sysroot is assembled in a plain folder with ostree's own
 //! `admin` commands, the GRUB menu is generated from its boot entries with
 //! the same code the agent runs on the host, then the disk is written in
-//! place: GPT (`gpt` crate), FAT32 ESP (`fatfs` crate), ext4 root
-//! (`mkfs.ext4 -d` at the partition's offset). No mounts, no loop devices.
+//! place: GPT (`gpt` crate), FAT32 ESP (`mkfs.fat` and mtools on a file of
+//! its own, copied in), ext4 root (`mkfs.ext4 -d` at the partition's
+//! offset). No mounts, no loop devices.
 //! Outputs are written under temporary names and renamed when complete.
 
 use std::fs::{self, OpenOptions};
@@ -81,7 +82,16 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
 
     let layout = DiskLayout::new(spec.esp_size, spec.root_size);
     let raw_partial = Partial::new(&raw);
-    write_disk(raw_partial.path(), &layout, &spec, &sysroot, &deployment)?;
+    let esp_id = disk::esp_volume_id(&commit);
+    write_disk(
+        raw_partial.path(),
+        &layout,
+        &spec,
+        &sysroot,
+        &deployment,
+        esp_id,
+        &work.path,
+    )?;
     let qcow2_partial = Partial::new(&qcow2);
     Cmd::new("qemu-img")
         .args(["convert", "-f", "raw", "-O", "qcow2"])
@@ -208,7 +218,18 @@ fn check_fits(os_bytes: u64, spec: &ImageSpec) -> Result<()> {
     Ok(())
 }
 
-fn write_disk(path: &Path, layout: &DiskLayout, spec: &ImageSpec, sysroot: &Path, deployment: &Path) -> Result<()> {
+/// The disk image at `path`: `sysroot` as the root file system, the
+/// deployment's EFI tree and a grubenv on an ESP with volume id `esp_id`
+/// (made in `work`).
+fn write_disk(
+    path: &Path,
+    layout: &DiskLayout,
+    spec: &ImageSpec,
+    sysroot: &Path,
+    deployment: &Path,
+    esp_id: u32,
+    work: &Path,
+) -> Result<()> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -238,7 +259,7 @@ fn write_disk(path: &Path, layout: &DiskLayout, spec: &ImageSpec, sysroot: &Path
         path: layout::GRUBENV_ESP_PATH,
         contents: &grubenv,
     });
-    disk::write_esp(&mut file, layout, &esp)?;
+    disk::write_esp(&mut file, layout, esp_id, &esp, work)?;
     file.sync_all()?;
     drop(file);
 

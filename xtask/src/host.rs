@@ -17,6 +17,8 @@ const BUILD: &[&str] = &[
     "ostree",
     "gnupg",
     "e2fsprogs",
+    "dosfstools",
+    "mtools",
     "grub-common",
     "dpkg-dev",
     "zstd",
