@@ -95,6 +95,8 @@ pub fn setup(task: Task, arch: Arch, host: Option<Arch>) -> Setup {
     }
     if task == Task::Vm {
         add(&mut s.packages, &["busybox-static"]);
+        // `disk_check` verifies the GPT with `sgdisk -v` (fsck.fat and e2fsck come with BUILD).
+        add(&mut s.packages, &["gdisk"]);
         // Firmware packages are architecture-independent: the main suite
         // is fine; the emulators come from backports.
         let (firmware, emulators): (Vec<&str>, Vec<&str>) = qemu_packages(arch)
