@@ -7,17 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
 use cairn_agent::releases::UpdateRepo;
 use cairn_builder::tuf_repo::{self, Expiry, Stage};
 use cairn_common::layout::Arch;
 use cairn_common::release::Release;
 use cairn_qemu_tests::http::Server;
 use chrono::{Duration as Days, Utc};
-use tough::editor::signed::SignedRole;
-use tough::editor::RepositoryEditor;
-use tough::key_source::{KeySource, LocalKeySource};
-use tough::schema::{KeyHolder, Root, Signed};
+
+#[path = "support/legacy_tuf.rs"]
+mod legacy_tuf;
 
 fn release(version: &str) -> Release {
     Release {
@@ -181,86 +179,6 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn key_sources(keys: &Path, files: &[&str]) -> Vec<Box<dyn KeySource>> {
-    files
-        .iter()
-        .map(|f| {
-            Box::new(LocalKeySource {
-                path: keys.join("tuf").join(f),
-            }) as Box<dyn KeySource>
-        })
-        .collect()
-}
-
-/// Keys as `cairn-build keygen` made them before consistent snapshots:
-/// `root.json` alone, `consistent_snapshot: false`, an expiry with a
-/// fraction of a second. Returns the root, as images of then baked it.
-fn legacy_keys(dir: &Path) -> PathBuf {
-    let keys = keys(dir);
-    let root_file = keys.join("tuf/root.json");
-    let mut root: Signed<Root> = serde_json::from_slice(&std::fs::read(&root_file).unwrap()).unwrap();
-    root.signed.consistent_snapshot = false;
-    root.signed.expires = Utc::now() + Days::days(365) + Days::nanoseconds(123_456_789);
-    let signed = runtime()
-        .block_on(SignedRole::new(
-            root.signed.clone(),
-            &KeyHolder::Root(root.signed),
-            &key_sources(&keys, &["root-1.pk8"]),
-            &SystemRandom::new(),
-        ))
-        .unwrap();
-    std::fs::write(&root_file, signed.buffer()).unwrap();
-    std::fs::remove_file(keys.join("tuf/1.root.json")).unwrap();
-    let baked = dir.join("baked-root.json");
-    std::fs::write(&baked, signed.buffer()).unwrap();
-    baked
-}
-
-/// A repository as `cairn-build publish` wrote it before consistent
-/// snapshots: release records under their names, unversioned
-/// `targets.json` and `snapshot.json`, expiry with fractions of a second.
-fn legacy_publish(keys: &Path, repo: &Path, versions: &[&str]) {
-    let targets = repo.join("targets");
-    std::fs::create_dir_all(&targets).unwrap();
-    let fraction = Days::nanoseconds(987_654_321);
-    runtime().block_on(async {
-        let mut editor = RepositoryEditor::new(keys.join("tuf/root.json")).await.unwrap();
-        for v in versions {
-            let r = release(v);
-            let path = targets.join(r.target_name());
-            std::fs::write(&path, serde_json::to_vec(&r).unwrap()).unwrap();
-            let (name, mut target) = RepositoryEditor::build_target(&path).await.unwrap();
-            target.custom = tuf_repo::release_custom(&r).unwrap();
-            editor.add_target(name, target).unwrap();
-        }
-        let one = std::num::NonZeroU64::MIN;
-        editor
-            .targets_version(one)
-            .unwrap()
-            .targets_expires(Utc::now() + Days::days(30) + fraction)
-            .unwrap()
-            .snapshot_version(one)
-            .snapshot_expires(Utc::now() + Days::days(30) + fraction)
-            .timestamp_version(one)
-            .timestamp_expires(Utc::now() + Days::days(7) + fraction);
-        let signed = editor
-            .sign(&key_sources(keys, &["targets.pk8", "snapshot.pk8", "timestamp.pk8"]))
-            .await
-            .unwrap();
-        signed.write(repo.join("tuf")).await.unwrap();
-    });
-    for f in ["targets.json", "snapshot.json", "timestamp.json", "1.root.json"] {
-        assert!(repo.join("tuf").join(f).is_file(), "the old layout has {f}");
-    }
-}
-
 fn versions_of(repo: &UpdateRepo) -> Vec<String> {
     let mut v: Vec<String> = repo.releases().unwrap().into_iter().map(|r| r.version).collect();
     v.sort();
@@ -275,9 +193,9 @@ fn hosts_with_a_root_from_before_consistent_snapshots_follow_the_upgrade() {
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let baked = legacy_keys(k.path());
+    let baked = legacy_tuf::keys(k.path());
     let keys = k.path().to_owned();
-    legacy_publish(&keys, r.path(), &["0.1.0"]);
+    legacy_tuf::publish(&keys, r.path(), &[release("0.1.0")]);
     let server = Server::start(r.path()).unwrap();
     // A host in the field: the old root baked in, a datastore of what it trusted.
     let host = UpdateRepo {
@@ -338,8 +256,8 @@ fn check_every_step_of_a_publish(legacy: bool) {
         tempfile::tempdir().unwrap(),
     );
     let (keys, baked) = if legacy {
-        let baked = legacy_keys(k.path());
-        legacy_publish(k.path(), r.path(), &["0.1.0"]);
+        let baked = legacy_tuf::keys(k.path());
+        legacy_tuf::publish(k.path(), r.path(), &[release("0.1.0")]);
         (k.path().to_owned(), baked)
     } else {
         let keys = keys(k.path());
