@@ -94,7 +94,8 @@ pub fn setup(task: Task, arch: Arch, host: Option<Arch>) -> Setup {
         ]);
     }
     if task == Task::Vm {
-        add(&mut s.packages, &["busybox-static"]);
+        // python3-venv: python-tuf for the TUF conformance tests (see `ensure_python_tuf`).
+        add(&mut s.packages, &["busybox-static", "python3-venv"]);
         // `disk_check` verifies the GPT with `sgdisk -v` (fsck.fat and e2fsck come with BUILD).
         add(&mut s.packages, &["gdisk"]);
         // Firmware packages are architecture-independent: the main suite
@@ -127,6 +128,39 @@ pub fn prepare(task: Task, arch: Arch) -> Result<()> {
         register_binfmt(arch)?;
     }
     Ok(())
+}
+
+/// python-tuf, the TUF reference client the conformance tests
+/// (`qemu-tests/tests/tuf_conformance.rs`) check published repositories
+/// with. Debian 12 and its backports do not package it (no
+/// `python3-tuf`), so pinned releases from PyPI go into a virtual
+/// environment in the cache, made with Debian's Python and python3-venv
+/// (installed by `prepare(Task::Vm, …)`) and marked complete only once pip
+/// succeeded: the tests themselves need no network. Returns its interpreter.
+pub fn ensure_python_tuf(cache: &Path) -> Result<std::path::PathBuf> {
+    const PINNED: &[&str] = &["tuf==7.0.1", "securesystemslib==1.6.0", "urllib3==2.8.0"];
+    let venv = cache.join("python-tuf-7.0.1");
+    let python = venv.join("bin/python3");
+    let done = venv.join(".cairn-complete");
+    if done.exists() {
+        return Ok(python);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    Cmd::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .run()
+        .context("creating a virtual environment for python-tuf")?;
+    Cmd::new(venv.join("bin/pip"))
+        .args(["install", "--disable-pip-version-check", "--no-input"])
+        .args(PINNED)
+        .progress()
+        .run()
+        .context("installing python-tuf from PyPI")?;
+    std::fs::write(&done, PINNED.join("\n"))?;
+    tracing::info!(python = %python.display(), "installed python-tuf");
+    Ok(python)
 }
 
 /// Register qemu-user for `arch` with the kernel (no systemd-binfmt in
@@ -298,6 +332,10 @@ mod tests {
         let vm = setup(Task::Vm, Arch::X86_64, Some(Arch::X86_64));
         assert!(vm.backports.contains(&"qemu-system-x86".to_owned()), "{vm:?}");
         assert!(vm.packages.contains(&"ovmf".to_owned()), "{vm:?}");
+        assert!(
+            vm.packages.contains(&"python3-venv".to_owned()),
+            "python-tuf's venv: {vm:?}"
+        );
         let check = setup(Task::KernelCheck, Arch::Aarch64, Some(Arch::X86_64));
         assert_eq!(check.foreign_dpkg_arch, None, "kernel-check builds no agent");
         let build = setup(Task::Build, Arch::Aarch64, Some(Arch::X86_64));

@@ -5,8 +5,9 @@
 //! 2. Build the dev image, and the prod image if a selected test boots it
 //!    (host tools installed first).
 //! 3. The ignored tests of `qemu-tests`, one at a time (each VM takes both
-//!    cores), with the images handed over in a JSON file; under emulation
-//!    of a foreign arch the long ones are left out (see `skipped_tests`).
+//!    cores), with the images handed over in a JSON file and python-tuf
+//!    installed (the TUF conformance tests); under emulation of a foreign
+//!    arch the long ones are left out (see `skipped_tests`).
 
 use anyhow::{Context, Result};
 use cairn_common::process::Cmd;
@@ -31,6 +32,7 @@ pub fn test(target: &Target, filters: &[String]) -> Result<()> {
             .iter()
             .any(|f| artifacts::PROD_TESTS.iter().any(|t| t.contains(f.as_str())));
     let (_, file) = artifacts(target, needs_prod)?;
+    let python_tuf = host::ensure_python_tuf(&paths::cache())?;
 
     // Probe KVM once here rather than in every test process.
     let accel = qemu::accel(arch);
@@ -45,6 +47,8 @@ pub fn test(target: &Target, filters: &[String]) -> Result<()> {
         .args(&args)
         .env(artifacts::ENV, &file)
         .env("CAIRN_ACCEL", accel.as_str())
+        // The interpreter `tuf_conformance.rs` runs python-tuf with.
+        .env("CAIRN_PYTHON_TUF", &python_tuf)
         .current_dir(paths::workspace())
         .run_inherited()
         .context("VM and builder tests")
