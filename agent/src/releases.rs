@@ -1,6 +1,19 @@
 //! The releases an update repository offers, as its TUF metadata vouches
 //! for them (the `tough` client: root chain, thresholds, expiry, rollback
 //! protection through a datastore of the last trusted metadata).
+//!
+//! Both repository layouts read through the same code: tough first walks
+//! the root chain (`N.root.json`) from the root the image carries, and the
+//! newest root's `consistent_snapshot` says which names come next — the
+//! versioned `N.snapshot.json` and `N.targets.json` publish writes now, or
+//! the unversioned files of a repository published before. A host whose
+//! image carries a root from before (`consistent_snapshot: false`) takes
+//! the signed root N+1 the first publish after the change adds, and reads
+//! the new layout from then on. (A host whose root already says
+//! `consistent_snapshot` cannot read a repository that was never published
+//! with it; publish never makes one, as it copies the whole root chain.)
+//! The release records themselves are not fetched: each target's signed
+//! `custom` metadata carries the record.
 
 use std::path::PathBuf;
 use std::time::Duration;
