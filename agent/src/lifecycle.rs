@@ -213,16 +213,24 @@ pub fn classify_boot(state: &UpdateState, seen: &Observed<'_>) -> BootOutcome {
 /// same atomic write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
-    Exclude { version: String, reason: ExclusionReason },
+    Exclude {
+        version: String,
+        reason: ExclusionReason,
+    },
     /// Take a version off the exclusions (an operator chose it).
-    Include { version: String },
+    Include {
+        version: String,
+    },
     Event {
         kind: crate::state::EventKind,
         version: Option<String>,
         detail: String,
     },
     /// Shown by `status` until an operation succeeds.
-    Error { operation: String, message: String },
+    Error {
+        operation: String,
+        message: String,
+    },
     ClearError,
     /// The newest release the last check saw (None: up to date).
     Available(Option<String>),
@@ -445,7 +453,10 @@ pub fn plan_stage(trial: &Trial, tries: u32, kargs: Vec<String>, operator_reboot
                 event(
                     EventKind::Staged,
                     &trial.version,
-                    format!("staged {} (from {}); {tries} trial boots", trial.commit, trial.from_version),
+                    format!(
+                        "staged {} (from {}); {tries} trial boots",
+                        trial.commit, trial.from_version
+                    ),
                 ),
                 Note::Available(Some(trial.version.clone())),
                 Note::Checked,
@@ -668,7 +679,11 @@ mod tests {
                 self.apply(e);
             }
             if let Some(t) = &plan.gate {
-                let verdict = if gate_passes { Ok(()) } else { Err("check failed".to_owned()) };
+                let verdict = if gate_passes {
+                    Ok(())
+                } else {
+                    Err("check failed".to_owned())
+                };
                 for e in plan_verdict(t, verdict, self.counter.tries_left) {
                     self.apply(&e);
                 }
@@ -757,7 +772,13 @@ mod tests {
         assert_eq!(plan.outcome, BootOutcome::FellBack(trial()));
         // The order that makes it safe: verdict (then said on the
         // console), undeploy, disarm, idle.
-        assert!(matches!(&plan.effects[0], Effect::Persist { state: UpdateState::FallingBack { .. }, .. }));
+        assert!(matches!(
+            &plan.effects[0],
+            Effect::Persist {
+                state: UpdateState::FallingBack { .. },
+                ..
+            }
+        ));
         assert!(matches!(&plan.effects[1], Effect::Announce { .. }));
         assert_eq!(plan.effects[2], Effect::Undeploy { commit: "c2".into() });
         assert_eq!(plan.effects[3], Effect::DisarmCounter);
@@ -826,7 +847,11 @@ mod tests {
         let boot = plan_boot(&on_trial.state, &seen);
         let mut plan = boot.effects.clone();
         plan.extend(plan_verdict(&trial(), Ok(()), on_trial.counter.tries_left));
-        assert_eq!(plan[1], Effect::DisarmCounter, "disarm before the record says committed");
+        assert_eq!(
+            plan[1],
+            Effect::DisarmCounter,
+            "disarm before the record says committed"
+        );
         for cut_after in 0..=plan.len() {
             let mut sim = on_trial.clone();
             for e in &plan[..cut_after] {
@@ -858,7 +883,10 @@ mod tests {
             }
             sim.reboot();
             if sim.booted == "c2" {
-                assert!(sim.counter.armed, "v2 booted with no trial armed (cut after {cut_after})");
+                assert!(
+                    sim.counter.armed,
+                    "v2 booted with no trial armed (cut after {cut_after})"
+                );
             }
             sim.run_until_settled(true);
             assert!(sim.state.is_idle() && sim.counter.is_clear(), "{sim:#?}");
@@ -910,7 +938,10 @@ mod tests {
                 assert_eq!(sim.excluded.get("2"), Some(&ExclusionReason::RolledBack), "{sim:#?}");
             } else {
                 assert_eq!(sim.booted, "c2", "{sim:#?}");
-                assert!(sim.excluded.is_empty(), "a rollback that never ran excludes nothing: {sim:#?}");
+                assert!(
+                    sim.excluded.is_empty(),
+                    "a rollback that never ran excludes nothing: {sim:#?}"
+                );
             }
         }
         let failed = plan_rollback_failed(&rollback);

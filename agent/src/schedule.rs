@@ -49,7 +49,12 @@ pub enum DaemonStep {
 /// (`None`: the daemon does not check by itself), whether the daemon is to
 /// reboot into something staged, and the reboot strategy. One decision per
 /// wake-up, so a pending reboot never delays a check or the reverse.
-pub fn daemon_step(now: u64, next_check_at: Option<u64>, reboot_pending: bool, strategy: &RebootStrategy) -> DaemonStep {
+pub fn daemon_step(
+    now: u64,
+    next_check_at: Option<u64>,
+    reboot_pending: bool,
+    strategy: &RebootStrategy,
+) -> DaemonStep {
     let mut sleep = LONGEST_SLEEP;
     if reboot_pending {
         match reboot_delay(strategy, now) {
@@ -99,27 +104,42 @@ mod tests {
         };
         let day = 20_000 * 86_400;
         // Due: check; not due: sleep until it is (at most LONGEST_SLEEP).
-        assert_eq!(daemon_step(day + 100, Some(day + 100), false, &window), DaemonStep::Check);
+        assert_eq!(
+            daemon_step(day + 100, Some(day + 100), false, &window),
+            DaemonStep::Check
+        );
         assert_eq!(
             daemon_step(day + 100, Some(day + 130), false, &window),
             DaemonStep::Sleep(Duration::from_secs(30))
         );
-        assert_eq!(daemon_step(day + 100, Some(day + 9_999), false, &window), DaemonStep::Sleep(LONGEST_SLEEP));
+        assert_eq!(
+            daemon_step(day + 100, Some(day + 9_999), false, &window),
+            DaemonStep::Sleep(LONGEST_SLEEP)
+        );
         // A staged update with auto updates off (no check due, ever): the
         // reboot still happens, in the window and only there.
-        assert_eq!(daemon_step(day + 3600, None, true, &window), DaemonStep::Sleep(LONGEST_SLEEP));
+        assert_eq!(
+            daemon_step(day + 3600, None, true, &window),
+            DaemonStep::Sleep(LONGEST_SLEEP)
+        );
         assert_eq!(
             daemon_step(day + 3 * 3600 - 10, None, true, &window),
             DaemonStep::Sleep(Duration::from_secs(10))
         );
         assert_eq!(daemon_step(day + 3 * 3600 + 5, None, true, &window), DaemonStep::Reboot);
-        assert_eq!(daemon_step(day, Some(day), true, &RebootStrategy::Immediate), DaemonStep::Reboot);
+        assert_eq!(
+            daemon_step(day, Some(day), true, &RebootStrategy::Immediate),
+            DaemonStep::Reboot
+        );
         // Strategy off: never a reboot, and no checks while staged.
         assert_eq!(
             daemon_step(day, Some(day), true, &RebootStrategy::Off),
             DaemonStep::Sleep(LONGEST_SLEEP)
         );
-        assert_eq!(daemon_step(day, None, false, &RebootStrategy::Off), DaemonStep::Sleep(LONGEST_SLEEP));
+        assert_eq!(
+            daemon_step(day, None, false, &RebootStrategy::Off),
+            DaemonStep::Sleep(LONGEST_SLEEP)
+        );
     }
 
     #[test]

@@ -303,7 +303,10 @@ mod tests {
         assert_eq!(s.excluded["1.0.1"].reason, ExclusionReason::FailedTrial);
         assert_eq!(s.history.len(), 1);
         let text = std::fs::read_to_string(file.path()).unwrap();
-        assert!(text.contains("\"schema\": 2") && text.contains("\"state\": \"staged\""), "{text}");
+        assert!(
+            text.contains("\"schema\": 2") && text.contains("\"state\": \"staged\""),
+            "{text}"
+        );
     }
 
     #[test]
@@ -314,8 +317,7 @@ mod tests {
                 r#"{{"phase":{phase},"trial":{trial},"last_check":5,"available":null,"last_error":null,"bad_versions":["0.3.0"],"history":[]}}"#
             )
         };
-        let s: AgentState =
-            serde_json::from_str(&old(r#"{"phase":"staged","version":"1.1.0"}"#, &trial_json)).unwrap();
+        let s: AgentState = serde_json::from_str(&old(r#"{"phase":"staged","version":"1.1.0"}"#, &trial_json)).unwrap();
         assert_eq!(
             s.update,
             UpdateState::Staged {
@@ -325,8 +327,7 @@ mod tests {
         );
         assert_eq!(s.excluded["0.3.0"].reason, ExclusionReason::FailedTrial);
         assert_eq!(s.last_check, Some(5));
-        let s: AgentState =
-            serde_json::from_str(&old(r#"{"phase":"trial","version":"1.1.0"}"#, &trial_json)).unwrap();
+        let s: AgentState = serde_json::from_str(&old(r#"{"phase":"trial","version":"1.1.0"}"#, &trial_json)).unwrap();
         assert_eq!(s.update, UpdateState::OnTrial { trial: trial() });
         // The stuck `staged` phase an old rollback left: idle.
         let s: AgentState = serde_json::from_str(&old(r#"{"phase":"staged","version":"1.0.0"}"#, "null")).unwrap();

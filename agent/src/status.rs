@@ -81,7 +81,10 @@ impl Status {
     }
 
     pub fn booted_version(&self) -> &str {
-        self.booted.as_ref().and_then(|b| b.version.as_deref()).unwrap_or_default()
+        self.booted
+            .as_ref()
+            .and_then(|b| b.version.as_deref())
+            .unwrap_or_default()
     }
 
     pub fn is_excluded(&self, version: &str, reason: ExclusionReason) -> bool {

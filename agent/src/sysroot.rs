@@ -244,7 +244,10 @@ impl Sysroot for HostSysroot {
         let mut kargs = Vec::new();
         for file in toml_files_of_listing(&out.stdout) {
             let text = Self::repo().args(["cat", commit, &file]).output()?.stdout;
-            kargs.extend(cairn_common::kargs::parse(std::path::Path::new(&format!("{commit}:{file}")), &text)?);
+            kargs.extend(cairn_common::kargs::parse(
+                std::path::Path::new(&format!("{commit}:{file}")),
+                &text,
+            )?);
         }
         Ok(kargs)
     }
@@ -352,7 +355,10 @@ mod tests {
 ";
         assert_eq!(
             toml_files_of_listing(listing),
-            ["/usr/lib/cairn/kargs.d/00-image.toml", "/usr/lib/cairn/kargs.d/50-test.toml"]
+            [
+                "/usr/lib/cairn/kargs.d/00-image.toml",
+                "/usr/lib/cairn/kargs.d/50-test.toml"
+            ]
         );
     }
 

@@ -231,7 +231,10 @@ impl Agent {
             Effect::DropStaged => self.sysroot.drop_staged(),
             Effect::Undeploy { commit } => {
                 let deployments = self.sysroot.deployments()?;
-                match deployments.iter().find(|d| d.commit == *commit && !d.booted && !d.staged) {
+                match deployments
+                    .iter()
+                    .find(|d| d.commit == *commit && !d.booted && !d.staged)
+                {
                     Some(d) => self.sysroot.undeploy(d.index),
                     None => Ok(()),
                 }
@@ -306,7 +309,8 @@ impl Agent {
             let booted_version = version_of(booted(&deployments)?)?;
             let releases = self.repo.releases()?;
             let excluded = self.store.load()?.excluded_versions();
-            let selection = selection::select(&releases, &self.host_view(&booted_version, &excluded), &Request::Latest)?;
+            let selection =
+                selection::select(&releases, &self.host_view(&booted_version, &excluded), &Request::Latest)?;
             let available = match selection {
                 Selection::Update(r) => Some(r),
                 Selection::UpToDate => None,
@@ -605,11 +609,19 @@ mod tests {
         fn commit_metadata(&self, commit: &str, key: &str) -> Result<Option<String>> {
             let w = self.0.borrow();
             let r = w.releases.iter().find(|r| r.commit == commit).unwrap();
-            Ok(Some(if key == meta::ARCH { r.arch.to_string() } else { r.version.clone() }))
+            Ok(Some(if key == meta::ARCH {
+                r.arch.to_string()
+            } else {
+                r.version.clone()
+            }))
         }
         fn stage(&self, commit: &str, kargs: &[String]) -> Result<()> {
             let mut w = self.0.borrow_mut();
-            let version = w.releases.iter().find(|r| r.commit == commit).map_or("1.0.0".into(), |r| r.version.clone());
+            let version = w
+                .releases
+                .iter()
+                .find(|r| r.commit == commit)
+                .map_or("1.0.0".into(), |r| r.version.clone());
             w.deployments.insert(0, deployment(0, commit, &version, false, true));
             for (i, d) in w.deployments.iter_mut().enumerate() {
                 d.index = i;
@@ -758,11 +770,22 @@ mod tests {
             w.staged_with,
             vec![(
                 commit(2),
-                vec!["root=LABEL=cairn-root".into(), "old.flag=1".into(), "rw".into(), "new.flag=1".into()]
+                vec![
+                    "root=LABEL=cairn-root".into(),
+                    "old.flag=1".into(),
+                    "rw".into(),
+                    "new.flag=1".into()
+                ]
             )]
         );
         assert_eq!(boot_counter::tries_left(&w.env), Some(agent.config.boot_tries));
-        assert!(matches!(&w.state.update, UpdateState::Staged { operator_reboots: true, .. }));
+        assert!(matches!(
+            &w.state.update,
+            UpdateState::Staged {
+                operator_reboots: true,
+                ..
+            }
+        ));
         let status = crate::status::build(&w.deployments, w.state.clone(), None, &agent.config, 0);
         assert_eq!(status.waiting, Some(crate::status::Waiting::Operator));
     }
@@ -832,7 +855,10 @@ mod tests {
             version: Version::parse("1.1.0").unwrap(),
             allow_downgrade: false,
         };
-        assert!(matches!(agent.update(&named, false).unwrap(), UpdateOutcome::Staged { .. }));
+        assert!(matches!(
+            agent.update(&named, false).unwrap(),
+            UpdateOutcome::Staged { .. }
+        ));
         assert!(fake.0.borrow().state.excluded.is_empty());
     }
 }

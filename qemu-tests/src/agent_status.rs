@@ -51,12 +51,7 @@ pub fn versions(s: &Status) -> Vec<String> {
 
 /// Poll `status` until `done` holds (the daemon settles a boot some time
 /// after the boot finishes).
-pub fn wait_status(
-    console: &Console,
-    what: &str,
-    timeout: Duration,
-    done: impl Fn(&Status) -> bool,
-) -> Result<Status> {
+pub fn wait_status(console: &Console, what: &str, timeout: Duration, done: impl Fn(&Status) -> bool) -> Result<Status> {
     let deadline = Instant::now() + timeout;
     loop {
         let s = status(console)?;

@@ -307,7 +307,10 @@ mod tests {
         assert_eq!(clean(raw), "  OK  ] Reached target multi-user.target\nroot@cairn:~# ");
     }
 
-    #[allow(clippy::disallowed_methods, reason = "an interactive shell on raw pipes stands in for a guest")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "an interactive shell on raw pipes stands in for a guest"
+    )]
     fn shell() -> (Child, Console) {
         let mut child = Command::new("sh")
             .args(["-c", "exec sh -i 2>&1"])

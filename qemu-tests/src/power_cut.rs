@@ -124,7 +124,11 @@ pub fn standard_points() -> Vec<CutPoint> {
             0,
         ),
         CutPoint::new("after commit", Committed, 0),
-        CutPoint::new("fall-back: failed trial recorded, cleanup under way", FallBackRecorded, 0),
+        CutPoint::new(
+            "fall-back: failed trial recorded, cleanup under way",
+            FallBackRecorded,
+            0,
+        ),
     ]
 }
 
@@ -262,10 +266,7 @@ impl<'a> Rig<'a> {
         if fails {
             self.end_failing_trial()?;
             // Excluded for good: the next update does not stage it again.
-            let again = self
-                .vm
-                .console
-                .run_ok("cairn-agent update --no-reboot 2>&1", COMMAND)?;
+            let again = self.vm.console.run_ok("cairn-agent update --no-reboot 2>&1", COMMAND)?;
             if report.landed != Landed::Old || !report.marked_bad || !again.contains("up to date") {
                 bail!(
                     "after a cut in the fall-back cleanup of {to}: landed on the {:?} release, marked bad: {}; `update` said: {again}",

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use cairn_common::layout::Arch;
 
-use cairn_qemu_tests::agent_status::{
-    self, booted_version, is_bad, versions, ExclusionReason, Status, UpdateState,
-};
+use cairn_qemu_tests::agent_status::{self, booted_version, is_bad, versions, ExclusionReason, Status, UpdateState};
 use cairn_qemu_tests::http::{Fault, Server};
 use cairn_qemu_tests::releases::TestReleases;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
@@ -216,7 +214,11 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
             .unwrap();
         assert_ne!(out.status, 0, "{version} was not refused:\n{}", out.output);
         let s = status(&vm);
-        let message = s.last_error.as_ref().map(|e| e.message.to_lowercase()).unwrap_or_default();
+        let message = s
+            .last_error
+            .as_ref()
+            .map(|e| e.message.to_lowercase())
+            .unwrap_or_default();
         assert!(
             why.iter().any(|w| message.contains(w)),
             "{version}: expected one of {why:?} in the last error:\n{s:#?}"
@@ -276,9 +278,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v3
     c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v3 to be rolled back", |s| {
-        is_bad(s, "0.3.0") && s.settled()
-    });
+    let s = wait_status(&vm, "v3 to be rolled back", |s| is_bad(s, "0.3.0") && s.settled());
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     assert!(
         !versions(&s).contains(&"0.3.0".to_owned()),
@@ -305,9 +305,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v4, which hangs
     c.wait_for("Linux version", BOOT).unwrap(); // after the health gate timed out
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v4 to be rolled back", |s| {
-        is_bad(s, "0.4.0") && s.settled()
-    });
+    let s = wait_status(&vm, "v4 to be rolled back", |s| is_bad(s, "0.4.0") && s.settled());
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
 
     // v5's kernel cannot mount its root (its initramfs is empty): the kernel
@@ -321,9 +319,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     c.wait_for("Unable to mount root fs", BOOT).unwrap();
     c.wait_for("Linux version", BOOT).unwrap(); // panic=10 rebooted; GRUB falls back
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v5 to be rolled back", |s| {
-        is_bad(s, "0.5.0") && s.settled()
-    });
+    let s = wait_status(&vm, "v5 to be rolled back", |s| is_bad(s, "0.5.0") && s.settled());
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
 
     // v6 hangs userspace hard (PID 1 starved): nothing in userspace can act,
@@ -337,9 +333,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     c.wait_for("softdog: Initiating system reboot", BOOT).unwrap();
     c.wait_for("Linux version", BOOT).unwrap();
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v6 to be rolled back", |s| {
-        is_bad(s, "0.6.0") && s.settled()
-    });
+    let s = wait_status(&vm, "v6 to be rolled back", |s| is_bad(s, "0.6.0") && s.settled());
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     let history = c.run_ok("cairn-agent history", COMMAND).unwrap();
     for v in ["0.3.0", "0.4.0", "0.5.0", "0.6.0"] {
@@ -498,9 +492,7 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
     c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v3
     c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v3 to be rolled back", |s| {
-        is_bad(s, "0.3.0") && s.settled()
-    });
+    let s = wait_status(&vm, "v3 to be rolled back", |s| is_bad(s, "0.3.0") && s.settled());
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     assert!(
         !versions(&s).contains(&"0.3.0".to_owned()),
