@@ -2,7 +2,7 @@
 //!
 //! Cairn never names a mirror in its sources: it takes the one the host's own
 //! apt uses (deb822 `*.sources` files, or one-line `*.list` files), unless the
-//! manifest overrides it. Parsing is pure; [`host_mirrors`] does the reading.
+//! manifest overrides it. Parsing is pure; [`host_sources`] and [`resolve`] do the reading.
 
 use std::path::Path;
 

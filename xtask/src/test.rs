@@ -1,5 +1,9 @@
 //! `cargo xtask test`: the whole suite, in tiers.
 //!
+//! 0. The conventions, with the whole suite (not when filters pick tests):
+//!    `cargo fmt --check`, `cargo clippy --all-targets -D warnings` (which
+//!    also enforces `clippy.toml`: no `std::process::Command` outside the
+//!    process helper) and `cargo doc` with warnings denied.
 //! 1. `cargo test --workspace`: unit tests (no root, no network, no VM);
 //!    for a foreign `--arch`, also the agent's unit tests under qemu-user.
 //! 2. Build the dev image, and the prod image if a selected test boots it
@@ -19,6 +23,9 @@ pub fn test(target: &Target, filters: &[String]) -> Result<()> {
     let arch = target.arch;
     build::validate(&target.image("dev"))?;
     host::prepare(host::Task::Vm, arch)?;
+    if filters.is_empty() {
+        conventions()?;
+    }
     cargo(&["test", "--workspace"]).context("unit tests")?;
     // The agent's unit tests built for a foreign arch, under qemu-user
     // (minutes to compile): with the whole suite, not when a filter picks
@@ -104,6 +111,18 @@ fn skipped_tests(native: bool) -> &'static [&'static str] {
             "a_power_cut_at_any_moment",
         ]
     }
+}
+
+/// Formatting, lints and documentation, each with warnings as errors.
+fn conventions() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"]).context("cargo fmt --check: run `cargo fmt --all`")?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).context("cargo clippy")?;
+    Cmd::new(env!("CARGO"))
+        .args(["doc", "--workspace", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .current_dir(paths::workspace())
+        .run_inherited()
+        .context("cargo doc")
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
