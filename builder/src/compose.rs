@@ -5,7 +5,9 @@
 //! 1. The **package layer**: mmdebstrap of the manifest's packages, one
 //!    dracut run, the GRUB EFI image, converted to the ostree layout and
 //!    committed to a cache repo under a ref named by the hash of everything
-//!    that went into it ([`BaseRecipe`]). Downloaded `.deb`s are cached too.
+//!    that went into it ([`BaseRecipe`]), the state of the Debian archive
+//!    included (each suite's `InRelease`, see [`crate::archive`]).
+//!    Downloaded `.deb`s are cached too.
 //! 2. The **image commit**: the package layer plus the overlay trees, the
 //!    agent binaries and generated files, committed (GPG-signed) to the
 //!    output repo with the version and every package version as metadata.
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::apt_sources::{self, Mirrors};
+use crate::archive::{self, ArchiveState};
 use crate::kernel_check::{self, Fragment, KernelFacts};
 use crate::keys::SigningKey;
 use crate::manifest::{ImageSpec, Manifest};
@@ -34,7 +37,7 @@ use crate::scratch;
 
 /// Bump when the way the package layer is made changes, so old caches are
 /// not reused for a different recipe.
-const BASE_RECIPE_VERSION: u32 = 7;
+const BASE_RECIPE_VERSION: u32 = 8;
 
 /// Where the GRUB EFI image lives inside the OS tree (and so in every commit):
 /// the image builder copies this folder to the ESP.
@@ -98,7 +101,7 @@ pub fn dracut_args(drivers: &[String]) -> String {
 const COMPRESS_INITRAMFS: &str = "for k in \"$1\"/usr/lib/modules/*; do zstd -q -19 -T0 --rm \"$k/initramfs.img\" -o \"$k/initramfs.img.zst\" && mv \"$k/initramfs.img.zst\" \"$k/initramfs.img\" || exit 1; done";
 
 /// Everything the package layer is made of. Its hash names the cache entry.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BaseRecipe {
     pub recipe: u32,
     pub arch: Arch,
@@ -109,10 +112,12 @@ pub struct BaseRecipe {
     pub path_excludes: Vec<String>,
     pub grub_modules: Vec<String>,
     pub dracut_args: String,
+    /// The archive's state: suite → SHA-256 of its `InRelease`.
+    pub archive: BTreeMap<String, String>,
 }
 
 impl BaseRecipe {
-    pub fn new(spec: &ImageSpec, mirrors: &Mirrors) -> BaseRecipe {
+    pub fn new(spec: &ImageSpec, mirrors: &Mirrors, archive: &ArchiveState) -> BaseRecipe {
         let components = spec.components.join(" ");
         BaseRecipe {
             recipe: BASE_RECIPE_VERSION,
@@ -127,6 +132,10 @@ impl BaseRecipe {
             path_excludes: spec.path_excludes.clone(),
             grub_modules: GRUB_MODULES.iter().map(|s| s.to_string()).collect(),
             dracut_args: dracut_args(&spec.initramfs_drivers),
+            archive: archive
+                .iter()
+                .map(|(suite, r)| (suite.clone(), r.inrelease_sha256.clone()))
+                .collect(),
         }
     }
 
@@ -144,6 +153,8 @@ pub struct Base {
     pub commit: String,
     pub kernel_release: String,
     pub packages: BTreeMap<String, String>,
+    /// The archive's state the packages were installed from.
+    pub archive: ArchiveState,
 }
 
 /// Inputs of `compose`.
@@ -239,7 +250,10 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
                 (meta::BASE_KEY, base.key.clone()),
                 (meta::KERNEL, base.kernel_release.clone()),
             ],
-            variants: vec![(meta::PACKAGES, packages)],
+            variants: vec![
+                (meta::PACKAGES, packages),
+                (meta::DEBIAN_ARCHIVE, archive::to_gvariant(&base.archive)),
+            ],
             sign: Some(&key),
             consume: false,
         },
@@ -486,11 +500,20 @@ impl Cache {
         self.root.join("debs").join(arch.debian())
     }
 
-    /// The package layer for `spec`, built unless cached.
+    fn record(&self, key: &str) -> PathBuf {
+        self.root.join("bases").join(format!("{key}.json"))
+    }
+
+    /// The package layer for `spec` from the Debian archive as it is now,
+    /// built unless cached.
     pub fn base(&self, spec: &ImageSpec, mirrors: &Mirrors) -> Result<Base> {
-        let recipe = BaseRecipe::new(spec, mirrors);
+        let fetched = {
+            let dir = scratch::WorkDir::new(&self.tmp(), "archive-")?;
+            archive::fetch(&spec.suites, mirrors, dir.path())?
+        };
+        let recipe = BaseRecipe::new(spec, mirrors, &fetched);
         let key = recipe.key();
-        let record = self.root.join("bases").join(format!("{key}.json"));
+        let record = self.record(&key);
         if let Ok(text) = fs::read_to_string(&record) {
             let base: Base = serde_json::from_str(&text).with_context(|| format!("reading {}", record.display()))?;
             if ostree::rev_parse(&self.base_repo(), &base.commit)?.is_some() {
@@ -499,14 +522,20 @@ impl Cache {
             }
         }
         tracing::info!(%key, packages = recipe.packages.len(), "building package layer");
-        let base = self.build_base(spec, &recipe, &key)?;
+        let base = self.build_base(spec, recipe)?;
+        // Recorded only now that it is committed, under the key of the
+        // archive state it was really built from.
+        let record = self.record(&base.key);
         let tmp = record.with_extension("json.partial");
         fs::write(&tmp, serde_json::to_vec_pretty(&base)?)?;
         fs::rename(&tmp, &record)?;
         Ok(base)
     }
 
-    fn build_base(&self, spec: &ImageSpec, recipe: &BaseRecipe, key: &str) -> Result<Base> {
+    /// Build the package layer of `recipe`. Its key comes from the
+    /// `InRelease` files apt used: if the archive changed since `recipe`
+    /// was made, the layer is keyed by the newer state it was built from.
+    fn build_base(&self, spec: &ImageSpec, mut recipe: BaseRecipe) -> Result<Base> {
         let started = Instant::now();
         // Removed whole, mmdebstrap's mounts first, however this ends; the
         // layer is recorded only once committed.
@@ -514,11 +543,28 @@ impl Cache {
         let root = work.path().join("root");
         let grub_debs = work.path().join("grub-deb");
         fs::create_dir_all(&grub_debs)?;
+        let lists = work.path().join("apt-lists");
+        fs::create_dir_all(&lists)?;
         let debs = self.debs(spec.arch);
         fs::create_dir_all(&debs)?;
 
-        run_mmdebstrap(spec, recipe, &root, &debs, &grub_debs)?;
+        run_mmdebstrap(spec, &recipe, &root, &debs, &grub_debs, &lists)?;
         tracing::info!(elapsed = ?started.elapsed(), "packages installed");
+        let used = archive::from_apt_lists(&lists, &spec.suites)?;
+        let fetched = recipe.archive.clone();
+        recipe.archive = used
+            .iter()
+            .map(|(suite, r)| (suite.clone(), r.inrelease_sha256.clone()))
+            .collect();
+        let key = recipe.key();
+        if recipe.archive != fetched {
+            let changed: Vec<&String> = recipe
+                .archive
+                .keys()
+                .filter(|s| recipe.archive.get(*s) != fetched.get(*s))
+                .collect();
+            tracing::warn!(?changed, %key, "the archive changed while the package layer was built: keyed by the state apt used");
+        }
 
         let packages = installed_packages(&root)?;
         build_grub_image(
@@ -534,18 +580,19 @@ impl Cache {
                 branch: &format!("base/{}/{key}", spec.arch),
                 subject: &format!("Cairn package layer {key}"),
                 trees: vec![Tree::Dir(&root)],
-                strings: vec![(meta::BASE_KEY, key.to_owned())],
-                variants: vec![],
+                strings: vec![(meta::BASE_KEY, key.clone())],
+                variants: vec![(meta::DEBIAN_ARCHIVE, archive::to_gvariant(&used))],
                 sign: None,
                 consume: true,
             },
         )?;
         tracing::info!(%commit, elapsed = ?started.elapsed(), "package layer committed");
         Ok(Base {
-            key: key.to_owned(),
+            key,
             commit,
             kernel_release: converted.kernel_release,
             packages,
+            archive: used,
         })
     }
 }
@@ -554,7 +601,14 @@ impl Cache {
 /// the module index in the tree.
 const COMPRESS_MODULES: &str = "find \"$1\"/usr/lib/modules -name '*.ko' -exec zstd -q --rm -15 -T0 {} + && for k in \"$1\"/usr/lib/modules/*; do chroot \"$1\" depmod -a \"${k##*/}\"; done";
 
-fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Path, grub_debs: &Path) -> Result<()> {
+fn run_mmdebstrap(
+    spec: &ImageSpec,
+    recipe: &BaseRecipe,
+    root: &Path,
+    debs: &Path,
+    grub_debs: &Path,
+    lists: &Path,
+) -> Result<()> {
     let q = |p: &Path| shell_quote(&p.display().to_string());
     let dracut = format!(
         "chroot \"$1\" sh -c 'for k in /usr/lib/modules/*; do kver=${{k##*/}}; dracut {} \"$k/initramfs.img\" \"$kver\"; done'",
@@ -598,6 +652,11 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, root: &Path, debs: &Pat
         .arg(format!("--customize-hook={COMPRESS_INITRAMFS}"))
         // Then the tree's modules (kmod reads .ko.zst): a third of their size.
         .arg(format!("--customize-hook={COMPRESS_MODULES}"))
+        // The InRelease files apt used: the archive state the layer is keyed by.
+        .arg(format!(
+            "--customize-hook=cp \"$1\"/var/lib/apt/lists/*_InRelease {}/",
+            q(lists)
+        ))
         .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/*")
         .env("INITRD", "No")
         // Reproducible trees (mmdebstrap, dpkg, shadow's dates, dracut's
@@ -728,7 +787,7 @@ mod tests {
     }
 
     #[test]
-    fn recipe_key_changes_with_packages_and_mirror_only() {
+    fn recipe_key_changes_with_packages_mirror_and_archive_state_only() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("image.toml");
         let text = r#"
@@ -760,13 +819,24 @@ package-sets = ["base"]
             main: "http://a.example/debian".into(),
             security: "http://s.example/ds".into(),
         };
-        let k1 = BaseRecipe::new(&spec, &m).key();
+        let state = |sha: &str| -> ArchiveState {
+            [(
+                "bookworm".to_owned(),
+                archive::SuiteRelease {
+                    inrelease_sha256: sha.into(),
+                    date: "2026-07-11T10:16:37Z".into(),
+                },
+            )]
+            .into()
+        };
+        let a = state("aa");
+        let k1 = BaseRecipe::new(&spec, &m, &a).key();
         let v2 = Manifest::parse(&path, &text.replace("1.0.0", "1.0.1"))
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
         assert_eq!(
-            BaseRecipe::new(&v2, &m).key(),
+            BaseRecipe::new(&v2, &m, &a).key(),
             k1,
             "the version is not part of the package layer"
         );
@@ -774,12 +844,24 @@ package-sets = ["base"]
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
-        assert_ne!(BaseRecipe::new(&p2, &m).key(), k1);
+        assert_ne!(BaseRecipe::new(&p2, &m, &a).key(), k1);
         let m2 = Mirrors {
             main: "http://b.example/debian".into(),
             ..m.clone()
         };
-        assert_ne!(BaseRecipe::new(&spec, &m2).key(), k1);
+        assert_ne!(BaseRecipe::new(&spec, &m2, &a).key(), k1);
+        assert_ne!(
+            BaseRecipe::new(&spec, &m, &state("bb")).key(),
+            k1,
+            "a new InRelease (a security update) is a new layer"
+        );
+        let mut later = a.clone();
+        later.get_mut("bookworm").unwrap().date = "2026-07-12T00:00:00Z".into();
+        assert_eq!(
+            BaseRecipe::new(&spec, &m, &later).key(),
+            k1,
+            "the key is what the archive served, not a time"
+        );
         assert_eq!(k1.len(), 32);
     }
 }

@@ -1,6 +1,7 @@
 //! Cairn's image builder. `cairn-build` is a thin shim over [`cli::run`].
 
 pub mod apt_sources;
+pub mod archive;
 pub mod cli;
 pub mod compose;
 pub mod disk;

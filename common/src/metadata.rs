@@ -14,3 +14,7 @@ pub const PACKAGES: &str = "cairn.packages";
 pub const BASE_KEY: &str = "cairn.base-key";
 /// Kernel release (`uname -r`) shipped in the commit.
 pub const KERNEL: &str = "cairn.kernel";
+/// The state of the Debian archive the package layer was installed from:
+/// suite → `{'inrelease-sha256': …, 'date': …}` (`a{sa{ss}}`), the SHA-256
+/// of each suite's `InRelease` as apt used it and its `Date:` (RFC 3339).
+pub const DEBIAN_ARCHIVE: &str = "cairn.debian-archive";
