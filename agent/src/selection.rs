@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use cairn_common::identity::Variant;
 use cairn_common::layout::Arch;
 use cairn_common::release::Release;
 use semver::{Version, VersionReq};
@@ -20,7 +21,7 @@ pub enum Request {
 #[derive(Debug, Clone)]
 pub struct Host<'a> {
     pub arch: Arch,
-    pub flavor: &'a str,
+    pub variant: &'a Variant,
     pub stream: &'a str,
     pub booted: &'a Version,
     /// Versions not to take automatically (a failed trial, or one an
@@ -74,7 +75,7 @@ fn parse(release: &Release) -> Result<(Version, Option<VersionReq>), Refusal> {
 pub fn select(releases: &[Release], host: &Host<'_>, request: &Request) -> Result<Selection, Refusal> {
     let in_stream = releases
         .iter()
-        .filter(|r| r.stream == host.stream && r.flavor == host.flavor);
+        .filter(|r| r.stream == host.stream && r.variant == *host.variant);
     match request {
         Request::Latest => {
             let mut best: Option<(Version, &Release)> = None;
@@ -140,7 +141,7 @@ mod tests {
         Release {
             version: version.into(),
             arch,
-            flavor: "dev".into(),
+            variant: "dev".parse().unwrap(),
             stream: "stable".into(),
             ostree_ref: format!("cairn/{arch}/stable"),
             commit: format!("{:0>64}", version.replace('.', "")),
@@ -148,10 +149,12 @@ mod tests {
         }
     }
 
+    static DEV: std::sync::LazyLock<Variant> = std::sync::LazyLock::new(|| "dev".parse().unwrap());
+
     fn host<'a>(booted: &'a Version, bad: &'a BTreeSet<String>) -> Host<'a> {
         Host {
             arch: Arch::X86_64,
-            flavor: "dev",
+            variant: &DEV,
             stream: "stable",
             booted,
             excluded: bad,

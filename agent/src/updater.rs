@@ -7,6 +7,7 @@
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use cairn_common::grubenv::GrubEnv;
+use cairn_common::identity::Variant;
 use cairn_common::layout::Arch;
 use cairn_common::metadata as meta;
 use cairn_common::process::Cmd;
@@ -28,20 +29,23 @@ use crate::sysroot::{Deployment, Sysroot};
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub arch: Arch,
-    pub flavor: String,
+    pub variant: Variant,
 }
 
 impl Identity {
     /// This host's identity, from `/usr/lib/os-release` (`VARIANT_ID`).
     pub fn host() -> Result<Self> {
         let text = std::fs::read_to_string("/usr/lib/os-release").context("reading /usr/lib/os-release")?;
-        let flavor = text
+        let variant = text
             .lines()
             .find_map(|l| l.strip_prefix("VARIANT_ID="))
             .map(|v| v.trim_matches('"').to_owned())
-            .context("/usr/lib/os-release has no VARIANT_ID (the image flavour)")?;
+            .context("/usr/lib/os-release has no VARIANT_ID (the image variant)")?;
+        let variant = variant
+            .parse()
+            .with_context(|| format!("/usr/lib/os-release: VARIANT_ID `{variant}`"))?;
         let arch = Arch::host().context("this CPU architecture is not one Cairn builds for")?;
-        Ok(Self { arch, flavor })
+        Ok(Self { arch, variant })
     }
 }
 
@@ -284,7 +288,7 @@ impl Agent {
     fn host_view<'a>(&'a self, booted: &'a Version, excluded: &'a std::collections::BTreeSet<String>) -> Host<'a> {
         Host {
             arch: self.identity.arch,
-            flavor: &self.identity.flavor,
+            variant: &self.identity.variant,
             stream: &self.config.stream,
             booted,
             excluded,
@@ -707,7 +711,7 @@ mod tests {
         Release {
             version: version.into(),
             arch: Arch::X86_64,
-            flavor: "dev".into(),
+            variant: "dev".parse().unwrap(),
             stream: "stable".into(),
             ostree_ref: "cairn/x86_64/dev/stable".into(),
             commit: commit(n),
@@ -727,7 +731,7 @@ mod tests {
             config,
             identity: Identity {
                 arch: Arch::X86_64,
-                flavor: "dev".into(),
+                variant: "dev".parse().unwrap(),
             },
             sysroot: Box::new(fake.clone()),
             store: Box::new(fake.clone()),

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+use cairn_common::identity::Variant;
 use cairn_common::kargs;
 use cairn_common::layout::{self, Arch, Platform};
 use cairn_common::metadata as meta;
@@ -184,7 +185,7 @@ pub struct Composed {
     pub ostree_ref: String,
     pub version: String,
     pub arch: Arch,
-    pub flavor: String,
+    pub variant: Variant,
     pub repo: PathBuf,
     pub base_key: String,
     pub kernel_release: String,
@@ -245,7 +246,9 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
             strings: vec![
                 (meta::VERSION, spec.version.to_string()),
                 (meta::ARCH, spec.arch.to_string()),
-                (meta::FLAVOR, spec.variant()),
+                (meta::VARIANT, spec.variant().to_string()),
+                (meta::FLAVOR, spec.flavor.clone()),
+                (meta::PLATFORM, spec.platform.to_string()),
                 (meta::NAME, spec.name.clone()),
                 (meta::BASE_KEY, base.key.clone()),
                 (meta::KERNEL, base.kernel_release.clone()),
@@ -264,7 +267,7 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
         ostree_ref,
         version: spec.version.to_string(),
         arch: spec.arch,
-        flavor: spec.variant(),
+        variant: spec.variant(),
         repo: opts.repo.clone(),
         base_key: base.key.clone(),
         kernel_release: base.kernel_release.clone(),
@@ -298,10 +301,10 @@ pub fn check_kernel_in(spec: &ImageSpec, root: &Path) -> Result<kernel_check::Re
     ))
 }
 
-/// The ostree ref of an image: one per architecture, variant (flavour and
+/// The ostree ref of an image: one per architecture, variant (flavor and
 /// platform) and stream.
 pub fn image_ref(spec: &ImageSpec) -> String {
-    layout::ostree_ref(spec.arch, &format!("{}/{}", spec.variant(), spec.stream))
+    spec.id().ostree_ref()
 }
 
 /// The agent's binaries, built for the image's architecture.

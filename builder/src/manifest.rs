@@ -9,7 +9,8 @@ use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
 use cairn_common::fsutil::line_col;
-use cairn_common::layout::{self, Arch, Platform};
+use cairn_common::identity::{ImageId, Variant};
+use cairn_common::layout::{Arch, Platform};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -192,9 +193,14 @@ impl ImageSpec {
         self.packages.iter().map(|p| p.name.clone()).collect()
     }
 
-    /// What hosts of this image take updates for (flavour and platform).
-    pub fn variant(&self) -> String {
-        layout::variant(&self.flavor, self.platform)
+    /// What hosts of this image take updates for (flavor and platform).
+    pub fn variant(&self) -> Variant {
+        Variant::new(&self.flavor, self.platform).expect("resolve checked the flavor's name")
+    }
+
+    /// The image: architecture, variant, stream.
+    pub fn id(&self) -> ImageId {
+        ImageId::new(self.arch, self.variant(), &self.stream).expect("resolve checked the stream's name")
     }
 }
 
@@ -251,6 +257,9 @@ impl Manifest {
 
         let name = self.identifier(&raw.image.name, "image name")?;
         let stream = self.identifier(&raw.image.stream, "stream")?;
+        // The flavor's and stream's names become the variant and the ref.
+        let variant = Variant::new(flavor, platform).map_err(|e| self.err(flav.span(), e.to_string()))?;
+        ImageId::new(arch, variant, &stream).map_err(|e| self.err(raw.image.stream.span(), e.to_string()))?;
         let version = semver::Version::parse(raw.image.version.get_ref()).map_err(|e| {
             self.err(
                 raw.image.version.span(),
@@ -803,13 +812,13 @@ kernel-config = ["kunpeng920.config"]
         );
         let real = |f: &str| d.path().join(f).canonicalize().unwrap();
         assert_eq!(k.kernel_config, [real("common.config"), real("kunpeng920.config")]);
-        assert_eq!(k.variant(), "prod-kunpeng920");
+        assert_eq!(k.variant().to_string(), "prod-kunpeng920");
 
         let g = m.resolve("prod", Arch::X86_64, Platform::Generic).unwrap();
         assert_eq!(g.kernel_package, "linux-image-cloud-amd64");
         assert_eq!(g.kernel_config, [real("common.config"), real("cloud.config")]);
         assert!(g.initramfs_drivers.is_empty());
-        assert_eq!(g.variant(), "prod");
+        assert_eq!(g.variant().to_string(), "prod");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use cairn_common::layout::Arch;
+use cairn_common::identity::{ImageId, Variant};
 use cairn_common::metadata as meta;
 use cairn_common::process::Cmd;
 use cairn_common::release::{Release, OSTREE_DIR, TARGETS_DIR, TUF_DIR};
@@ -61,24 +61,12 @@ pub struct Published {
     pub releases_in_repo: usize,
 }
 
-fn ref_parts(r: &str) -> Option<(Arch, String, String)> {
-    // cairn/<arch>/<flavor>/<stream>
-    let mut it = r.split('/');
-    if it.next()? != "cairn" {
-        return None;
-    }
-    let arch = it.next()?.parse().ok()?;
-    let flavor = it.next()?.to_owned();
-    let stream = it.next()?.to_owned();
-    it.next().is_none().then_some((arch, flavor, stream))
-}
-
 /// The previous releases of the same line a delta should start from: the
 /// newest `n` other commits, newest first.
 pub fn delta_sources(existing: &[Release], new: &Release, n: usize) -> Vec<Release> {
     let mut same: Vec<(Version, &Release)> = existing
         .iter()
-        .filter(|r| r.arch == new.arch && r.flavor == new.flavor && r.stream == new.stream && r.commit != new.commit)
+        .filter(|r| r.arch == new.arch && r.variant == new.variant && r.stream == new.stream && r.commit != new.commit)
         .filter_map(|r| Version::parse(&r.version).ok().map(|v| (v, r)))
         .collect();
     same.sort_by(|a, b| b.0.cmp(&a.0));
@@ -97,6 +85,17 @@ fn read_releases(targets_dir: &Path) -> Result<Vec<Release>> {
     Ok(out)
 }
 
+/// The variant a commit was built as (`cairn.flavor` held it before
+/// `cairn.variant` existed).
+fn commit_variant(repo: &Path, commit: &str) -> Result<Variant> {
+    let text = match ostree::metadata(repo, commit, meta::VARIANT) {
+        Ok(v) => ostree::unquote(&v),
+        Err(_) => ostree::unquote(&ostree::metadata(repo, commit, meta::FLAVOR)?),
+    };
+    text.parse()
+        .with_context(|| format!("commit {commit}: its variant `{text}`"))
+}
+
 pub fn publish(opts: &PublishOptions) -> Result<Published> {
     // Everything that can be refused is checked before anything is written
     // (a root from before consistent snapshots is upgraded here, or refused
@@ -110,22 +109,23 @@ pub fn publish(opts: &PublishOptions) -> Result<Published> {
     let version = ostree::unquote(&ostree::metadata(&opts.build_repo, &commit, meta::VERSION)?);
     Version::parse(&version)
         .with_context(|| format!("commit {commit} has version `{version}`, not a semantic version"))?;
-    let flavor = ostree::unquote(&ostree::metadata(&opts.build_repo, &commit, meta::FLAVOR)?);
-    let ostree_ref = if opts.rev.len() == 64 {
-        bail!("publish takes the image's ref (cairn/<arch>/<flavor>/<stream>), not a bare commit")
-    } else {
-        opts.rev.clone()
-    };
-    let (arch, ref_flavor, stream) = ref_parts(&ostree_ref)
-        .with_context(|| format!("`{ostree_ref}` is not a Cairn image ref (cairn/<arch>/<flavor>/<stream>)"))?;
-    if ref_flavor != flavor {
-        bail!("ref {ostree_ref} says flavour {ref_flavor} but its commit says {flavor}");
+    if opts.rev.len() == 64 {
+        bail!("publish takes the image's ref (cairn/<arch>/<variant>/<stream>), not a bare commit")
+    }
+    let id = ImageId::from_ref(&opts.rev)?;
+    let ostree_ref = id.ostree_ref();
+    let committed = commit_variant(&opts.build_repo, &commit)?;
+    if committed != id.variant {
+        bail!(
+            "ref {ostree_ref} says variant {} but its commit says {committed}",
+            id.variant
+        );
     }
     let release = Release {
         version,
-        arch,
-        flavor,
-        stream,
+        arch: id.arch,
+        variant: id.variant,
+        stream: id.stream,
         ostree_ref: ostree_ref.clone(),
         commit: commit.clone(),
         requires: opts.requires.clone(),
@@ -193,12 +193,13 @@ pub fn publish(opts: &PublishOptions) -> Result<Published> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_common::layout::Arch;
 
     fn rel(version: &str, commit: char) -> Release {
         Release {
             version: version.into(),
             arch: Arch::X86_64,
-            flavor: "dev".into(),
+            variant: "dev".parse().unwrap(),
             stream: "stable".into(),
             ostree_ref: "cairn/x86_64/dev/stable".into(),
             commit: commit.to_string().repeat(64),
@@ -208,13 +209,13 @@ mod tests {
 
     #[test]
     fn deltas_come_from_the_newest_previous_releases_of_the_same_line() {
-        let mut other_flavor = rel("0.9.0", 'f');
-        other_flavor.flavor = "prod".into();
+        let mut other_variant = rel("0.9.0", 'f');
+        other_variant.variant = "prod".parse().unwrap();
         let existing = [
             rel("0.1.0", 'a'),
             rel("0.3.0", 'c'),
             rel("0.2.0", 'b'),
-            other_flavor,
+            other_variant,
             rel("0.4.0", 'd'),
         ];
         let new = rel("0.4.0", 'd');
@@ -224,15 +225,5 @@ mod tests {
             .collect();
         assert_eq!(got, ["0.3.0", "0.2.0"]);
         assert!(delta_sources(&existing, &new, 0).is_empty());
-    }
-
-    #[test]
-    fn image_refs_are_parsed() {
-        assert_eq!(
-            ref_parts("cairn/x86_64/dev/stable"),
-            Some((Arch::X86_64, "dev".into(), "stable".into()))
-        );
-        assert_eq!(ref_parts("cairn/x86_64/stable"), None);
-        assert_eq!(ref_parts("other/x86_64/dev/stable"), None);
     }
 }

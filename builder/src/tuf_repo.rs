@@ -660,7 +660,7 @@ mod tests {
         Release {
             version: version.into(),
             arch: Arch::X86_64,
-            flavor: "dev".into(),
+            variant: "dev".parse().unwrap(),
             stream: "stable".into(),
             ostree_ref: "cairn/x86_64/dev/stable".into(),
             commit: "a".repeat(64),

@@ -30,8 +30,9 @@ pub enum IdentityError {
     Arch(String),
 }
 
-/// A flavor on a platform.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A flavor on a platform. Serialised as its name (`prod-kunpeng920`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Variant {
     pub flavor: String,
     pub platform: Platform,
@@ -80,6 +81,19 @@ impl FromStr for Variant {
             }
         }
         Variant::new(s, Platform::Generic)
+    }
+}
+
+impl TryFrom<String> for Variant {
+    type Error = IdentityError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Variant> for String {
+    fn from(v: Variant) -> String {
+        v.to_string()
     }
 }
 

@@ -163,33 +163,16 @@ impl FromStr for Platform {
     }
 }
 
-/// The image variant: what a host of this flavour and platform takes updates
-/// for (`VARIANT_ID`, the ostree ref, release records). The generic platform
-/// is the flavour alone, so VM images keep their plain names.
-pub fn variant(flavor: &str, platform: Platform) -> String {
-    match platform {
-        Platform::Generic => flavor.to_owned(),
-        other => format!("{flavor}-{other}"),
-    }
-}
-
-/// The ostree ref a Cairn image of this architecture and stream is committed to.
-pub fn ostree_ref(arch: Arch, stream: &str) -> String {
-    format!("cairn/{arch}/{stream}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn platforms_parse_and_name_their_variant() {
+    fn platforms_parse() {
         for p in Platform::ALL {
             assert_eq!(p.as_str().parse::<Platform>().unwrap(), p);
         }
         assert!("tsv110".parse::<Platform>().unwrap_err().contains("tsv110"));
-        assert_eq!(variant("prod", Platform::Generic), "prod");
-        assert_eq!(variant("prod", Platform::Kunpeng920), "prod-kunpeng920");
     }
 
     #[test]
@@ -199,10 +182,5 @@ mod tests {
             assert_eq!(arch.debian().parse::<Arch>().unwrap(), arch);
         }
         assert!("riscv64".parse::<Arch>().unwrap_err().contains("riscv64"));
-    }
-
-    #[test]
-    fn ref_names_arch_and_stream() {
-        assert_eq!(ostree_ref(Arch::Aarch64, "dev"), "cairn/aarch64/dev");
     }
 }

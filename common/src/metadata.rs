@@ -4,8 +4,14 @@
 pub const VERSION: &str = "version";
 /// Target architecture, as Cairn names it (`x86_64`, `aarch64`).
 pub const ARCH: &str = "cairn.arch";
-/// Image flavour (`dev`, `prod`).
+/// The image variant a host of this commit takes updates for
+/// (`prod-kunpeng920`; see [`crate::identity`]).
+pub const VARIANT: &str = "cairn.variant";
+/// The image flavor (`dev`, `prod`). Commits made before `cairn.variant`
+/// existed hold the variant here; readers fall back to it.
 pub const FLAVOR: &str = "cairn.flavor";
+/// The platform (`generic`, `kunpeng920`, `phytium`).
+pub const PLATFORM: &str = "cairn.platform";
 /// Image name from the manifest.
 pub const NAME: &str = "cairn.name";
 /// Every Debian package in the tree, as a `a{ss}` name → version dictionary.

@@ -123,7 +123,7 @@ impl<'a> TestReleases<'a> {
         Release {
             version: version.into(),
             arch: a.arch,
-            flavor: cairn_common::layout::variant("dev", a.platform),
+            variant: cairn_common::identity::Variant::new("dev", a.platform).expect("dev is a valid flavor"),
             stream: "stable".into(),
             ostree_ref: a.dev.ostree_ref.clone(),
             commit: commit.into(),
@@ -190,8 +190,8 @@ impl<'a> TestReleases<'a> {
             .arg(format!("--add-metadata-string={}={arch}", meta::ARCH))
             .arg(format!(
                 "--add-metadata-string={}={}",
-                meta::FLAVOR,
-                cairn_common::layout::variant("dev", self.artifacts.platform)
+                meta::VARIANT,
+                cairn_common::identity::Variant::new("dev", self.artifacts.platform)?
             ))
             .arg(format!("--subject=test copy of {base} as {version}"));
         if sign {

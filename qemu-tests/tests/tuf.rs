@@ -21,7 +21,7 @@ fn release(version: &str) -> Release {
     Release {
         version: version.into(),
         arch: Arch::X86_64,
-        flavor: "dev".into(),
+        variant: "dev".parse().unwrap(),
         stream: "stable".into(),
         ostree_ref: "cairn/x86_64/dev/stable".into(),
         commit: format!("{:0>64}", version.replace('.', "")),

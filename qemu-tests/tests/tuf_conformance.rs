@@ -177,7 +177,7 @@ fn python_tuf_reads_a_repository_carried_over_from_the_old_layout() {
     let old = Release {
         version: "0.1.0".into(),
         arch: Arch::X86_64,
-        flavor: "dev".into(),
+        variant: "dev".parse().unwrap(),
         stream: "stable".into(),
         ostree_ref: REF.into(),
         commit: "1".repeat(64),
