@@ -19,7 +19,7 @@ pub struct Cli {
     command: Command,
 }
 
-/// Which image: manifest, flavour, architecture, platform.
+/// Which image: manifest, flavor, architecture, platform.
 #[derive(Debug, clap::Args)]
 struct Image {
     /// Image manifest.

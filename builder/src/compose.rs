@@ -386,7 +386,7 @@ fn stage_image_files(
 }
 
 /// The commit's `kargs.d/00-image.toml`: the manifest's kernel arguments
-/// (`[kernel] args`, the platform's, the flavour's, the serial console), in
+/// (`[kernel] args`, the platform's, the flavor's, the serial console), in
 /// the order they go on the kernel command line.
 pub fn image_kargs(spec: &ImageSpec) -> String {
     kargs::render(&spec.kernel_args)
@@ -805,7 +805,7 @@ components = ["main"]
 [packages]
 base = ["systemd"]
 [kernel]
-flavour = "cloud"
+kind = "cloud"
 [disk]
 esp-size = "64MiB"
 root-size = "1GiB"

@@ -78,7 +78,10 @@ struct RawDebian {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawKernel {
-    flavour: Spanned<String>,
+    /// `cloud` or `generic`. Read under its old name `flavour` too: a
+    /// flavor is an image's (`[flavors.*]`), not the kernel's.
+    #[serde(alias = "flavour")]
+    kind: Spanned<String>,
     #[serde(default)]
     args: Vec<Spanned<String>>,
     /// kernel-config fragments every platform's kernel must satisfy.
@@ -114,15 +117,16 @@ struct RawFlavor {
 struct RawPlatform {
     /// Architectures the platform exists on.
     arch: Vec<Spanned<String>>,
-    /// Replaces `[kernel] flavour`.
-    kernel_flavour: Option<Spanned<String>>,
+    /// Replaces `[kernel] kind` (old name `kernel-flavour`).
+    #[serde(alias = "kernel-flavour")]
+    kernel_kind: Option<Spanned<String>>,
     #[serde(default)]
     kernel_args: Vec<Spanned<String>>,
     /// Modules the initramfs must hold whatever dracut detects (storage and
     /// network drivers the boot needs on this hardware).
     #[serde(default)]
     initramfs_drivers: Vec<Spanned<String>>,
-    /// Package sets added to every flavour's.
+    /// Package sets added to every flavor's.
     #[serde(default)]
     package_sets: Vec<Spanned<String>>,
     /// kernel-config fragments added to `[kernel] config`.
@@ -130,20 +134,20 @@ struct RawPlatform {
     kernel_config: Vec<Spanned<String>>,
 }
 
-/// Kernel package flavour: Debian's cloud kernel (VMs) or its full kernel
+/// Which of Debian's kernels: its cloud kernel (VMs) or its full kernel
 /// (bare metal, servers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelFlavour {
+pub enum KernelKind {
     Cloud,
     Generic,
 }
 
-impl KernelFlavour {
-    /// The Debian meta-package of this flavour for an architecture.
+impl KernelKind {
+    /// The Debian meta-package of this kind for an architecture.
     pub fn package(self, arch: Arch) -> String {
         match self {
-            KernelFlavour::Cloud => format!("linux-image-cloud-{}", arch.debian()),
-            KernelFlavour::Generic => format!("linux-image-{}", arch.debian()),
+            KernelKind::Cloud => format!("linux-image-cloud-{}", arch.debian()),
+            KernelKind::Generic => format!("linux-image-{}", arch.debian()),
         }
     }
 }
@@ -156,7 +160,7 @@ pub struct PackageRef {
     pub column: usize,
 }
 
-/// A validated manifest, resolved for one flavour and architecture.
+/// A validated manifest, resolved for one flavor and architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
     pub manifest_path: PathBuf,
@@ -204,7 +208,7 @@ impl ImageSpec {
     }
 }
 
-/// The parsed manifest file, before a flavour is chosen.
+/// The parsed manifest file, before a flavor is chosen.
 pub struct Manifest {
     path: PathBuf,
     text: String,
@@ -305,20 +309,18 @@ impl Manifest {
             path_excludes.push(g.clone());
         }
 
-        let flavour_value = plat
-            .and_then(|p| p.kernel_flavour.as_ref())
-            .unwrap_or(&raw.kernel.flavour);
-        let kernel_flavour = match flavour_value.get_ref().as_str() {
-            "cloud" => KernelFlavour::Cloud,
-            "generic" => KernelFlavour::Generic,
+        let kind_value = plat.and_then(|p| p.kernel_kind.as_ref()).unwrap_or(&raw.kernel.kind);
+        let kernel_kind = match kind_value.get_ref().as_str() {
+            "cloud" => KernelKind::Cloud,
+            "generic" => KernelKind::Generic,
             other => {
                 return Err(self.err(
-                    flavour_value.span(),
-                    format!("unknown kernel flavour `{other}` (expected `cloud` or `generic`)"),
+                    kind_value.span(),
+                    format!("unknown kernel kind `{other}` (expected `cloud` or `generic`)"),
                 ))
             }
         };
-        let kernel_package = kernel_flavour.package(arch);
+        let kernel_package = kernel_kind.package(arch);
 
         let mut packages: BTreeMap<String, PackageRef> = BTreeMap::new();
         let flavor_owner = format!("flavor `{flavor}`");
@@ -351,7 +353,7 @@ impl Manifest {
                 });
             }
         }
-        let (line, column) = line_col(&self.text, flavour_value.span().start);
+        let (line, column) = line_col(&self.text, kind_value.span().start);
         packages.entry(kernel_package.clone()).or_insert(PackageRef {
             name: kernel_package.clone(),
             line,
@@ -445,7 +447,7 @@ impl Manifest {
     }
 
     /// The manifest's table for `platform`, checked against `arch`. A
-    /// manifest without platforms builds `generic` as its flavours say.
+    /// manifest without platforms builds `generic` as its flavors say.
     fn platform(&self, platform: Platform, arch: Arch) -> Result<Option<&RawPlatform>, ManifestError> {
         let raw = &self.raw;
         for (name, table) in &raw.platforms {
@@ -634,7 +636,7 @@ base = ["systemd", "udev"]
 container = ["containerd", "runc", "systemd"]
 
 [kernel]
-flavour = "cloud"
+flavour = "cloud" # the old name of `kind`, still read
 args = ["rw", "panic=10"]
 
 [disk]
@@ -775,7 +777,7 @@ kernel-config = ["cloud.config"]
 
 [platforms.kunpeng920]
 arch = ["aarch64"]
-kernel-flavour = "generic"
+kernel-kind = "generic"
 kernel-args = ["acpi=force"]
 initramfs-drivers = ["hisi_sas_v3_hw", "nvme"]
 package-sets = ["container"]

@@ -9,7 +9,7 @@ use cairn_common::process::Cmd;
 
 use crate::{cross, host, paths};
 
-/// One image to build: architecture, platform, flavour.
+/// One image to build: architecture, platform, flavor.
 #[derive(Debug, Clone)]
 pub struct ImageTarget {
     pub arch: Arch,
@@ -90,7 +90,7 @@ pub fn image_with(t: &ImageTarget, manifest: &Path, cache: &Path, agent_dir: &Pa
     serde_json::from_str(&out.stdout).context("reading what cairn-build image wrote")
 }
 
-/// Refuse an arch/platform/flavour the manifest does not define before any
+/// Refuse an arch/platform/flavor the manifest does not define before any
 /// slow step (the builder would, but only after building itself).
 pub fn validate(t: &ImageTarget) -> Result<()> {
     cairn_builder::manifest::Manifest::load(&paths::manifest())?.resolve(&t.flavor, t.arch, t.platform)?;

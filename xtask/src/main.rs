@@ -57,7 +57,7 @@ enum Command {
     Build {
         #[command(flatten)]
         target: Target,
-        /// Image flavour from rootfs/image.toml.
+        /// Image flavor from rootfs/image.toml.
         #[arg(long, default_value = "dev")]
         flavor: String,
     },
