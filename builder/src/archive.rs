@@ -136,12 +136,20 @@ pub fn from_apt_lists(lists: &Path, suites: &[String]) -> Result<ArchiveState> {
     Ok(state)
 }
 
-/// The suites whose `InRelease` differs between `keyed` and `used`.
-pub fn changed(keyed: &ArchiveState, used: &ArchiveState) -> Vec<String> {
+/// Suite → SHA-256 of its `InRelease`: what a package layer is keyed by.
+pub fn hashes(state: &ArchiveState) -> BTreeMap<String, String> {
+    state
+        .iter()
+        .map(|(suite, r)| (suite.clone(), r.inrelease_sha256.clone()))
+        .collect()
+}
+
+/// The suites whose `InRelease` differs between two sets of hashes.
+pub fn changed(keyed: &BTreeMap<String, String>, used: &BTreeMap<String, String>) -> Vec<String> {
     keyed
         .keys()
         .chain(used.keys())
-        .filter(|s| keyed.get(*s).map(|r| &r.inrelease_sha256) != used.get(*s).map(|r| &r.inrelease_sha256))
+        .filter(|s| keyed.get(*s) != used.get(*s))
         .cloned()
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
@@ -260,10 +268,10 @@ iQIzBAEBCAAdFiEE
         )]
         .into();
         assert_eq!(used, fetched);
-        assert!(changed(&fetched, &used).is_empty());
-        let mut newer = fetched.clone();
-        newer.get_mut("bookworm-security").unwrap().inrelease_sha256 = "00".into();
-        assert_eq!(changed(&newer, &used), ["bookworm-security"]);
+        assert!(changed(&hashes(&fetched), &hashes(&used)).is_empty());
+        let mut newer = hashes(&fetched);
+        newer.insert("bookworm-security".into(), "00".into());
+        assert_eq!(changed(&newer, &hashes(&used)), ["bookworm-security"]);
 
         let e = from_apt_lists(d.path(), &["bookworm".to_owned()])
             .unwrap_err()

@@ -133,10 +133,7 @@ impl BaseRecipe {
             path_excludes: spec.path_excludes.clone(),
             grub_modules: GRUB_MODULES.iter().map(|s| s.to_string()).collect(),
             dracut_args: dracut_args(&spec.initramfs_drivers),
-            archive: archive
-                .iter()
-                .map(|(suite, r)| (suite.clone(), r.inrelease_sha256.clone()))
-                .collect(),
+            archive: archive::hashes(archive),
         }
     }
 
@@ -554,18 +551,12 @@ impl Cache {
         run_mmdebstrap(spec, &recipe, &root, &debs, &grub_debs, &lists)?;
         tracing::info!(elapsed = ?started.elapsed(), "packages installed");
         let used = archive::from_apt_lists(&lists, &spec.suites)?;
-        let fetched = recipe.archive.clone();
-        recipe.archive = used
-            .iter()
-            .map(|(suite, r)| (suite.clone(), r.inrelease_sha256.clone()))
-            .collect();
+        // Keyed by what apt used: if the archive moved since the recipe was
+        // made, the layer is the newer state's.
+        let fetched = std::mem::replace(&mut recipe.archive, archive::hashes(&used));
         let key = recipe.key();
-        if recipe.archive != fetched {
-            let changed: Vec<&String> = recipe
-                .archive
-                .keys()
-                .filter(|s| recipe.archive.get(*s) != fetched.get(*s))
-                .collect();
+        let changed = archive::changed(&fetched, &recipe.archive);
+        if !changed.is_empty() {
             tracing::warn!(?changed, %key, "the archive changed while the package layer was built: keyed by the state apt used");
         }
 
