@@ -246,11 +246,17 @@ fn main() -> std::process::ExitCode {
     // The agent's own progress and warnings; the commands it runs (logged by
     // cairn-common at info) only with RUST_LOG=info.
     cairn_common::logging::init("warn,cairn_agent=info");
+    // SIGINT/SIGTERM reach the running command (an ostree pull or deploy),
+    // which is waited for; the step then fails and is recorded, and its
+    // cleanup goes as far as it safely can (no new command starts).
+    if let Err(e) = cairn_common::process::forward_stop_signals() {
+        tracing::warn!("{e:#}");
+    }
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(cairn_common::process::failure_exit_code())
         }
     }
 }

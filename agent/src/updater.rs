@@ -260,11 +260,15 @@ impl Agent {
         effects.iter().try_for_each(|e| self.apply(e))
     }
 
-    /// Carry out a cleanup plan as far as it goes, logging what fails.
+    /// Carry out a cleanup plan up to its first failure, which is logged.
+    /// Stopping there is safe because every prefix of a plan is (the
+    /// lifecycle's tests): a cleanup that could not drop a staged
+    /// deployment must not go on to disarm the counter guarding it.
     fn run_cleanup(&self, effects: &[Effect]) {
         for e in effects {
             if let Err(err) = self.apply(e) {
-                tracing::error!(effect = ?e, error = %format!("{err:#}"), "cleanup step failed");
+                tracing::error!(effect = ?e, error = %format!("{err:#}"), "cleanup stopped; the next boot settles the rest");
+                return;
             }
         }
     }
