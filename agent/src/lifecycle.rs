@@ -332,40 +332,26 @@ pub fn plan_boot(state: &UpdateState, seen: &Observed<'_>) -> BootPlan {
                 });
             }
             // 3. Then the counter, 4. then the lifecycle is over.
-            if !seen.counter.is_clear() {
-                effects.push(Effect::DisarmCounter);
-            }
-            effects.push(Effect::Persist {
-                state: UpdateState::Idle,
-                notes: vec![Note::Available(None)],
-            });
+            settle_idle(&mut effects, seen, vec![Note::Available(None)]);
         }
-        BootOutcome::StageLost(trial) => {
-            if !seen.counter.is_clear() {
-                effects.push(Effect::DisarmCounter);
-            }
-            effects.push(Effect::Persist {
-                state: UpdateState::Idle,
-                notes: vec![event(
-                    EventKind::StageLost,
-                    &trial.version,
-                    "the staged deployment was never finalized (interrupted shutdown); still on the previous one",
-                )],
-            });
-        }
-        BootOutcome::RolledBack(rollback) => {
-            if !seen.counter.is_clear() {
-                effects.push(Effect::DisarmCounter);
-            }
-            effects.push(Effect::Persist {
-                state: UpdateState::Idle,
-                notes: vec![event(
-                    EventKind::RolledBack,
-                    &rollback.to_version,
-                    format!("rolled back from {}", rollback.from_version),
-                )],
-            });
-        }
+        BootOutcome::StageLost(trial) => settle_idle(
+            &mut effects,
+            seen,
+            vec![event(
+                EventKind::StageLost,
+                &trial.version,
+                "the staged deployment was never finalized (interrupted shutdown); still on the previous one",
+            )],
+        ),
+        BootOutcome::RolledBack(rollback) => settle_idle(
+            &mut effects,
+            seen,
+            vec![event(
+                EventKind::RolledBack,
+                &rollback.to_version,
+                format!("rolled back from {}", rollback.from_version),
+            )],
+        ),
         BootOutcome::RollbackLost(rollback) => {
             effects.push(Effect::Persist {
                 state: UpdateState::Idle,
@@ -386,6 +372,19 @@ pub fn plan_boot(state: &UpdateState, seen: &Observed<'_>) -> BootPlan {
         }
     }
     BootPlan { outcome, effects, gate }
+}
+
+/// The end of a step: the counter disarmed if armed, then the lifecycle
+/// idle (in that order: an idle record must never sit beside an armed
+/// counter that could fall back from what runs).
+fn settle_idle(effects: &mut Vec<Effect>, seen: &Observed<'_>, notes: Vec<Note>) {
+    if !seen.counter.is_clear() {
+        effects.push(Effect::DisarmCounter);
+    }
+    effects.push(Effect::Persist {
+        state: UpdateState::Idle,
+        notes,
+    });
 }
 
 /// The health gate's verdict on a trial boot.
