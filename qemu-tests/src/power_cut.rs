@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::agent_status::{self, booted_version, is_bad, settled};
+use crate::console::GuestStalled;
 use crate::http::{Fault, Server};
 use crate::releases::TestReleases;
 use crate::vm::{Vm, VmOptions};
@@ -28,6 +29,8 @@ use crate::Artifacts;
 
 const BOOT: Duration = Duration::from_secs(900);
 const COMMAND: Duration = Duration::from_secs(600);
+/// Extra cuts of a recovery boot the emulator stalled (see [`Rig::boot_after_cut`]).
+const STALL_RECUTS: u32 = 2;
 /// Random data in each release, so an update downloads something real.
 const PAYLOAD_BYTES: usize = 4 << 20;
 
@@ -324,8 +327,8 @@ impl<'a> Rig<'a> {
     /// settled on `from` or `to`, nothing left staged, `ostree fsck` clean.
     /// Returns where it landed and whether `to` was marked bad.
     fn recover(&mut self, from: &str, to: &str) -> Result<(Landed, bool)> {
+        self.boot_after_cut()?;
         let vm = &self.vm;
-        vm.wait_for_root_shell(BOOT)?;
         let c = &vm.console;
         let state = c.run("systemctl is-system-running --wait", BOOT)?;
         if state.output.trim() != "running" {
@@ -357,6 +360,26 @@ impl<'a> Rig<'a> {
         }
         self.booted = booted;
         Ok((landed, is_bad(&s, to)))
+    }
+
+    /// Wait for the host to come up after a cut. Under TCG the emulated
+    /// machine sometimes loses a vCPU's timer ([`GuestStalled`]); such a
+    /// boot is cut again, which a host must survive like any cut (the
+    /// promise is any moment), up to [`STALL_RECUTS`] times, each said on
+    /// stderr.
+    fn boot_after_cut(&mut self) -> Result<()> {
+        let mut recuts = 0;
+        loop {
+            match self.vm.wait_for_root_shell(BOOT) {
+                Ok(()) => return Ok(()),
+                Err(e) if recuts < STALL_RECUTS && e.downcast_ref::<GuestStalled>().is_some() => {
+                    recuts += 1;
+                    eprintln!("the emulated machine stalled while the host came back ({e:#}); cutting again ({recuts} of {STALL_RECUTS})");
+                    self.vm.power_cycle()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Measure one whole update (command → committed), to spread random
