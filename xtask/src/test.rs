@@ -43,8 +43,9 @@ pub fn test(target: &Target, filters: &[String]) -> Result<()> {
 
     // Probe KVM once here rather than in every test process.
     let accel = qemu::accel(arch);
-    let mut args = vec!["test", "--package", "cairn-qemu-tests", "--tests", "--"];
-    args.extend(["--ignored", "--test-threads=1"]);
+    // --no-fail-fast: one failing test file does not hide how the others fare.
+    let mut args = vec!["test", "--package", "cairn-qemu-tests", "--tests", "--no-fail-fast"];
+    args.extend(["--", "--ignored", "--test-threads=1"]);
     args.extend(filters.iter().map(String::as_str));
     let native = accel == qemu::Accel::Kvm || cairn_common::layout::Arch::host() == Some(arch);
     for skipped in skipped_tests(native) {
