@@ -208,6 +208,11 @@ fn daemon() -> Result<()> {
     // The first check right after the boot settled; then every interval.
     let mut next_check_at = now();
     loop {
+        // A stop signal that arrived while a command ran ended that step;
+        // the daemon ends with it (with none running, it ends at once).
+        if let Some(signal) = cairn_common::process::interrupted() {
+            anyhow::bail!("stopped by {signal}");
+        }
         let reboot_pending = agent.store.load()?.update.daemon_reboots();
         let step = schedule::daemon_step(
             now(),

@@ -276,7 +276,11 @@ impl Agent {
     /// Run `op`, recording its error in the state (shown by `status`).
     fn recorded<T>(&self, operation: &str, op: impl FnOnce() -> Result<T>) -> Result<T> {
         let result = op();
-        if let Err(e) = &result {
+        if let (Err(e), Some(signal)) = (&result, cairn_common::process::interrupted()) {
+            // Stopped (the service restarted, an operator pressed Ctrl-C):
+            // not the operation's failure, so not shown as one.
+            tracing::warn!(%signal, error = %format!("{e:#}"), "{operation} stopped");
+        } else if let Err(e) = &result {
             let at = self.clock.now();
             let saved = self.store.load().and_then(|mut s| {
                 s.fail(at, operation, e);
