@@ -134,11 +134,37 @@ pub fn write_esp(
     )?;
     let mut from = File::open(esp.path())?;
     let mut window = Window::new(disk, layout.esp_offset, layout.esp_size)?;
-    let copied = io::copy(&mut from, &mut window).context("copying the ESP into the disk")?;
+    let copied = copy_sparse(&mut from, &mut window).context("copying the ESP into the disk")?;
     if copied != layout.esp_size {
         bail!("the ESP is {copied} bytes, not the partition's {}", layout.esp_size);
     }
     Ok(())
+}
+
+/// Copy `from` into `to` (a fresh, sparse region that reads as zeros),
+/// seeking over blocks of zeros so the image file stays sparse. Returns
+/// the bytes copied, zeros included.
+fn copy_sparse(from: &mut impl Read, to: &mut (impl Write + Seek)) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match from.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 {
+            return Ok(total);
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            to.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            to.write_all(&buf[..n])?;
+        }
+        total += n as u64;
+    }
 }
 
 /// Write a FAT32 file system labelled [`ESP_LABEL`] holding `files` to the
@@ -419,6 +445,16 @@ mod tests {
         ];
         let err = esp_plan(&twice).map(|_| ()).unwrap_err();
         assert!(format!("{err:#}").contains("given twice"), "{err:#}");
+    }
+
+    #[test]
+    fn sparse_copy_skips_zero_blocks_and_copies_the_rest() {
+        let mut data = vec![0u8; 300 << 10];
+        data[5] = 1;
+        data[(200 << 10) + 7] = 2;
+        let mut out = io::Cursor::new(vec![0u8; data.len()]);
+        assert_eq!(copy_sparse(&mut &data[..], &mut out).unwrap(), data.len() as u64);
+        assert_eq!(out.into_inner(), data);
     }
 
     #[test]
