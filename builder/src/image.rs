@@ -153,8 +153,11 @@ fn deploy(sysroot: &Path, repo: &Path, ostree_ref: &str, spec: &ImageSpec, kargs
     let mut cmd = Cmd::new("ostree")
         .args(["admin", "deploy", &sys_arg, &format!("--os={}", layout::OSNAME)])
         .arg(format!("--karg=root=LABEL={}", layout::ROOT_LABEL));
+    // --karg-append, as the agent stages: `--karg` keeps one value per key
+    // and dropped `console=tty0` beside `console=ttyS0`, so a host's first
+    // boot differed from its boots after an update.
     for karg in kargs {
-        cmd = cmd.arg(format!("--karg={karg}"));
+        cmd = cmd.arg(format!("--karg-append={karg}"));
     }
     cmd.arg(format!("{}:{ostree_ref}", layout::REMOTE))
         .run()
