@@ -78,6 +78,18 @@ impl UpdateState {
         *self == UpdateState::Idle
     }
 
+    /// The state's name, as `status --json` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            UpdateState::Idle => "idle",
+            UpdateState::Staging { .. } => "staging",
+            UpdateState::Staged { .. } => "staged",
+            UpdateState::OnTrial { .. } => "on-trial",
+            UpdateState::FallingBack { .. } => "falling-back",
+            UpdateState::RollingBack { .. } => "rolling-back",
+        }
+    }
+
     /// The trial this state is about, if any.
     pub fn trial(&self) -> Option<&Trial> {
         match self {
@@ -667,13 +679,7 @@ mod tests {
 
         /// What the agent does at boot, with the gate's verdict given.
         fn settle(&mut self, gate_passes: bool) -> BootOutcome {
-            let deployments = self.deployments();
-            let seen = Observed {
-                booted_commit: &self.booted.clone(),
-                deployments: &deployments,
-                counter: self.counter,
-            };
-            let plan = plan_boot(&self.state, &seen);
+            let plan = self.plan();
             for e in &plan.effects {
                 self.apply(e);
             }
@@ -705,15 +711,32 @@ mod tests {
         fn stage_v2(&mut self, tries: u32) -> Vec<Effect> {
             plan_stage(&trial(), tries, vec!["rw".into()], false)
         }
+
+        /// On v1 with v2 staged (`tries` trial boots), not rebooted yet.
+        fn with_v2_staged(tries: u32) -> Sim {
+            let mut sim = Sim::on_v1();
+            for e in sim.stage_v2(tries) {
+                sim.apply(&e);
+            }
+            sim
+        }
+
+        /// What the agent plans at boot on this host as it stands.
+        fn plan(&self) -> BootPlan {
+            let deployments = self.deployments();
+            let seen = Observed {
+                booted_commit: &self.booted,
+                deployments: &deployments,
+                counter: self.counter,
+            };
+            plan_boot(&self.state, &seen)
+        }
     }
 
     #[test]
     fn a_healthy_trial_is_committed_and_a_failing_one_falls_back_excluded() {
         for gate_passes in [true, false] {
-            let mut sim = Sim::on_v1();
-            for e in sim.stage_v2(2) {
-                sim.apply(&e);
-            }
+            let mut sim = Sim::with_v2_staged(2);
             assert!(sim.state.awaits_reboot());
             sim.reboot();
             sim.run_until_settled(gate_passes);
@@ -752,22 +775,13 @@ mod tests {
     #[test]
     fn a_power_cut_after_any_effect_of_the_fall_back_cleanup_keeps_the_verdict() {
         // v2 staged with one try, failed its gate, GRUB fell back to v1.
-        let mut sim = Sim::on_v1();
-        for e in sim.stage_v2(1) {
-            sim.apply(&e);
-        }
+        let mut sim = Sim::with_v2_staged(1);
         sim.reboot();
         assert_eq!(sim.settle(false), BootOutcome::OnTrial(trial()));
         assert_eq!(sim.booted, "c1");
         assert!(sim.counter.fell_back);
         let fell_back = sim.clone();
-        let deployments = fell_back.deployments();
-        let seen = Observed {
-            booted_commit: "c1",
-            deployments: &deployments,
-            counter: fell_back.counter,
-        };
-        let plan = plan_boot(&fell_back.state, &seen);
+        let plan = fell_back.plan();
         assert_eq!(plan.outcome, BootOutcome::FellBack(trial()));
         // The order that makes it safe: verdict (then said on the
         // console), undeploy, disarm, idle.
@@ -831,19 +845,11 @@ mod tests {
 
     #[test]
     fn a_power_cut_after_any_effect_of_the_commit_keeps_the_new_release() {
-        let mut sim = Sim::on_v1();
-        for e in sim.stage_v2(2) {
-            sim.apply(&e);
-        }
+        let mut sim = Sim::with_v2_staged(2);
         sim.reboot();
+        assert_eq!(sim.booted, "c2");
         let on_trial = sim.clone();
-        let deployments = on_trial.deployments();
-        let seen = Observed {
-            booted_commit: "c2",
-            deployments: &deployments,
-            counter: on_trial.counter,
-        };
-        let boot = plan_boot(&on_trial.state, &seen);
+        let boot = on_trial.plan();
         let mut plan = boot.effects.clone();
         plan.extend(plan_verdict(&trial(), Ok(()), on_trial.counter.tries_left));
         assert_eq!(
@@ -895,10 +901,7 @@ mod tests {
     #[test]
     fn a_rollback_sticks_and_settles_idle() {
         // On v2 (committed) with v1 kept: the operator rolls back.
-        let mut sim = Sim::on_v1();
-        for e in sim.stage_v2(2) {
-            sim.apply(&e);
-        }
+        let mut sim = Sim::with_v2_staged(2);
         sim.reboot();
         sim.run_until_settled(true);
         assert_eq!(sim.booted, "c2");
@@ -917,13 +920,8 @@ mod tests {
             let complete = cut_after == plan.len();
             if complete {
                 // The daemon restarting before the reboot changes nothing.
-                let deployments = sim.deployments();
-                let seen = Observed {
-                    booted_commit: "c2",
-                    deployments: &deployments,
-                    counter: sim.counter,
-                };
-                assert_eq!(plan_boot(&sim.state, &seen).effects, vec![]);
+                assert_eq!(sim.booted, "c2");
+                assert_eq!(sim.plan().effects, vec![]);
                 sim.reboot();
             } else {
                 sim.power_cut();
@@ -948,6 +946,33 @@ mod tests {
     }
 
     #[test]
+    fn state_names_are_the_serialised_tags() {
+        let t = trial();
+        let rollback = Rollback {
+            to_version: "1".into(),
+            to_commit: "c1".into(),
+            from_version: "2".into(),
+            from_commit: "c2".into(),
+        };
+        for state in [
+            UpdateState::Idle,
+            UpdateState::Staging { trial: t.clone() },
+            UpdateState::Staged {
+                trial: t.clone(),
+                operator_reboots: false,
+            },
+            UpdateState::OnTrial { trial: t.clone() },
+            UpdateState::FallingBack { trial: t },
+            UpdateState::RollingBack {
+                rollback,
+                operator_reboots: true,
+            },
+        ] {
+            assert_eq!(serde_json::to_value(&state).unwrap()["state"], state.name());
+        }
+    }
+
+    #[test]
     fn an_armed_counter_with_nothing_in_progress_is_disarmed() {
         let deployments = Sim::on_v1().deployments();
         let seen = Observed {
@@ -968,17 +993,9 @@ mod tests {
     fn a_staged_update_seen_again_in_the_same_boot_is_pending() {
         // The daemon restarts after staging: it must not take the staged
         // deployment for a failed one.
-        let mut sim = Sim::on_v1();
-        for e in sim.stage_v2(2) {
-            sim.apply(&e);
-        }
-        let deployments = sim.deployments();
-        let seen = Observed {
-            booted_commit: "c1",
-            deployments: &deployments,
-            counter: sim.counter,
-        };
-        let plan = plan_boot(&sim.state, &seen);
+        let sim = Sim::with_v2_staged(2);
+        assert_eq!(sim.booted, "c1");
+        let plan = sim.plan();
         assert_eq!(plan.outcome, BootOutcome::Pending);
         assert!(plan.effects.is_empty());
     }

@@ -93,10 +93,7 @@ fn reboot_per_strategy(agent: &Agent, no_reboot: bool) -> Result<()> {
         println!("staged; reboot to apply");
         return Ok(());
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    match schedule::reboot_delay(&agent.config.reboot, now) {
+    match schedule::reboot_delay(&agent.config.reboot, agent.clock.now()) {
         Some(d) if d.is_zero() => updater::reboot("update staged"),
         Some(d) => {
             println!(

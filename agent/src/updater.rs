@@ -354,10 +354,7 @@ impl Agent {
             other => bail!(
                 "the update to {} is still in progress ({}); it is committed or rolled back by itself",
                 other.trial().map_or("?", |t| t.version.as_str()),
-                serde_json::to_value(other)
-                    .ok()
-                    .and_then(|v| v["state"].as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                other.name()
             ),
         }
         let deployments = self.sysroot.deployments()?;
