@@ -247,14 +247,6 @@ impl StateFile {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         cairn_common::fsutil::write_atomic(&self.path, &serde_json::to_vec_pretty(state)?)
     }
-
-    /// Load, change, save.
-    pub fn update<T>(&self, change: impl FnOnce(&mut AgentState) -> T) -> Result<T> {
-        let mut state = self.load()?;
-        let out = change(&mut state);
-        self.save(&state)?;
-        Ok(out)
-    }
 }
 
 #[cfg(test)]
@@ -277,21 +269,20 @@ mod tests {
         let fresh = file.load().unwrap();
         assert_eq!(fresh.update, UpdateState::Idle);
         assert_eq!(fresh.schema, SCHEMA);
-        file.update(|s| {
-            s.update = UpdateState::Staged {
-                trial: trial(),
-                operator_reboots: true,
-            };
-            s.apply(
-                7,
-                &Note::Exclude {
-                    version: "1.0.1".into(),
-                    reason: ExclusionReason::FailedTrial,
-                },
-            );
-            s.record(7, EventKind::Staged, Some("1.1.0"), "staged");
-        })
-        .unwrap();
+        let mut s = fresh;
+        s.update = UpdateState::Staged {
+            trial: trial(),
+            operator_reboots: true,
+        };
+        s.apply(
+            7,
+            &Note::Exclude {
+                version: "1.0.1".into(),
+                reason: ExclusionReason::FailedTrial,
+            },
+        );
+        s.record(7, EventKind::Staged, Some("1.1.0"), "staged");
+        file.save(&s).unwrap();
         let s = file.load().unwrap();
         assert_eq!(
             s.update,
