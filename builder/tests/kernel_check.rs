@@ -15,12 +15,12 @@ use cairn_builder::kernel_check::{
 use cairn_builder::manifest::Manifest;
 use cairn_common::layout::{Arch, Platform};
 
-const CLOUD_AMD64: &str = "linux-image-6.1.0-56-cloud-amd64";
-const FULL_AMD64: &str = "linux-image-6.1.0-56-amd64";
-const CLOUD_ARM64: &str = "linux-image-6.1.0-56-cloud-arm64";
-const FULL_ARM64: &str = "linux-image-6.1.0-56-arm64";
+const CLOUD_AMD64: &str = "linux-image-6.12.118+deb13-cloud-amd64";
+const FULL_AMD64: &str = "linux-image-6.12.118+deb13-amd64";
+const CLOUD_ARM64: &str = "linux-image-6.12.118+deb13-cloud-arm64";
+const FULL_ARM64: &str = "linux-image-6.12.118+deb13-arm64";
 /// The kernel ABI the fixtures were captured from.
-const FIXTURE_ABI: &str = "6.1.0-56";
+const FIXTURE_ABI: &str = "6.12.118+deb13";
 
 /// A platform profile as `rootfs/image.toml` defines it: the fragments it
 /// enforces and the captured Debian kernel package of its kernel flavour.
@@ -425,19 +425,25 @@ fn the_cloud_arm64_kernel_fails_kunpeng920_which_needs_the_full_flavour() {
     assert!(!report.is_ok());
     println!("{report}");
     let unmet: BTreeSet<&str> = report.problems.iter().map(|p| p.option.as_str()).collect();
-    // The BMC console, IPMI, and the PCIe storage and NICs are missing ...
+    // The BMC console, IPMI, the PCIe RAID/SAS HBAs and NICs, and USB are missing ...
     for option in [
         "CONFIG_DRM_HISI_HIBMC",
         "CONFIG_IPMI_HANDLER",
-        "CONFIG_SATA_AHCI",
         "CONFIG_MEGARAID_SAS",
+        "CONFIG_SCSI_MPT3SAS",
         "CONFIG_IXGBE",
         "CONFIG_USB_XHCI_PCI",
     ] {
         assert!(unmet.contains(option), "{option} not reported:\n{report}");
     }
-    // ... while the SoC's own Ethernet (HNS3) and SAS are in the cloud flavour too.
-    for option in ["CONFIG_HNS3", "CONFIG_HNS3_ENET", "CONFIG_SCSI_HISI_SAS_PCI"] {
+    // ... while the SoC's own Ethernet (HNS3) and SAS are in the cloud flavour
+    // too, and so is AHCI since 6.12 (6.1's cloud kernels had no SATA_AHCI).
+    for option in [
+        "CONFIG_HNS3",
+        "CONFIG_HNS3_ENET",
+        "CONFIG_SCSI_HISI_SAS_PCI",
+        "CONFIG_SATA_AHCI",
+    ] {
         assert!(!unmet.contains(option), "{option} reported:\n{report}");
     }
     let line = line_of("kunpeng920.config", "CONFIG_DRM_HISI_HIBMC=m");
