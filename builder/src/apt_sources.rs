@@ -103,19 +103,37 @@ pub fn parse_one_line(text: &str) -> Vec<Source> {
     out
 }
 
-/// Pick the mirrors for `release` from the host's sources.
-pub fn choose_mirrors(sources: &[Source], release: &str) -> Result<Mirrors> {
+/// Pick the mirrors for `release` from the host's sources. A host of
+/// another release (a Debian 12 host building Debian 13) names no source
+/// for `release`; its mirror is the one serving its own release,
+/// `host_release`, and `<host_release>-security` names its security mirror:
+/// every release is on the same mirror.
+pub fn choose_mirrors(sources: &[Source], release: &str, host_release: Option<&str>) -> Result<Mirrors> {
     let serving = |suite: &str| {
         sources
             .iter()
             .find(|s| s.suites.iter().any(|x| x == suite))
             .map(|s| s.uri.clone())
     };
-    let Some(main) = serving(release) else {
-        bail!("no apt source of this host serves `{release}`; set `mirror` in the manifest's [debian] table");
+    let serving_either = |suffix: &str| {
+        serving(&format!("{release}{suffix}")).or_else(|| host_release.and_then(|h| serving(&format!("{h}{suffix}"))))
     };
-    let security = serving(&format!("{release}-security")).unwrap_or_else(|| main.clone());
+    let Some(main) = serving_either("") else {
+        let host = host_release
+            .map(|h| format!(" or this host's own `{h}`"))
+            .unwrap_or_default();
+        bail!("no apt source of this host serves `{release}`{host}; set `mirror` in the manifest's [debian] table");
+    };
+    let security = serving_either("-security").unwrap_or_else(|| main.clone());
     Ok(Mirrors { main, security })
+}
+
+/// The release codename (`VERSION_CODENAME`) of an `os-release` file.
+pub fn parse_os_release_codename(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let v = l.strip_prefix("VERSION_CODENAME=")?.trim().trim_matches('"');
+        (!v.is_empty()).then(|| v.to_owned())
+    })
 }
 
 /// Read every apt source of the host below `apt_dir` (normally `/etc/apt`).
@@ -146,12 +164,22 @@ pub fn host_sources(apt_dir: &Path) -> Result<Vec<Source>> {
     Ok(out)
 }
 
+/// The host's own release, from the `os-release` next to its apt folder
+/// (`/etc/os-release` for `/etc/apt`).
+fn host_release(apt_dir: &Path) -> Option<String> {
+    let etc = apt_dir.parent()?;
+    let text = std::fs::read_to_string(etc.join("os-release"))
+        .or_else(|_| std::fs::read_to_string(etc.join("../usr/lib/os-release")))
+        .ok()?;
+    parse_os_release_codename(&text)
+}
+
 /// The mirrors to build `release` from: the manifest's, else the host's.
 pub fn resolve(apt_dir: &Path, release: &str, mirror: Option<&str>, security_mirror: Option<&str>) -> Result<Mirrors> {
     let host = match mirror {
         Some(_) => None,
         None => Some(
-            choose_mirrors(&host_sources(apt_dir)?, release)
+            choose_mirrors(&host_sources(apt_dir)?, release, host_release(apt_dir).as_deref())
                 .with_context(|| format!("finding a Debian mirror in {}", apt_dir.display()))?,
         ),
     };
@@ -191,7 +219,7 @@ Components: main
     fn picks_main_and_security_from_deb822() {
         let sources = parse_deb822(DEB822);
         assert_eq!(sources.len(), 2, "deb-src stanzas are ignored");
-        let m = choose_mirrors(&sources, "bookworm").unwrap();
+        let m = choose_mirrors(&sources, "bookworm", None).unwrap();
         assert_eq!(m.main, "http://mirror.example/debian");
         assert_eq!(m.security, "http://security.example/debian-security");
         assert_eq!(m.for_suite("bookworm-security"), m.security);
@@ -199,9 +227,29 @@ Components: main
     }
 
     #[test]
+    fn a_host_of_another_release_lends_its_mirrors() {
+        let sources = parse_deb822(DEB822);
+        let m = choose_mirrors(&sources, "trixie", Some("bookworm")).unwrap();
+        assert_eq!(m.main, "http://mirror.example/debian");
+        assert_eq!(m.security, "http://security.example/debian-security");
+        assert_eq!(m.for_suite("trixie-security"), m.security);
+        let err = choose_mirrors(&sources, "trixie", None).unwrap_err();
+        assert!(err.to_string().contains("serves `trixie`"), "{err}");
+        let err = choose_mirrors(&sources, "trixie", Some("bullseye")).unwrap_err();
+        assert!(err.to_string().contains("own `bullseye`"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_codename_of_os_release() {
+        let text = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n";
+        assert_eq!(parse_os_release_codename(text).as_deref(), Some("bookworm"));
+        assert_eq!(parse_os_release_codename("ID=debian\nVERSION_CODENAME=\n"), None);
+    }
+
+    #[test]
     fn disabled_stanzas_are_skipped() {
         let text = DEB822.replacen("Types: deb\n", "Types: deb\nEnabled: no\n", 1);
-        let err = choose_mirrors(&parse_deb822(&text), "bookworm").unwrap_err();
+        let err = choose_mirrors(&parse_deb822(&text), "bookworm", None).unwrap_err();
         assert!(err.to_string().contains("serves `bookworm`"), "{err}");
     }
 

@@ -101,6 +101,35 @@ pub fn dracut_args(drivers: &[String]) -> String {
 /// zstd, as Debian 12's own initramfs-tools default; smaller than gzip).
 const COMPRESS_INITRAMFS: &str = "for k in \"$1\"/usr/lib/modules/*; do zstd -q -19 -T0 --rm \"$k/initramfs.img\" -o \"$k/initramfs.img.zst\" && mv \"$k/initramfs.img.zst\" \"$k/initramfs.img\" || exit 1; done";
 
+/// `/usr/lib/ostree/prepare-root.conf`: how `ostree-prepare-root`, in the
+/// initramfs, mounts a deployment. Written into the package layer before
+/// dracut runs (ostree's dracut module copies it into the initramfs, where
+/// it is read), so the root's mode is Cairn's choice, not the default of
+/// whichever ostree the release ships:
+/// - `/usr` is a read-only bind mount of the deployment (ostree always
+///   does this); `/etc` and `/var` are persistent and writable (not
+///   transient: `/etc` is merged across updates, `/var` kept);
+/// - `/sysroot` stays writable, as it was under Debian 12's ostree: the
+///   first-boot root growth resizes the mounted root filesystem;
+/// - no composefs: Debian builds ostree without it (`ostree --version`
+///   lists no `composefs` feature), so asking for it would fail the boot.
+pub const PREPARE_ROOT_CONF: &str = "# Written by cairn-build: how ostree-prepare-root mounts a Cairn deployment.
+[sysroot]
+readonly = false
+
+[composefs]
+enabled = no
+
+[root]
+transient = false
+
+[etc]
+transient = false
+";
+
+/// Where [`PREPARE_ROOT_CONF`] lives, in the tree and in the initramfs.
+const PREPARE_ROOT_CONF_PATH: &str = "usr/lib/ostree/prepare-root.conf";
+
 /// Everything the package layer is made of. Its hash names the cache entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct BaseRecipe {
@@ -113,6 +142,8 @@ pub struct BaseRecipe {
     pub path_excludes: Vec<String>,
     pub grub_modules: Vec<String>,
     pub dracut_args: String,
+    /// [`PREPARE_ROOT_CONF`], which the initramfs holds.
+    pub prepare_root_conf: String,
     /// The archive's state: suite → SHA-256 of its `InRelease`.
     pub archive: BTreeMap<String, String>,
 }
@@ -133,6 +164,7 @@ impl BaseRecipe {
             path_excludes: spec.path_excludes.clone(),
             grub_modules: GRUB_MODULES.iter().map(|s| s.to_string()).collect(),
             dracut_args: dracut_args(&spec.initramfs_drivers),
+            prepare_root_conf: PREPARE_ROOT_CONF.to_owned(),
             archive: archive::hashes(archive),
         }
     }
@@ -548,7 +580,9 @@ impl Cache {
         let debs = self.debs(spec.arch);
         fs::create_dir_all(&debs)?;
 
-        run_mmdebstrap(spec, &recipe, &root, &debs, &grub_debs, &lists)?;
+        let prepare_root = work.path().join("prepare-root.conf");
+        fs::write(&prepare_root, &recipe.prepare_root_conf)?;
+        run_mmdebstrap(spec, &recipe, &root, &debs, &grub_debs, &lists, &prepare_root)?;
         tracing::info!(elapsed = ?started.elapsed(), "packages installed");
         let used = archive::from_apt_lists(&lists, &spec.suites)?;
         // Keyed by what apt used: if the archive moved since the recipe was
@@ -561,6 +595,7 @@ impl Cache {
         }
 
         let packages = installed_packages(&root)?;
+        ensure_initramfs_holds(&root, PREPARE_ROOT_CONF_PATH)?;
         build_grub_image(
             spec.arch,
             &grub_debs,
@@ -591,6 +626,24 @@ impl Cache {
     }
 }
 
+/// Fail unless every initramfs of the tree at `root` holds `path`.
+fn ensure_initramfs_holds(root: &Path, path: &str) -> Result<()> {
+    for entry in fs::read_dir(root.join("usr/lib/modules"))? {
+        let image = entry?.path().join("initramfs.img");
+        let files = crate::initramfs::list_files_in(&image)?;
+        if !files
+            .iter()
+            .any(|f| f.trim_start_matches("./").trim_start_matches('/') == path)
+        {
+            bail!(
+                "{} lacks /{path}: ostree's dracut module did not copy it, so the deployment's root mode would be ostree's default",
+                image.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Compress every kernel module with zstd (on the build host) and rebuild
 /// the module index in the tree.
 const COMPRESS_MODULES: &str = "find \"$1\"/usr/lib/modules -name '*.ko' -exec zstd -q --rm -15 -T0 {} + && for k in \"$1\"/usr/lib/modules/*; do chroot \"$1\" depmod -a \"${k##*/}\"; done";
@@ -602,6 +655,7 @@ fn run_mmdebstrap(
     debs: &Path,
     grub_debs: &Path,
     lists: &Path,
+    prepare_root: &Path,
 ) -> Result<()> {
     let q = |p: &Path| shell_quote(&p.display().to_string());
     let dracut = format!(
@@ -639,6 +693,11 @@ fn run_mmdebstrap(
             "--customize-hook=cd {} && apt-get download {}",
             q(grub_debs),
             spec.arch.grub_package()
+        ))
+        // ostree's dracut module copies this file into the initramfs.
+        .arg(format!(
+            "--customize-hook=upload {} /{PREPARE_ROOT_CONF_PATH}",
+            q(prepare_root)
         ))
         // One initramfs, made here (Debian's kernel hook is off: INITRD=No),
         // from uncompressed modules so the whole archive compresses as one.

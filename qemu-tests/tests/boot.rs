@@ -131,6 +131,30 @@ fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
     assert_ne!(write.status, 0, "writing under /usr succeeded");
     assert!(write.output.contains("Read-only file system"), "{}", write.output);
 
+    // The root's mode is the one Cairn's prepare-root.conf chose, not
+    // ostree's default: the initramfs read Cairn's file, /sysroot is
+    // writable, /etc is persistent (not a transient overlay) and no
+    // composefs image is mounted as the root.
+    assert_eq!(
+        c.run_ok("cat /usr/lib/ostree/prepare-root.conf", COMMAND)
+            .unwrap()
+            .trim(),
+        cairn_builder::compose::PREPARE_ROOT_CONF.trim()
+    );
+    let mounts = c
+        .run_ok(
+            "findmnt -no FSTYPE,OPTIONS / && findmnt -no OPTIONS /sysroot && findmnt -no FSTYPE -T /etc",
+            COMMAND,
+        )
+        .unwrap();
+    let mounts: Vec<&str> = mounts.lines().map(str::trim).collect();
+    assert!(
+        mounts[0].starts_with("ext4 "),
+        "the root is not the ext4 deployment: {mounts:?}"
+    );
+    assert!(mounts[1].starts_with("rw,"), "/sysroot is not writable: {mounts:?}");
+    assert_eq!(mounts[2], "ext4", "/etc is not the deployment's own: {mounts:?}");
+
     // The root filesystem grew from the image's size to the disk's.
     assert!(a.dev.root_size < 3 * GIB);
     let fs = root_fs_bytes(&vm);
