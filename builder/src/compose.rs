@@ -38,7 +38,7 @@ use crate::scratch;
 
 /// Bump when the way the package layer is made changes, so old caches are
 /// not reused for a different recipe.
-const BASE_RECIPE_VERSION: u32 = 8;
+const BASE_RECIPE_VERSION: u32 = 9;
 
 /// Where the GRUB EFI image lives inside the OS tree (and so in every commit):
 /// the image builder copies this folder to the ESP.
@@ -85,7 +85,10 @@ const SOURCE_DATE_EPOCH: &str = "1686355200";
 /// `dracut` arguments: a generic initramfs (every storage driver, not just the
 /// build host's) with ostree's module, reproducible; left uncompressed for
 /// [`COMPRESS_INITRAMFS`] (the tree has no zstd binary for dracut to run).
-const DRACUT_ARGS: &str = "--no-hostonly --reproducible --force --add ostree --no-compress";
+/// Cairn's `prepare-root.conf` is installed by name, not left to ostree's
+/// module (which copies it only from 2023.4 on, when ostree started to read it).
+const DRACUT_ARGS: &str =
+    "--no-hostonly --reproducible --force --add ostree --no-compress --install /usr/lib/ostree/prepare-root.conf";
 
 /// dracut's arguments for an image whose platform needs `drivers` at boot.
 pub fn dracut_args(drivers: &[String]) -> String {
@@ -103,9 +106,10 @@ const COMPRESS_INITRAMFS: &str = "for k in \"$1\"/usr/lib/modules/*; do zstd -q 
 
 /// `/usr/lib/ostree/prepare-root.conf`: how `ostree-prepare-root`, in the
 /// initramfs, mounts a deployment. Written into the package layer before
-/// dracut runs (ostree's dracut module copies it into the initramfs, where
-/// it is read), so the root's mode is Cairn's choice, not the default of
-/// whichever ostree the release ships:
+/// dracut runs, which installs it into the initramfs, where it is read
+/// (ostree reads it from 2023.4 on; Debian 12's 2022.7 behaves as it says),
+/// so the root's mode is Cairn's choice, not the default of whichever
+/// ostree the release ships:
 /// - `/usr` is a read-only bind mount of the deployment (ostree always
 ///   does this); `/etc` and `/var` are persistent and writable (not
 ///   transient: `/etc` is merged across updates, `/var` kept);
@@ -596,12 +600,7 @@ impl Cache {
 
         let packages = installed_packages(&root)?;
         ensure_initramfs_holds(&root, PREPARE_ROOT_CONF_PATH)?;
-        build_grub_image(
-            spec.arch,
-            &grub_debs,
-            &work.path().join("grub"),
-            &root.join(EFI_TREE_PATH),
-        )?;
+        build_grub_image(spec.arch, &grub_debs, &root)?;
         let converted = ostree_layout::convert(&root)?;
         let commit = ostree::commit(
             &self.base_repo(),
@@ -636,7 +635,7 @@ fn ensure_initramfs_holds(root: &Path, path: &str) -> Result<()> {
             .any(|f| f.trim_start_matches("./").trim_start_matches('/') == path)
         {
             bail!(
-                "{} lacks /{path}: ostree's dracut module did not copy it, so the deployment's root mode would be ostree's default",
+                "{} lacks /{path}: dracut did not install it, so the deployment's root mode would be ostree's default",
                 image.display()
             );
         }
@@ -687,14 +686,15 @@ fn run_mmdebstrap(
         .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
         .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", q(debs)))
         .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", q(debs)))
-        // GRUB's EFI modules, fetched with the image's own apt state (outside
-        // the chroot, which has no resolver), never installed.
+        // GRUB's EFI modules and tools, fetched with the image's own apt
+        // state (outside the chroot, which has no resolver), never installed.
         .arg(format!(
-            "--customize-hook=cd {} && apt-get download {}",
+            "--customize-hook=cd {} && apt-get download {} {}",
             q(grub_debs),
-            spec.arch.grub_package()
+            spec.arch.grub_package(),
+            GRUB_TOOL_PACKAGES.join(" ")
         ))
-        // ostree's dracut module copies this file into the initramfs.
+        // Into the initramfs too (DRACUT_ARGS), where ostree-prepare-root reads it.
         .arg(format!(
             "--customize-hook=upload {} /{PREPARE_ROOT_CONF_PATH}",
             q(prepare_root)
@@ -767,28 +767,60 @@ fn installed_packages(root: &Path) -> Result<BTreeMap<String, String>> {
         .collect())
 }
 
-/// Build GRUB's EFI binary from the downloaded module package into
-/// `efi_tree/<removable-media path>`.
-fn build_grub_image(arch: Arch, deb_dir: &Path, work: &Path, efi_tree: &Path) -> Result<()> {
-    let deb = fs::read_dir(deb_dir)?
+/// Packages GRUB's EFI image is made with besides the modules: the
+/// release's own `grub-mkimage` and the one library of it the tree lacks.
+/// Downloaded and unpacked for the build, never installed.
+const GRUB_TOOL_PACKAGES: &[&str] = &["grub-common", "libdevmapper1.02.1"];
+
+/// Build GRUB's EFI binary into the tree at `root`
+/// (`<EFI_TREE_PATH>/<removable-media path>`) with the release's own
+/// `grub-mkimage` and modules, unpacked from the packages in `deb_dir` into
+/// the tree's `/tmp` and run there (through qemu-user for a foreign arch):
+/// the build host's GRUB tools may be older than the modules.
+fn build_grub_image(arch: Arch, deb_dir: &Path, root: &Path) -> Result<()> {
+    let debs: Vec<PathBuf> = fs::read_dir(deb_dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .with_context(|| format!("{} was not downloaded", arch.grub_package()))?;
-    Cmd::new("dpkg-deb").arg("-x").arg(&deb).arg(work).run()?;
-    let modules = work.join("usr/lib/grub").join(arch.grub_target());
-    let out = efi_tree.join(arch.efi_boot_path());
-    fs::create_dir_all(out.parent().expect("has parent"))?;
-    Cmd::new("grub-mkimage")
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    for package in std::iter::once(arch.grub_package()).chain(GRUB_TOOL_PACKAGES.iter().copied()) {
+        let prefix = format!("{package}_");
+        if !debs
+            .iter()
+            .any(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+        {
+            bail!("{package} was not downloaded into {}", deb_dir.display());
+        }
+    }
+    let inside = Path::new("/tmp/cairn-grub");
+    let tools = root.join(inside.strip_prefix("/").expect("absolute"));
+    fs::create_dir_all(&tools)?;
+    for deb in &debs {
+        Cmd::new("dpkg-deb").arg("-x").arg(deb).arg(&tools).run()?;
+    }
+    let libs = format!(
+        "LD_LIBRARY_PATH={}:{}",
+        inside.join("usr/lib").join(arch.multiarch()).display(),
+        inside.join("lib").join(arch.multiarch()).display()
+    );
+    Cmd::new("chroot")
+        .arg(root)
+        .arg("env")
+        .arg(libs)
+        .arg(inside.join("usr/bin/grub-mkimage"))
         .arg("-O")
         .arg(arch.grub_target())
         .arg("-d")
-        .arg(&modules)
+        .arg(inside.join("usr/lib/grub").join(arch.grub_target()))
         .arg("-o")
-        .arg(&out)
+        .arg(inside.join("grub.efi"))
         .args(["-p", "/EFI/BOOT"])
         .args(GRUB_MODULES)
         .run()
-        .context("building the GRUB EFI image")?;
+        .context("building the GRUB EFI image with the release's grub-mkimage")?;
+    let out = root.join(EFI_TREE_PATH).join(arch.efi_boot_path());
+    fs::create_dir_all(out.parent().expect("has parent"))?;
+    fs::copy(tools.join("grub.efi"), &out)?;
+    fs::remove_dir_all(&tools)?;
     Ok(())
 }
 

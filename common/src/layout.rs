@@ -77,6 +77,15 @@ impl Arch {
         }
     }
 
+    /// Debian's multiarch triplet: where this architecture's libraries live
+    /// (`/usr/lib/<triplet>`).
+    pub fn multiarch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-linux-gnu",
+            Arch::Aarch64 => "aarch64-linux-gnu",
+        }
+    }
+
     /// UEFI removable-media boot path on the ESP.
     pub fn efi_boot_path(self) -> &'static str {
         match self {
