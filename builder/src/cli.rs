@@ -34,11 +34,20 @@ struct Image {
     /// Where the image runs: `generic` (VMs, clouds), `kunpeng920`, `phytium`.
     #[arg(long, default_value = "generic")]
     platform: Platform,
+    /// Build from this Debian release (codename) instead of the manifest's,
+    /// with the same suites of it (`<release>-updates`, ...).
+    #[arg(long)]
+    debian_release: Option<String>,
 }
 
 impl Image {
     fn resolve(&self) -> Result<crate::manifest::ImageSpec> {
-        Ok(crate::manifest::Manifest::load(&self.manifest)?.resolve(&self.flavor, self.arch, self.platform)?)
+        let mut spec =
+            crate::manifest::Manifest::load(&self.manifest)?.resolve(&self.flavor, self.arch, self.platform)?;
+        if let Some(release) = &self.debian_release {
+            spec.on_debian_release(release)?;
+        }
+        Ok(spec)
     }
 }
 
@@ -199,6 +208,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 flavor: target.image.flavor,
                 arch: target.image.arch,
                 platform: target.image.platform,
+                debian_release: target.image.debian_release,
                 repo: target.repo,
                 cache,
                 keys,

@@ -197,6 +197,8 @@ pub struct ComposeOptions {
     pub flavor: String,
     pub arch: Arch,
     pub platform: Platform,
+    /// Debian release to build from instead of the manifest's.
+    pub debian_release: Option<String>,
     pub repo: PathBuf,
     pub cache: PathBuf,
     pub keys: PathBuf,
@@ -228,6 +230,9 @@ pub struct Composed {
 pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
     let started = Instant::now();
     let mut spec = Manifest::load(&opts.manifest)?.resolve(&opts.flavor, opts.arch, opts.platform)?;
+    if let Some(release) = &opts.debian_release {
+        spec.on_debian_release(release)?;
+    }
     if let Some(v) = &opts.version {
         spec.version = v
             .parse()

@@ -193,6 +193,28 @@ pub struct ImageSpec {
 }
 
 impl ImageSpec {
+    /// The same image built from another Debian release: `release` and each
+    /// of its suites (`trixie-security` → `bookworm-security`). For building
+    /// a release on the next Debian (or, as the update tests do, on the
+    /// previous one) without editing the manifest.
+    pub fn on_debian_release(&mut self, release: &str) -> anyhow::Result<()> {
+        let valid = !release.is_empty()
+            && release
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            anyhow::bail!("Debian release `{release}` is not a codename (lowercase letters, digits, `-`)");
+        }
+        for suite in &mut self.suites {
+            let pocket = suite
+                .strip_prefix(self.release.as_str())
+                .expect("suites are validated to start with the release");
+            *suite = format!("{release}{pocket}");
+        }
+        self.release = release.to_owned();
+        Ok(())
+    }
+
     pub fn package_names(&self) -> Vec<String> {
         self.packages.iter().map(|p| p.name.clone()).collect()
     }
@@ -696,6 +718,22 @@ package-sets = ["base"]
             .unwrap();
         assert_eq!(prod.package_names(), ["linux-image-cloud-arm64", "systemd", "udev"]);
         assert_eq!(prod.kernel_args.last().unwrap(), "console=ttyAMA0,115200");
+    }
+
+    #[test]
+    fn another_debian_release_takes_the_same_suites_of_it() {
+        let (_d, path) = fixture();
+        let mut spec = Manifest::parse(&path, GOOD)
+            .unwrap()
+            .resolve("dev", Arch::X86_64, Platform::Generic)
+            .unwrap();
+        assert_eq!(spec.suites, ["bookworm", "bookworm-updates", "bookworm-security"]);
+        spec.on_debian_release("trixie").unwrap();
+        assert_eq!(spec.release, "trixie");
+        assert_eq!(spec.suites, ["trixie", "trixie-updates", "trixie-security"]);
+        let err = spec.on_debian_release("Trixie/../x").unwrap_err().to_string();
+        assert!(err.contains("`Trixie/../x` is not a codename"), "{err}");
+        assert_eq!(spec.release, "trixie", "a refused release changes nothing");
     }
 
     #[test]

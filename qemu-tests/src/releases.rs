@@ -10,6 +10,8 @@ use cairn_common::process::Cmd;
 use cairn_common::release::{Release, TARGETS_DIR, TUF_DIR};
 use serde_json::Value;
 
+use cairn_builder::image::BuiltImage;
+
 use crate::Artifacts;
 
 /// Where test releases are built and published.
@@ -41,7 +43,9 @@ impl<'a> TestReleases<'a> {
         Ok(out.stdout)
     }
 
-    fn common_args<'s>(&'s self, verb: &'s str, repo: &'s Path) -> Vec<&'s str> {
+    /// Which image (`--manifest`, `--flavor`, `--arch`, `--platform`) in
+    /// which repository, for `verb`.
+    fn image_args<'s>(&'s self, verb: &'s str, repo: &'s Path) -> Vec<&'s str> {
         let a = self.artifacts;
         vec![
             verb,
@@ -55,9 +59,14 @@ impl<'a> TestReleases<'a> {
             a.platform.as_str(),
             "--repo",
             path(repo),
-            "--keys",
-            path(&a.keys),
         ]
+    }
+
+    /// [`TestReleases::image_args`] and the signing keys.
+    fn common_args<'s>(&'s self, verb: &'s str, repo: &'s Path) -> Vec<&'s str> {
+        let mut args = self.image_args(verb, repo);
+        args.extend(["--keys", path(&self.artifacts.keys)]);
+        args
     }
 
     /// Publish the booted image's release (v1, from the image's own repo).
@@ -68,6 +77,16 @@ impl<'a> TestReleases<'a> {
     /// Commit a new release of the dev image (its package layer comes from
     /// the cache), with `overlays` laid over it.
     pub fn compose(&self, version: &str, overlays: &[PathBuf]) -> Result<()> {
+        self.compose_from(None, version, overlays)
+    }
+
+    /// [`TestReleases::compose`] from another Debian release than the
+    /// manifest's (`cairn-build compose --debian-release`).
+    pub fn compose_on_debian(&self, release: &str, version: &str, overlays: &[PathBuf]) -> Result<()> {
+        self.compose_from(Some(release), version, overlays)
+    }
+
+    fn compose_from(&self, debian_release: Option<&str>, version: &str, overlays: &[PathBuf]) -> Result<()> {
         let a = self.artifacts;
         let mut args = self.common_args("compose", &self.build_repo);
         args.extend([
@@ -78,11 +97,23 @@ impl<'a> TestReleases<'a> {
             "--version",
             version,
         ]);
+        if let Some(release) = debian_release {
+            args.extend(["--debian-release", release]);
+        }
         for o in overlays {
             args.extend(["--overlay", path(o)]);
         }
         self.cairn_build(&args)?;
         Ok(())
+    }
+
+    /// The disk image of the newest release committed by
+    /// [`TestReleases::compose`], written into `output`.
+    pub fn image(&self, output: &Path) -> Result<BuiltImage> {
+        let mut args = self.image_args("image", &self.build_repo);
+        args.extend(["--output", path(output)]);
+        let out = self.cairn_build(&args)?;
+        serde_json::from_str(&out).with_context(|| format!("image printed no JSON report:\n{out}"))
     }
 
     /// Publish the newest release committed by [`TestReleases::compose`];

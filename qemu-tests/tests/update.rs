@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn_builder::image::BuiltImage;
 use cairn_common::layout::Arch;
 
 use cairn_qemu_tests::agent_status::{self, booted_version, is_bad, versions, ExclusionReason, Status, UpdateState};
@@ -41,8 +42,13 @@ fn wait_status(vm: &Vm, what: &str, done: impl Fn(&Status) -> bool) -> Status {
 /// the update server, and give the agent `agent_toml` (printf-escaped) as
 /// `/etc/cairn/agent.d/50-test.toml`.
 fn boot_with_update_server(a: &Artifacts, releases: &TestReleases, agent_toml: &str) -> (Server, Vm) {
+    boot_image_with_update_server(&a.dev, releases, agent_toml)
+}
+
+/// [`boot_with_update_server`] for another image than the dev image.
+fn boot_image_with_update_server(image: &BuiltImage, releases: &TestReleases, agent_toml: &str) -> (Server, Vm) {
     let server = Server::start(&releases.www).unwrap();
-    let mut opts = VmOptions::of(&a.dev);
+    let mut opts = VmOptions::of(image);
     opts.forward_update_server(Path::new(RELAY), server.port);
     let vm = Vm::boot(&opts, BOOT).unwrap();
     vm.console
@@ -501,4 +507,86 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
         !versions(&s).contains(&"0.3.0".to_owned()),
         "the failed deployment is still there: {s:#?}"
     );
+}
+
+/// The Debian release Cairn was based on before the current one: hosts
+/// built from it must be able to take releases of the current base.
+const PREVIOUS_DEBIAN: &str = "bookworm";
+
+/// The Debian release the booted deployment was built from.
+fn debian_release(vm: &Vm) -> String {
+    let out = vm
+        .console
+        .run_ok(". /usr/lib/os-release && echo \"$VERSION_CODENAME\"", COMMAND)
+        .unwrap();
+    out.trim().to_owned()
+}
+
+/// A host of the previous Debian base takes releases of the current one
+/// through the normal signed update path: a release whose health gate
+/// fails falls back to the old base by itself and is marked bad; a
+/// healthy one is committed, with `/etc` and `/var` kept.
+#[test]
+#[ignore = "boots a VM; run by `cargo xtask test`"]
+fn a_host_on_the_previous_debian_takes_the_current_one_and_falls_back_from_a_failing_release() {
+    let a = Artifacts::load().unwrap();
+    let scratch = tempfile::Builder::new().prefix("cairn-rebase-test-").tempdir().unwrap();
+    let releases = TestReleases::new(&a, scratch.path());
+    let current = debian_of_manifest(&a);
+    assert_ne!(
+        current, PREVIOUS_DEBIAN,
+        "the manifest still builds from {PREVIOUS_DEBIAN}"
+    );
+
+    releases.compose_on_debian(PREVIOUS_DEBIAN, "0.1.0", &[]).unwrap();
+    let old = releases.image(&scratch.path().join("images")).unwrap();
+    releases.publish().unwrap();
+    releases.compose("0.2.0", &[fixture("failing-health")]).unwrap();
+    releases.publish().unwrap();
+
+    let (_server, vm) =
+        boot_image_with_update_server(&old, &releases, "[update]\\nauto = false\\n[boot]\\ntries = 1\\n");
+    let c = &vm.console;
+    assert_eq!(booted_version(&status(&vm)), "0.1.0");
+    assert_eq!(debian_release(&vm), PREVIOUS_DEBIAN);
+    let old_kernel = c.run_ok("uname -r", COMMAND).unwrap();
+    c.run_ok("echo kept > /etc/cairn-rebase-test && mkdir -p /var/lib/cairn-test && echo kept > /var/lib/cairn-test/data && sync", COMMAND)
+        .unwrap();
+
+    // The new base's release fails its health gate: back on the old base.
+    c.send("cairn-agent update\n").unwrap();
+    c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v2
+    c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
+    vm.wait_for_root_shell(BOOT).unwrap();
+    let s = wait_status(&vm, "v2 to be rolled back", |s| is_bad(s, "0.2.0") && s.settled());
+    assert_eq!(booted_version(&s), "0.1.0", "{s:#?}");
+    assert_eq!(debian_release(&vm), PREVIOUS_DEBIAN);
+    assert_eq!(c.run_ok("uname -r", COMMAND).unwrap(), old_kernel);
+
+    // A healthy release of the new base is committed, /etc and /var kept.
+    releases.compose("0.3.0", &[]).unwrap();
+    releases.publish().unwrap();
+    c.send("cairn-agent update\n").unwrap();
+    c.wait_for("Linux version", BOOT).unwrap();
+    vm.wait_for_root_shell(BOOT).unwrap();
+    let s = wait_status(&vm, "v3 to be committed", |s| s.settled());
+    assert_eq!(booted_version(&s), "0.3.0", "{s:#?}");
+    assert_eq!(debian_release(&vm), current);
+    assert_ne!(c.run_ok("uname -r", COMMAND).unwrap(), old_kernel);
+    assert_eq!(
+        c.run_ok("cat /etc/cairn-rebase-test /var/lib/cairn-test/data", COMMAND)
+            .unwrap()
+            .trim(),
+        "kept\nkept"
+    );
+    assert_running_without_failures(&vm);
+}
+
+/// The Debian release `rootfs/image.toml` builds from.
+fn debian_of_manifest(a: &Artifacts) -> String {
+    cairn_builder::manifest::Manifest::load(&a.manifest)
+        .unwrap()
+        .resolve("dev", a.arch, a.platform)
+        .unwrap()
+        .release
 }
