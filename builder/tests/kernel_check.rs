@@ -4,30 +4,46 @@
 //! `tests/data/kernel-configs/` (see its README): no network, no root.
 //! Which fragments apply to which profile, and which kernel flavour it
 //! ships, come from `rootfs/image.toml`, as in the build.
+//!
+//! The fragments must hold for every Debian release Cairn builds from
+//! ([`RELEASES`]), so every profile is checked against the kernels of each.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use cairn_builder::initramfs;
 use cairn_builder::kernel_check::{
-    check, load_fragments, normalize_module, parse_kernel_config, Fragment, KernelFacts, Unmet, Want,
+    check, load_fragments, normalize_module, parse_kernel_config, Fragment, KernelFacts, Problem, Requirement, Unmet,
+    Want,
 };
 use cairn_builder::manifest::Manifest;
 use cairn_common::layout::{Arch, Platform};
 
-const CLOUD_AMD64: &str = "linux-image-6.12.118+deb13-cloud-amd64";
-const FULL_AMD64: &str = "linux-image-6.12.118+deb13-amd64";
-const CLOUD_ARM64: &str = "linux-image-6.12.118+deb13-cloud-arm64";
-const FULL_ARM64: &str = "linux-image-6.12.118+deb13-arm64";
-/// The kernel ABI the fixtures were captured from.
-const FIXTURE_ABI: &str = "6.12.118+deb13";
+/// Debian 13's kernel ABI: trixie, the base of Cairn's images.
+const TRIXIE: &str = "6.12.118+deb13";
+/// Debian 12's kernel ABI: bookworm, which existing hosts run and which the
+/// bookworm→trixie update test builds an image from.
+const BOOKWORM: &str = "6.1.0-56";
+/// Every Debian release Cairn builds from, with the ABI of its captured
+/// kernels.
+const RELEASES: [(&str, &str); 2] = [("trixie", TRIXIE), ("bookworm", BOOKWORM)];
+/// Debian's kernel flavours, as their package names end (before the arch).
+const FLAVOURS: [&str; 2] = ["cloud-", ""];
+
+/// The captured Debian kernel package of `abi` and `flavour`
+/// (`cloud-amd64`, `arm64`, …).
+fn package(abi: &str, flavour: &str) -> String {
+    format!("linux-image-{abi}-{flavour}")
+}
 
 /// A platform profile as `rootfs/image.toml` defines it: the fragments it
-/// enforces and the captured Debian kernel package of its kernel flavour.
+/// enforces and the Debian kernel flavour it ships.
 struct Profile {
     name: &'static str,
     arch: Arch,
-    package: String,
+    /// `cloud-amd64`, `arm64`, …: the package name without
+    /// `linux-image-<abi>-`.
+    flavour: String,
     fragment_paths: Vec<PathBuf>,
 }
 
@@ -39,6 +55,11 @@ impl Profile {
     fn fragment_names(&self) -> Vec<String> {
         let stem = |p: &PathBuf| p.file_stem().unwrap().to_string_lossy().into_owned();
         self.fragment_paths.iter().map(stem).collect()
+    }
+
+    /// The profile's kernel package in the release of `abi`.
+    fn package(&self, abi: &str) -> String {
+        package(abi, &self.flavour)
     }
 }
 
@@ -56,7 +77,7 @@ fn profiles() -> Vec<Profile> {
             profiles.push(Profile {
                 name: platform.as_str(),
                 arch,
-                package: format!("linux-image-{FIXTURE_ABI}-{flavour}"),
+                flavour: flavour.to_owned(),
                 fragment_paths: spec.kernel_config,
             });
         }
@@ -123,58 +144,61 @@ fn boot_modules(fragments: &[Fragment], arch: Arch) -> BTreeSet<String> {
         .collect()
 }
 
-fn assert_profile_passes(name: &str, arch: Arch, package: &str) {
+/// Checks the profile against its kernel in every release: every enforced
+/// option is met.
+fn assert_profile_passes(name: &str, arch: Arch, flavour: &str) {
     let profile = profile(name, arch);
     assert_eq!(
-        profile.package, package,
+        profile.flavour, flavour,
         "the manifest's kernel flavour for {name} changed"
     );
     let fragments = profile.fragments();
-    let report = check(&fragments, arch, &package_facts(&profile.package));
-    assert!(report.is_ok(), "{}", report);
-    assert!(report.checked > 50, "{report}");
-    assert!(!report.initramfs_checked);
-    // Every wanted option is really missing: one Debian ships becomes enforced.
-    let wanted: usize = fragments.iter().map(|f| f.wanted_for(arch).count()).sum();
-    assert_eq!(report.wanted.len(), wanted, "{report}");
-    println!("{report}");
+    for (release, abi) in RELEASES {
+        let report = check(&fragments, arch, &package_facts(&profile.package(abi)));
+        assert!(report.is_ok(), "{release}: {report}");
+        assert!(report.checked > 50, "{release}: {report}");
+        assert!(!report.initramfs_checked);
+        println!("{release}: {report}");
+    }
 }
 
 #[test]
 fn generic_x86_64_passes_on_debian_cloud_amd64() {
-    assert_profile_passes("generic", Arch::X86_64, CLOUD_AMD64);
+    assert_profile_passes("generic", Arch::X86_64, "cloud-amd64");
 }
 
 #[test]
 fn generic_aarch64_passes_on_debian_cloud_arm64() {
-    assert_profile_passes("generic", Arch::Aarch64, CLOUD_ARM64);
+    assert_profile_passes("generic", Arch::Aarch64, "cloud-arm64");
 }
 
 #[test]
 fn kunpeng920_passes_on_debian_full_arm64() {
-    assert_profile_passes("kunpeng920", Arch::Aarch64, FULL_ARM64);
+    assert_profile_passes("kunpeng920", Arch::Aarch64, "arm64");
 }
 
 #[test]
 fn phytium_passes_on_debian_full_arm64() {
-    assert_profile_passes("phytium", Arch::Aarch64, FULL_ARM64);
+    assert_profile_passes("phytium", Arch::Aarch64, "arm64");
 }
 
 #[test]
 fn every_enforced_option_exists_in_the_kernels_it_applies_to() {
     let mut missing = Vec::new();
     for profile in profiles() {
-        let config = parse_kernel_config(&config_text(&profile.package));
-        for fragment in profile.fragments() {
-            for r in fragment.requirements_for(profile.arch) {
-                if !config.contains_key(&r.option) {
-                    missing.push(format!(
-                        "{}:{}: {} ({})",
-                        fragment.path.display(),
-                        r.line,
-                        r.option,
-                        profile.package
-                    ));
+        for (_, abi) in RELEASES {
+            let package = profile.package(abi);
+            let config = parse_kernel_config(&config_text(&package));
+            for fragment in profile.fragments() {
+                for r in fragment.requirements_for(profile.arch) {
+                    if !config.contains_key(&r.option) {
+                        missing.push(format!(
+                            "{}:{}: {} ({package})",
+                            fragment.path.display(),
+                            r.line,
+                            r.option
+                        ));
+                    }
                 }
             }
         }
@@ -187,42 +211,111 @@ fn every_enforced_option_exists_in_the_kernels_it_applies_to() {
 }
 
 #[test]
-fn every_named_module_is_a_real_module_file() {
-    // Per architecture, the modules any of its Debian kernels ship (an option
-    // built in by the cloud flavour is a module in the full one).
-    let mut shipped: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for (arch, package) in [
-        ("x86_64", CLOUD_AMD64),
-        ("x86_64", FULL_AMD64),
-        ("aarch64", CLOUD_ARM64),
-        ("aarch64", FULL_ARM64),
-    ] {
-        shipped.entry(arch).or_default().extend(shipped_modules(package));
+fn every_wanted_option_is_missing_from_a_kernel_it_applies_to() {
+    // A wanted option every kernel it applies to (each profile using its
+    // fragment, in every release) has must be enforced instead.
+    let mut applies = BTreeSet::new();
+    let mut missing = BTreeSet::new();
+    for profile in profiles() {
+        let fragments = profile.fragments();
+        for fragment in &fragments {
+            let here = |w: &Requirement| format!("{}:{}: {}", fragment.path.display(), w.line, w.option);
+            applies.extend(fragment.wanted_for(profile.arch).map(here));
+        }
+        for (_, abi) in RELEASES {
+            let report = check(&fragments, profile.arch, &package_facts(&profile.package(abi)));
+            let here = |p: &Problem| format!("{}:{}: {}", p.fragment.display(), p.line, p.option);
+            missing.extend(report.wanted.iter().map(here));
+        }
     }
-    let mut unknown = Vec::new();
+    assert!(!applies.is_empty(), "no wanted option left to check");
+    let met_everywhere: Vec<String> = applies.difference(&missing).cloned().collect();
+    assert!(
+        met_everywhere.is_empty(),
+        "wanted options every kernel they apply to has (enforce them):\n{}",
+        met_everywhere.join("\n")
+    );
+}
+
+/// Every captured kernel of `arch`: both flavours, every release.
+fn captured_kernels(arch: Arch) -> Vec<KernelFacts> {
+    let releases = RELEASES.iter().map(|(_, abi)| abi);
+    let packages = releases.flat_map(|abi| FLAVOURS.map(|f| package(abi, &format!("{f}{}", arch.debian()))));
+    packages.map(|p| package_facts(&p)).collect()
+}
+
+/// Every enforced requirement that names modules, with the architecture it
+/// applies to and where it is (`fragment:line`), once per architecture.
+fn module_requirements() -> Vec<(Arch, String, Requirement)> {
     let names = all_fragment_names();
+    let mut found = Vec::new();
     for fragment in fragments(&names.iter().map(String::as_str).collect::<Vec<_>>()) {
-        for r in &fragment.requirements {
-            for arch in Arch::ALL
-                .into_iter()
-                .filter(|a| fragment.applies_to(*a) && r.arch.is_none_or(|b| b == *a))
-            {
-                for module in &r.modules {
-                    if !shipped[arch.as_str()].contains(&normalize_module(module)) {
-                        unknown.push(format!(
-                            "{}:{}: {} module {module} ({arch})",
-                            fragment.path.display(),
-                            r.line,
-                            r.option
-                        ));
-                    }
-                }
+        for arch in Arch::ALL {
+            for r in fragment.requirements_for(arch).filter(|r| !r.modules.is_empty()) {
+                let here = format!("{}:{}", fragment.path.display(), r.line);
+                found.push((arch, here, r.clone()));
+            }
+        }
+    }
+    found
+}
+
+/// The modules `r` names that `kernel` does not ship, if it builds `r`'s
+/// option as a module (a built-in `=y` needs no module file).
+fn unshipped_modules<'a>(r: &'a Requirement, kernel: &KernelFacts) -> Vec<&'a str> {
+    if kernel.config.get(&r.option).is_none_or(|value| value != "m") {
+        return Vec::new();
+    }
+    let unshipped = r
+        .modules
+        .iter()
+        .filter(|m| !kernel.modules.contains(&normalize_module(m)));
+    unshipped.map(String::as_str).collect()
+}
+
+#[test]
+fn a_named_module_ships_in_every_kernel_that_builds_its_option_as_a_module() {
+    // Every captured kernel, not only the profiles' flavours: the names are
+    // Debian's, whatever the flavour.
+    let kernels: HashMap<Arch, Vec<KernelFacts>> = Arch::ALL.map(|a| (a, captured_kernels(a))).into();
+    let mut unshipped = Vec::new();
+    for (arch, here, r) in module_requirements() {
+        for kernel in &kernels[&arch] {
+            for module in unshipped_modules(&r, kernel) {
+                unshipped.push(format!(
+                    "{here}: {} module {module} ({})",
+                    r.option, kernel.kernel_release
+                ));
             }
         }
     }
     assert!(
+        unshipped.is_empty(),
+        "named modules a kernel with the option `=m` does not ship:\n{}",
+        unshipped.join("\n")
+    );
+}
+
+#[test]
+fn every_named_module_ships_in_some_captured_kernel_of_its_arch() {
+    // A name no kernel ships is never checked (where every kernel builds the
+    // option in) or always fails: either way it is wrong.
+    let shipped: HashMap<Arch, BTreeSet<String>> = Arch::ALL
+        .map(|a| (a, captured_kernels(a).into_iter().flat_map(|k| k.modules).collect()))
+        .into();
+    let mut unknown = Vec::new();
+    for (arch, here, r) in module_requirements() {
+        for module in r
+            .modules
+            .iter()
+            .filter(|m| !shipped[&arch].contains(&normalize_module(m)))
+        {
+            unknown.push(format!("{here}: {} module {module} ({arch})", r.option));
+        }
+    }
+    assert!(
         unknown.is_empty(),
-        "module names no Debian kernel ships:\n{}",
+        "module names no captured Debian kernel ships:\n{}",
         unknown.join("\n")
     );
 }
@@ -308,7 +401,8 @@ fn line_of(fragment: &str, line: &str) -> usize {
 
 #[test]
 fn a_kernel_missing_required_options_fails_naming_each_option_and_line() {
-    let config = config_text(CLOUD_AMD64);
+    let cloud_amd64 = package(TRIXIE, "cloud-amd64");
+    let config = config_text(&cloud_amd64);
     assert!(
         config.contains("\nCONFIG_SECCOMP_FILTER=y\n") && config.contains("\n# CONFIG_RT_GROUP_SCHED is not set\n")
     );
@@ -317,7 +411,7 @@ fn a_kernel_missing_required_options_fails_naming_each_option_and_line() {
         .replace("\n# CONFIG_RT_GROUP_SCHED is not set\n", "\nCONFIG_RT_GROUP_SCHED=y\n");
     let facts = KernelFacts {
         config: parse_kernel_config(&config),
-        ..package_facts(CLOUD_AMD64)
+        ..package_facts(&cloud_amd64)
     };
     let report = check(&profile("generic", Arch::X86_64).fragments(), Arch::X86_64, &facts);
 
@@ -353,7 +447,7 @@ fn a_kernel_missing_required_options_fails_naming_each_option_and_line() {
 
 #[test]
 fn a_module_that_does_not_ship_fails() {
-    let mut facts = package_facts(FULL_ARM64);
+    let mut facts = package_facts(&package(TRIXIE, "arm64"));
     assert!(facts.modules.remove("hns3"));
     let report = check(&profile("kunpeng920", Arch::Aarch64).fragments(), Arch::Aarch64, &facts);
     assert_eq!(report.problems.len(), 1, "{report}");
@@ -375,7 +469,7 @@ fn a_module_that_does_not_ship_fails() {
 #[test]
 fn a_boot_module_missing_from_the_initramfs_fails() {
     let fragments = profile("kunpeng920", Arch::Aarch64).fragments();
-    let mut facts = package_facts(FULL_ARM64);
+    let mut facts = package_facts(&package(TRIXIE, "arm64"));
     let boot = boot_modules(&fragments, Arch::Aarch64);
     // The full kernel builds these as modules: the initramfs must hold them.
     for module in [
@@ -417,42 +511,42 @@ fn a_boot_module_missing_from_the_initramfs_fails() {
 
 #[test]
 fn the_cloud_arm64_kernel_fails_kunpeng920_which_needs_the_full_flavour() {
-    let report = check(
-        &profile("kunpeng920", Arch::Aarch64).fragments(),
-        Arch::Aarch64,
-        &package_facts(CLOUD_ARM64),
-    );
-    assert!(!report.is_ok());
-    println!("{report}");
-    let unmet: BTreeSet<&str> = report.problems.iter().map(|p| p.option.as_str()).collect();
-    // The BMC console, IPMI, the PCIe RAID/SAS HBAs and NICs, and USB are missing ...
-    for option in [
-        "CONFIG_DRM_HISI_HIBMC",
-        "CONFIG_IPMI_HANDLER",
-        "CONFIG_MEGARAID_SAS",
-        "CONFIG_SCSI_MPT3SAS",
-        "CONFIG_IXGBE",
-        "CONFIG_USB_XHCI_PCI",
-    ] {
-        assert!(unmet.contains(option), "{option} not reported:\n{report}");
+    let fragments = profile("kunpeng920", Arch::Aarch64).fragments();
+    for (release, abi) in RELEASES {
+        let report = check(&fragments, Arch::Aarch64, &package_facts(&package(abi, "cloud-arm64")));
+        assert!(!report.is_ok());
+        println!("{release}: {report}");
+        let unmet: BTreeSet<&str> = report.problems.iter().map(|p| p.option.as_str()).collect();
+        // The BMC console, IPMI, the PCIe RAID/SAS HBAs and NICs, and USB are missing ...
+        for option in [
+            "CONFIG_DRM_HISI_HIBMC",
+            "CONFIG_IPMI_HANDLER",
+            "CONFIG_MEGARAID_SAS",
+            "CONFIG_SCSI_MPT3SAS",
+            "CONFIG_IXGBE",
+            "CONFIG_USB_XHCI_PCI",
+        ] {
+            assert!(unmet.contains(option), "{release}: {option} not reported:\n{report}");
+        }
+        // ... while the SoC's own Ethernet (HNS3) and SAS are in the cloud
+        // flavour too.
+        for option in ["CONFIG_HNS3", "CONFIG_HNS3_ENET", "CONFIG_SCSI_HISI_SAS_PCI"] {
+            assert!(!unmet.contains(option), "{release}: {option} reported:\n{report}");
+        }
+        // AHCI is there since 6.12; 6.1's cloud kernels had no SATA_AHCI.
+        assert_eq!(
+            unmet.contains("CONFIG_SATA_AHCI"),
+            abi == BOOKWORM,
+            "{release}: SATA_AHCI:\n{report}"
+        );
+        let line = line_of("kunpeng920.config", "CONFIG_DRM_HISI_HIBMC=m");
+        assert!(
+            report.to_string().contains(&format!(
+                "kunpeng920.config:{line}: CONFIG_DRM_HISI_HIBMC: required =m (module hibmc-drm), kernel has no such option"
+            )),
+            "{release}: {report}"
+        );
     }
-    // ... while the SoC's own Ethernet (HNS3) and SAS are in the cloud flavour
-    // too, and so is AHCI since 6.12 (6.1's cloud kernels had no SATA_AHCI).
-    for option in [
-        "CONFIG_HNS3",
-        "CONFIG_HNS3_ENET",
-        "CONFIG_SCSI_HISI_SAS_PCI",
-        "CONFIG_SATA_AHCI",
-    ] {
-        assert!(!unmet.contains(option), "{option} reported:\n{report}");
-    }
-    let line = line_of("kunpeng920.config", "CONFIG_DRM_HISI_HIBMC=m");
-    assert!(
-        report.to_string().contains(&format!(
-            "kunpeng920.config:{line}: CONFIG_DRM_HISI_HIBMC: required =m (module hibmc-drm), kernel has no such option"
-        )),
-        "{report}"
-    );
 }
 
 #[test]
@@ -462,7 +556,7 @@ fn arm64_only_fragments_check_nothing_on_x86_64() {
     let report = check(
         &fragments(&["arm64-server", "kunpeng920", "phytium"]),
         Arch::X86_64,
-        &package_facts(CLOUD_AMD64),
+        &package_facts(&package(TRIXIE, "cloud-amd64")),
     );
     assert!(report.is_ok() && report.checked == 0, "{report}");
 }
