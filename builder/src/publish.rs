@@ -153,13 +153,17 @@ pub fn publish(opts: &PublishOptions) -> Result<Published> {
     for from in &sources {
         Cmd::new("ostree")
             .arg(format!("--repo={}", repo.display()))
-            .args(["static-delta", "generate", "--inline"])
+            // Parts as files of their own: `--inline` put them in the
+            // superblock, which the client refuses over 10 MiB (a release
+            // on a new Debian base changes nearly every file: ~100 MB).
+            .args(["static-delta", "generate"])
             .arg(format!("--from={}", from.commit))
             .arg(format!("--to={commit}"))
             .progress()
             .run()
             .with_context(|| format!("static delta {} → {}", from.version, release.version))?;
     }
+    ensure_superblocks_fit(&repo)?;
     Cmd::new("ostree")
         .arg(format!("--repo={}", repo.display()))
         .args(["summary", "--update"])
@@ -190,9 +194,60 @@ pub fn publish(opts: &PublishOptions) -> Result<Published> {
     })
 }
 
+/// The largest delta superblock ostree's client accepts (its
+/// `OSTREE_MAX_METADATA_SIZE`, 10 MiB): a bigger one fails every host's pull.
+const MAX_SUPERBLOCK_BYTES: u64 = 10 << 20;
+
+/// Fail, naming the file, if a static delta of `repo` has a superblock no
+/// client would download.
+fn ensure_superblocks_fit(repo: &Path) -> Result<()> {
+    let deltas = repo.join("deltas");
+    if !deltas.is_dir() {
+        return Ok(());
+    }
+    for prefix in std::fs::read_dir(&deltas)? {
+        for delta in std::fs::read_dir(prefix?.path())? {
+            let superblock = delta?.path().join("superblock");
+            let Ok(meta) = std::fs::metadata(&superblock) else {
+                continue;
+            };
+            if meta.len() > MAX_SUPERBLOCK_BYTES {
+                bail!(
+                    "{} is {} bytes, over the {MAX_SUPERBLOCK_BYTES} bytes ostree's client accepts: hosts could not pull this delta",
+                    superblock.display(),
+                    meta.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delta_superblock_over_the_clients_limit_is_refused() {
+        let repo = tempfile::tempdir().unwrap();
+        ensure_superblocks_fit(repo.path()).unwrap();
+        let delta = repo.path().join("deltas/ab/cdef-ghij");
+        std::fs::create_dir_all(&delta).unwrap();
+        std::fs::write(delta.join("0"), vec![0u8; 16]).unwrap();
+        let superblock = delta.join("superblock");
+        std::fs::File::create(&superblock)
+            .unwrap()
+            .set_len(MAX_SUPERBLOCK_BYTES)
+            .unwrap();
+        ensure_superblocks_fit(repo.path()).unwrap();
+        std::fs::File::create(&superblock)
+            .unwrap()
+            .set_len(MAX_SUPERBLOCK_BYTES + 1)
+            .unwrap();
+        let err = ensure_superblocks_fit(repo.path()).unwrap_err().to_string();
+        assert!(err.contains("deltas/ab/cdef-ghij/superblock"), "{err}");
+        assert!(err.contains("hosts could not pull"), "{err}");
+    }
     use cairn_common::layout::Arch;
 
     fn rel(version: &str, commit: char) -> Release {

@@ -391,7 +391,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Corrupt a file's payload (the end of a delta superblock holds its inline parts).
+/// Corrupt a file's payload (a delta part's compressed objects, or the end of its superblock).
 fn flip_bytes_near_end(path: &Path) {
     let mut bytes = std::fs::read(path).unwrap();
     let n = bytes.len();
