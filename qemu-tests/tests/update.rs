@@ -38,6 +38,31 @@ fn wait_status(vm: &Vm, what: &str, done: impl Fn(&Status) -> bool) -> Status {
     agent_status::wait_status(&vm.console, what, BOOT, done).unwrap()
 }
 
+/// `cairn-agent update` to `version`, whose trial boot fails: after the
+/// trial boot starts, the console shows `trial_ends` (in order), then the
+/// boot GRUB falls back to. Returns the settled status, `version` marked bad.
+fn update_and_fall_back(vm: &Vm, version: &str, trial_ends: &[&str]) -> Status {
+    let c = &vm.console;
+    c.send("cairn-agent update\n").unwrap();
+    c.wait_for("Linux version", BOOT).unwrap(); // the trial boot
+    for line in trial_ends {
+        c.wait_for(line, BOOT).unwrap();
+    }
+    c.wait_for("Linux version", BOOT).unwrap(); // the boot GRUB fell back to
+    vm.wait_for_root_shell(BOOT).unwrap();
+    wait_status(vm, &format!("{version} to be rolled back"), |s| {
+        is_bad(s, version) && s.settled()
+    })
+}
+
+/// `cairn-agent update` to a healthy release: its trial boot is committed.
+fn update_and_commit(vm: &Vm) -> Status {
+    vm.console.send("cairn-agent update\n").unwrap();
+    vm.console.wait_for("Linux version", BOOT).unwrap();
+    vm.wait_for_root_shell(BOOT).unwrap();
+    wait_status(vm, "the update to be committed", |s| s.settled())
+}
+
 /// Serve `releases` on loopback, boot the dev image with it forwarded as
 /// the update server, and give the agent `agent_toml` (printf-escaped) as
 /// `/etc/cairn/agent.d/50-test.toml`.
@@ -283,11 +308,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     // out, and the host comes back on v2 unattended, with v3 marked bad.
     releases.compose("0.3.0", &[fixture("failing-health")]).unwrap();
     releases.publish().unwrap();
-    c.send("cairn-agent update\n").unwrap();
-    c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v3
-    c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
-    vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v3 to be rolled back", |s| is_bad(s, "0.3.0") && s.settled());
+    let s = update_and_fall_back(&vm, "0.3.0", &[]); // its health gate fails
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     assert!(
         !versions(&s).contains(&"0.3.0".to_owned()),
@@ -310,11 +331,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     .unwrap();
     releases.compose("0.4.0", &[fixture("hanging-boot")]).unwrap();
     releases.publish().unwrap();
-    c.send("cairn-agent update\n").unwrap();
-    c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v4, which hangs
-    c.wait_for("Linux version", BOOT).unwrap(); // after the health gate timed out
-    vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v4 to be rolled back", |s| is_bad(s, "0.4.0") && s.settled());
+    let s = update_and_fall_back(&vm, "0.4.0", &[]); // it hangs; the health gate times out
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
 
     // v5's kernel cannot mount its root (its initramfs is empty): the kernel
@@ -323,12 +340,8 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
         .compose("0.5.0", &[empty_initramfs_overlay(&releases, scratch.path())])
         .unwrap();
     releases.publish().unwrap();
-    c.send("cairn-agent update\n").unwrap();
-    c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v5
-    c.wait_for("Unable to mount root fs", BOOT).unwrap();
-    c.wait_for("Linux version", BOOT).unwrap(); // panic=10 rebooted; GRUB falls back
-    vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v5 to be rolled back", |s| is_bad(s, "0.5.0") && s.settled());
+    // panic=10 reboots; GRUB falls back.
+    let s = update_and_fall_back(&vm, "0.5.0", &["Unable to mount root fs"]);
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
 
     // v6 hangs userspace hard (PID 1 starved): nothing in userspace can act,
@@ -336,13 +349,14 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     // counter brings back v2.
     releases.compose("0.6.0", &[fixture("userspace-hang")]).unwrap();
     releases.publish().unwrap();
-    c.send("cairn-agent update\n").unwrap();
-    c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v6
-    c.wait_for("hanging userspace (watchdog active)", BOOT).unwrap();
-    c.wait_for("softdog: Initiating system reboot", BOOT).unwrap();
-    c.wait_for("Linux version", BOOT).unwrap();
-    vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v6 to be rolled back", |s| is_bad(s, "0.6.0") && s.settled());
+    let s = update_and_fall_back(
+        &vm,
+        "0.6.0",
+        &[
+            "hanging userspace (watchdog active)",
+            "softdog: Initiating system reboot",
+        ],
+    );
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     let history = c.run_ok("cairn-agent history", COMMAND).unwrap();
     for v in ["0.3.0", "0.4.0", "0.5.0", "0.6.0"] {
@@ -481,10 +495,7 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
 
     c.run_ok("echo kept > /etc/cairn-update-test && mkdir -p /var/lib/cairn-test && echo kept > /var/lib/cairn-test/data && sync", COMMAND)
         .unwrap();
-    c.send("cairn-agent update\n").unwrap();
-    c.wait_for("Linux version", BOOT).unwrap();
-    vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v2 to be committed", |s| s.settled());
+    let s = update_and_commit(&vm);
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     assert_eq!(
         c.run_ok("cat /etc/cairn-update-test /var/lib/cairn-test/data", COMMAND)
@@ -497,11 +508,7 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
 
     releases.compose("0.3.0", &[fixture("failing-health")]).unwrap();
     releases.publish().unwrap();
-    c.send("cairn-agent update\n").unwrap();
-    c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v3
-    c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
-    vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v3 to be rolled back", |s| is_bad(s, "0.3.0") && s.settled());
+    let s = update_and_fall_back(&vm, "0.3.0", &[]); // its health gate fails
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     assert!(
         !versions(&s).contains(&"0.3.0".to_owned()),
@@ -554,11 +561,7 @@ fn a_host_on_the_previous_debian_takes_the_current_one_and_falls_back_from_a_fai
         .unwrap();
 
     // The new base's release fails its health gate: back on the old base.
-    c.send("cairn-agent update\n").unwrap();
-    c.wait_for("Linux version", BOOT).unwrap(); // the trial boot of v2
-    c.wait_for("Linux version", BOOT).unwrap(); // after its health gate failed
-    vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v2 to be rolled back", |s| is_bad(s, "0.2.0") && s.settled());
+    let s = update_and_fall_back(&vm, "0.2.0", &[]); // its health gate fails
     assert_eq!(booted_version(&s), "0.1.0", "{s:#?}");
     assert_eq!(debian_release(&vm), PREVIOUS_DEBIAN);
     assert_eq!(c.run_ok("uname -r", COMMAND).unwrap(), old_kernel);
@@ -566,10 +569,7 @@ fn a_host_on_the_previous_debian_takes_the_current_one_and_falls_back_from_a_fai
     // A healthy release of the new base is committed, /etc and /var kept.
     releases.compose("0.3.0", &[]).unwrap();
     releases.publish().unwrap();
-    c.send("cairn-agent update\n").unwrap();
-    c.wait_for("Linux version", BOOT).unwrap();
-    vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v3 to be committed", |s| s.settled());
+    let s = update_and_commit(&vm);
     assert_eq!(booted_version(&s), "0.3.0", "{s:#?}");
     assert_eq!(debian_release(&vm), current);
     assert_ne!(c.run_ok("uname -r", COMMAND).unwrap(), old_kernel);
