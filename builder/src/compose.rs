@@ -38,7 +38,7 @@ use crate::scratch;
 
 /// Bump when the way the package layer is made changes, so old caches are
 /// not reused for a different recipe.
-const BASE_RECIPE_VERSION: u32 = 9;
+const BASE_RECIPE_VERSION: u32 = 10;
 
 /// Where the GRUB EFI image lives inside the OS tree (and so in every commit):
 /// the image builder copies this folder to the ESP.
@@ -603,9 +603,11 @@ impl Cache {
             tracing::warn!(?changed, %key, "the archive changed while the package layer was built: keyed by the state apt used");
         }
 
-        let packages = installed_packages(&root)?;
+        let mut packages = installed_packages(&root)?;
         ensure_initramfs_holds(&root, PREPARE_ROOT_CONF_PATH)?;
-        build_grub_image(spec.arch, &grub_debs, &root)?;
+        // GRUB is not installed, but its EFI image ships: its packages'
+        // versions are recorded with the installed ones.
+        packages.extend(build_grub_image(spec.arch, &grub_debs, &root)?);
         let converted = ostree_layout::convert(&root)?;
         let commit = ostree::commit(
             &self.base_repo(),
@@ -693,8 +695,10 @@ fn run_mmdebstrap(
         .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", q(debs)))
         // GRUB's EFI modules and tools, fetched with the image's own apt
         // state (outside the chroot, which has no resolver), never installed.
+        // mmdebstrap unsets APT_CONFIG in hooks: without it apt-get would
+        // use the build host's sources and architecture.
         .arg(format!(
-            "--customize-hook=cd {} && apt-get download {} {}",
+            "--customize-hook=cd {} && APT_CONFIG=\"$MMDEBSTRAP_APT_CONFIG\" apt-get download {} {}",
             q(grub_debs),
             spec.arch.grub_package(),
             GRUB_TOOL_PACKAGES.join(" ")
@@ -782,17 +786,33 @@ const GRUB_TOOL_PACKAGES: &[&str] = &["grub-common", "libdevmapper1.02.1"];
 /// `grub-mkimage` and modules, unpacked from the packages in `deb_dir` into
 /// the tree's `/tmp` and run there (through qemu-user for a foreign arch):
 /// the build host's GRUB tools may be older than the modules.
-fn build_grub_image(arch: Arch, deb_dir: &Path, root: &Path) -> Result<()> {
+fn build_grub_image(arch: Arch, deb_dir: &Path, root: &Path) -> Result<BTreeMap<String, String>> {
     let debs: Vec<PathBuf> = fs::read_dir(deb_dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "deb"))
         .collect();
+    let mut versions = BTreeMap::new();
+    for deb in &debs {
+        let fields = Cmd::new("dpkg-deb")
+            .arg("--show")
+            .arg("--showformat=${Package}\t${Version}\t${Architecture}")
+            .arg(deb)
+            .output()?
+            .stdout;
+        let [package, version, deb_arch] = fields.trim().splitn(3, '\t').collect::<Vec<_>>()[..] else {
+            bail!("{}: dpkg-deb printed `{fields}`", deb.display());
+        };
+        if deb_arch != arch.debian() && deb_arch != "all" {
+            bail!(
+                "{} is built for {deb_arch}, not {}: apt-get download did not use the image's apt configuration",
+                deb.display(),
+                arch.debian()
+            );
+        }
+        versions.insert(package.to_owned(), version.to_owned());
+    }
     for package in std::iter::once(arch.grub_package()).chain(GRUB_TOOL_PACKAGES.iter().copied()) {
-        let prefix = format!("{package}_");
-        if !debs
-            .iter()
-            .any(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
-        {
+        if !versions.contains_key(package) {
             bail!("{package} was not downloaded into {}", deb_dir.display());
         }
     }
@@ -826,7 +846,7 @@ fn build_grub_image(arch: Arch, deb_dir: &Path, root: &Path) -> Result<()> {
     fs::create_dir_all(out.parent().expect("has parent"))?;
     fs::copy(tools.join("grub.efi"), &out)?;
     fs::remove_dir_all(&tools)?;
-    Ok(())
+    Ok(versions)
 }
 
 #[cfg(test)]
