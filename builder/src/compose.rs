@@ -290,6 +290,7 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
                 (meta::NAME, spec.name.clone()),
                 (meta::BASE_KEY, base.key.clone()),
                 (meta::KERNEL, base.kernel_release.clone()),
+                (meta::DEBIAN_RELEASE, spec.release.clone()),
             ],
             variants: vec![
                 (meta::PACKAGES, packages),

@@ -20,6 +20,9 @@ pub const PACKAGES: &str = "cairn.packages";
 pub const BASE_KEY: &str = "cairn.base-key";
 /// Kernel release (`uname -r`) shipped in the commit.
 pub const KERNEL: &str = "cairn.kernel";
+/// The Debian release (codename) the commit's packages come from.
+/// Commits from before it was recorded have none.
+pub const DEBIAN_RELEASE: &str = "cairn.debian-release";
 /// The state of the Debian archive the package layer was installed from:
 /// suite → `{'inrelease-sha256': …, 'date': …}` (`a{sa{ss}}`), the SHA-256
 /// of each suite's `InRelease` as apt used it and its `Date:` (RFC 3339).
