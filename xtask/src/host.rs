@@ -19,7 +19,6 @@ const BUILD: &[&str] = &[
     "e2fsprogs",
     "dosfstools",
     "mtools",
-    "grub-common",
     "dpkg-dev",
     "zstd",
     "curl",
