@@ -85,14 +85,13 @@ const SOURCE_DATE_EPOCH: &str = "1686355200";
 /// `dracut` arguments: a generic initramfs (every storage driver, not just the
 /// build host's) with ostree's module, reproducible; left uncompressed for
 /// [`COMPRESS_INITRAMFS`] (the tree has no zstd binary for dracut to run).
-/// Cairn's `prepare-root.conf` is installed by name, not left to ostree's
-/// module (which copies it only from 2023.4 on, when ostree started to read it).
-const DRACUT_ARGS: &str =
-    "--no-hostonly --reproducible --force --add ostree --no-compress --install /usr/lib/ostree/prepare-root.conf";
+const DRACUT_ARGS: &str = "--no-hostonly --reproducible --force --add ostree --no-compress";
 
 /// dracut's arguments for an image whose platform needs `drivers` at boot.
+/// Cairn's `prepare-root.conf` is installed by name, not left to ostree's
+/// module (which copies it only from 2023.4 on, when ostree started to read it).
 pub fn dracut_args(drivers: &[String]) -> String {
-    let mut args = DRACUT_ARGS.to_owned();
+    let mut args = format!("{DRACUT_ARGS} --install /{PREPARE_ROOT_CONF_PATH}");
     for d in drivers {
         args.push_str(" --add-drivers ");
         args.push_str(d);
