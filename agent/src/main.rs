@@ -202,8 +202,10 @@ fn daemon() -> Result<()> {
         tracing::info!(?outcome, "boot settled");
     }
     let checks = agent.config.auto_update && agent.config.url.is_some();
-    // The first check right after the boot settled; then every interval.
+    // The first check right after the boot settled; then every interval, or
+    // sooner after a failed check (see `schedule::retry_after`).
     let mut next_check_at = now();
+    let mut failed_checks: u32 = 0;
     loop {
         // A stop signal that arrived while a command ran ended that step;
         // the daemon ends with it (with none running, it ends at once).
@@ -230,8 +232,16 @@ fn daemon() -> Result<()> {
                     agent.update(&Request::Latest, false)
                 };
                 match staged {
-                    Ok(outcome) => tracing::info!(?outcome, next_check_secs = wait.as_secs(), "checked"),
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "update check failed"),
+                    Ok(outcome) => {
+                        failed_checks = 0;
+                        tracing::info!(?outcome, next_check_secs = wait.as_secs(), "checked");
+                    }
+                    Err(e) => {
+                        failed_checks = failed_checks.saturating_add(1);
+                        let retry = schedule::retry_after(failed_checks, wait);
+                        next_check_at = now() + retry.as_secs();
+                        tracing::error!(error = %format!("{e:#}"), retry_secs = retry.as_secs(), "update check failed");
+                    }
                 }
             }
             DaemonStep::Reboot => updater::reboot("update staged; the reboot strategy allows it now")?,

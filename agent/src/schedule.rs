@@ -11,6 +11,18 @@ pub fn next_check(interval: Duration, jitter: Duration, jitter_fraction: f64) ->
     interval + jitter.mul_f64(jitter_fraction.clamp(0.0, 1.0))
 }
 
+/// The first retry of a failed check comes this long after it; each
+/// further consecutive failure doubles the wait, up to the check interval.
+pub const FIRST_RETRY: Duration = Duration::from_secs(30);
+
+/// Time until the check after `failures` consecutive failed ones (a check
+/// made before the network is up, a server that is down): soon at first,
+/// then backing off, never later than the regular `next` check.
+pub fn retry_after(failures: u32, next: Duration) -> Duration {
+    let backoff = FIRST_RETRY.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    backoff.min(next)
+}
+
 /// How long to wait before rebooting into a staged update, given the
 /// seconds since midnight UTC now; `None` when the strategy never reboots.
 pub fn reboot_delay(strategy: &RebootStrategy, now_secs_of_day: u64) -> Option<Duration> {
@@ -85,6 +97,18 @@ pub fn random_fraction() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_checks_are_retried_soon_then_less_often_never_later_than_the_interval() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(retry_after(1, hour), Duration::from_secs(30));
+        assert_eq!(retry_after(2, hour), Duration::from_secs(60));
+        assert_eq!(retry_after(4, hour), Duration::from_secs(240));
+        assert_eq!(retry_after(8, hour), hour);
+        assert_eq!(retry_after(u32::MAX, hour), hour);
+        // An interval shorter than the first retry wins.
+        assert_eq!(retry_after(1, Duration::from_secs(10)), Duration::from_secs(10));
+    }
 
     #[test]
     fn jitter_is_bounded() {

@@ -159,6 +159,8 @@ impl Vm {
 
     /// Wait for root's shell on the serial console (development images log
     /// root in automatically), then make the shell quiet and predictable.
+    /// A VM with forwards to test servers also waits for its network: the
+    /// boot does not (nothing in the image waits for network-online.target).
     pub fn wait_for_root_shell(&self, timeout: Duration) -> Result<()> {
         self.console
             .wait_for("root@cairn", timeout)
@@ -169,6 +171,14 @@ impl Vm {
             "dmesg -n 1; stty -echo; export TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0",
             Duration::from_secs(60),
         )?;
+        if !self.config.forwards.is_empty() {
+            self.console
+                .run_ok(
+                    "/usr/lib/systemd/systemd-networkd-wait-online --timeout=120",
+                    Duration::from_secs(180),
+                )
+                .context("waiting for the guest's network (DHCP)")?;
+        }
         Ok(())
     }
 
