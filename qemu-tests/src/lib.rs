@@ -8,6 +8,7 @@
 
 pub mod agent_status;
 pub mod artifacts;
+pub mod boot_timing;
 pub mod console;
 pub mod http;
 pub mod oci;
