@@ -220,9 +220,37 @@ pub fn accel(arch: Arch) -> Accel {
     })
 }
 
+/// Whether an x86 CPU can run KVM guests at all, from `/proc/cpuinfo`:
+/// its `flags` name `vmx` (Intel VT-x) or `svm` (AMD-V). `None` when the
+/// text says nothing either way (another architecture's cpuinfo has no
+/// `flags` line), so only the probe VM can tell.
+pub fn cpu_has_virtualization(cpuinfo: &str) -> Option<bool> {
+    let mut saw_flags = false;
+    for line in cpuinfo.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        if key.trim() == "flags" {
+            saw_flags = true;
+            if value.split_whitespace().any(|f| f == "vmx" || f == "svm") {
+                return Some(true);
+            }
+        }
+    }
+    saw_flags.then_some(false)
+}
+
 fn probe_kvm(arch: Arch) -> Result<bool> {
     if Arch::host() != Some(arch) {
         return Ok(false);
+    }
+    // A CPU without VT-x/AMD-V cannot run a guest under KVM even where
+    // /dev/kvm exists: say so at once instead of waiting out a probe VM.
+    if let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") {
+        if cpu_has_virtualization(&cpuinfo) == Some(false) {
+            tracing::info!("the CPU has no vmx/svm flag in /proc/cpuinfo");
+            return Ok(false);
+        }
     }
     let kvm = Path::new("/dev/kvm");
     if std::fs::OpenOptions::new().read(true).write(true).open(kvm).is_err() {
@@ -350,6 +378,20 @@ mod tests {
             .windows(2)
             .any(|w| w == ["-machine", "virt,gic-version=3,accel=tcg"]));
         assert!(phytium.windows(2).any(|w| w == ["-cpu", "cortex-a72"]));
+    }
+
+    #[test]
+    fn kvm_needs_a_cpu_flag_that_only_x86_cpuinfo_can_deny() {
+        let intel = "processor\t: 0\nflags\t\t: fpu vme vmx sse2\n";
+        let amd = "flags\t\t: fpu svm\n";
+        let tcg = "processor\t: 0\nflags\t\t: fpu vme sse2 hypervisor\nprocessor\t: 1\nflags\t\t: fpu\n";
+        let arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm\nCPU implementer\t: 0x41\n";
+        assert_eq!(cpu_has_virtualization(intel), Some(true));
+        assert_eq!(cpu_has_virtualization(amd), Some(true));
+        assert_eq!(cpu_has_virtualization(tcg), Some(false));
+        // "svmx" or "vmxnope" are not the flags.
+        assert_eq!(cpu_has_virtualization("flags : svmx vmxnope\n"), Some(false));
+        assert_eq!(cpu_has_virtualization(arm), None);
     }
 
     #[test]
