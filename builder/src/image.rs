@@ -176,12 +176,41 @@ fn deploy(sysroot: &Path, repo: &Path, ostree_ref: &str, spec: &ImageSpec, kargs
         .args([&repo_arg, "config", "set", "sysroot.bootloader", "grub2"])
         .run()?;
 
-    let deploy_dir = sysroot.join("ostree/deploy").join(layout::OSNAME).join("deploy");
+    let stateroot = sysroot.join("ostree/deploy").join(layout::OSNAME);
+    let deploy_dir = stateroot.join("deploy");
     let deployment = fs::read_dir(&deploy_dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.is_dir())
         .with_context(|| format!("no deployment in {}", deploy_dir.display()))?;
+    mark_updated(&deployment, &stateroot.join("var"))?;
     Ok(deployment)
+}
+
+/// Record in the image's `/etc` and `/var` that they are up to date with
+/// its `/usr`, as `systemd-update-done` does after the units with
+/// `ConditionNeedsUpdate=` ran (`ldconfig`, the journal catalog, the hwdb):
+/// what they would make at the first boot the build already made (the
+/// commit's `/etc/ld.so.cache` comes from the package layer), so a new
+/// host's first boot does not wait for them. A deployment an update brings
+/// has a newer `/usr`, and they run once at its first boot, as they should.
+fn mark_updated(deployment: &Path, var: &Path) -> Result<()> {
+    let usr = deployment.join("usr");
+    let meta = fs::metadata(&usr).with_context(|| format!("reading {}", usr.display()))?;
+    let nsec = u64::try_from(meta.mtime()).unwrap_or(0) * 1_000_000_000 + u64::try_from(meta.mtime_nsec()).unwrap_or(0);
+    for dir in [deployment.join("etc"), var.to_owned()] {
+        let path = dir.join(".updated");
+        fs::write(&path, update_done_stamp(nsec)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The text of `/etc/.updated` and `/var/.updated` as `systemd-update-done`
+/// writes it: `ConditionNeedsUpdate=` holds while `/usr` is newer than
+/// `TIMESTAMP_NSEC`.
+pub fn update_done_stamp(usr_mtime_nsec: u64) -> String {
+    format!(
+        "# This file was created by cairn-build, as systemd-update-done does: it holds\n# the time of the /usr this directory is up to date with.\n# See man:systemd-update-done.service(8).\nTIMESTAMP_NSEC={usr_mtime_nsec}\n"
+    )
 }
 
 /// Bytes allocated under `dir`, each hardlinked inode counted once.
@@ -378,6 +407,33 @@ impl Drop for Partial {
     fn drop(&mut self) {
         if !self.done {
             let _ = fs::remove_file(&self.partial);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etc_and_var_are_stamped_with_the_deployments_usr_time_as_systemd_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let deployment = dir.path().join("deploy/abc.0");
+        let var = dir.path().join("var");
+        for d in [deployment.join("usr"), deployment.join("etc"), var.clone()] {
+            fs::create_dir_all(d).unwrap();
+        }
+        mark_updated(&deployment, &var).unwrap();
+        let usr = fs::metadata(deployment.join("usr")).unwrap();
+        let want = format!(
+            "TIMESTAMP_NSEC={}",
+            usr.mtime() as u64 * 1_000_000_000 + usr.mtime_nsec() as u64
+        );
+        for stamp in [deployment.join("etc/.updated"), var.join(".updated")] {
+            let text = fs::read_to_string(&stamp).unwrap();
+            // systemd reads it as an environment file: comments, then the key.
+            let keys: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+            assert_eq!(keys, [want.as_str()], "{}", stamp.display());
         }
     }
 }
