@@ -6,7 +6,7 @@ use anyhow::Result;
 use cairn_common::layout::{Arch, Platform};
 use clap::{Parser, Subcommand};
 
-use crate::{compose, image, keys, publish, tuf_repo};
+use crate::{compose, image, keys, module_prune, publish, tuf_repo};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -152,6 +152,20 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// A step of `compose`, run by it inside mmdebstrap: prune the kernel
+    /// modules of the root tree ROOT to an allow-list and re-index them
+    /// with the tree's depmod (see `module_prune`).
+    #[command(hide = true)]
+    PruneModules {
+        /// The package layer's root tree, before dracut runs in it.
+        root: PathBuf,
+        /// The allow-list, as JSON (`module_prune::AllowList`).
+        #[arg(long)]
+        allow_list: PathBuf,
+        /// Where the outcome is written, as JSON (`module_prune::Report`).
+        #[arg(long)]
+        report: PathBuf,
+    },
 }
 
 /// Run the command; prints its result as JSON on stdout.
@@ -260,6 +274,21 @@ pub fn run(cli: Cli) -> Result<()> {
                 output,
             })?;
             println!("{}", serde_json::to_string_pretty(&built)?);
+        }
+        Command::PruneModules {
+            root,
+            allow_list,
+            report,
+        } => {
+            for kernel in module_prune::run_in_tree(&root, &allow_list, &report)? {
+                tracing::info!(
+                    kernel = %kernel.kernel_release,
+                    removed = kernel.removed,
+                    removed_bytes = kernel.removed_bytes,
+                    kept = kernel.kept,
+                    "kernel modules pruned to the allow-list"
+                );
+            }
         }
     }
     Ok(())

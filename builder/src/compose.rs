@@ -31,7 +31,8 @@ use crate::apt_sources::{self, Mirrors};
 use crate::archive::{self, ArchiveState};
 use crate::kernel_check::{self, Fragment, KernelFacts};
 use crate::keys::SigningKey;
-use crate::manifest::{ImageSpec, Manifest};
+use crate::manifest::{ImageSpec, Manifest, ModuleSelection};
+use crate::module_prune::{self, AllowKey, AllowList};
 use crate::ostree::{self, Commit, Tree};
 use crate::ostree_layout;
 use crate::scratch;
@@ -149,10 +150,16 @@ pub struct BaseRecipe {
     pub prepare_root_conf: String,
     /// The archive's state: suite → SHA-256 of its `InRelease`.
     pub archive: BTreeMap<String, String>,
+    /// The kernel modules kept of the pruned folders, for a platform with
+    /// `modules = "fragments"`; absent (not serialised, so the key of a
+    /// layer that keeps every module is what it was before pruning
+    /// existed) when every module ships.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_modules: Option<AllowKey>,
 }
 
 impl BaseRecipe {
-    pub fn new(spec: &ImageSpec, mirrors: &Mirrors, archive: &ArchiveState) -> BaseRecipe {
+    pub fn new(spec: &ImageSpec, mirrors: &Mirrors, archive: &ArchiveState, modules: Option<&AllowList>) -> BaseRecipe {
         let components = spec.components.join(" ");
         BaseRecipe {
             recipe: BASE_RECIPE_VERSION,
@@ -169,6 +176,7 @@ impl BaseRecipe {
             dracut_args: dracut_args(&spec.initramfs_drivers),
             prepare_root_conf: PREPARE_ROOT_CONF.to_owned(),
             archive: archive::hashes(archive),
+            kernel_modules: modules.map(AllowList::key),
         }
     }
 
@@ -552,7 +560,8 @@ impl Cache {
             let dir = scratch::WorkDir::new(&self.tmp(), "archive-")?;
             archive::fetch(&spec.suites, mirrors, dir.path())?
         };
-        let recipe = BaseRecipe::new(spec, mirrors, &fetched);
+        let modules = module_allow_list(spec)?;
+        let recipe = BaseRecipe::new(spec, mirrors, &fetched, modules.as_ref());
         let key = recipe.key();
         let record = self.record(&key);
         if let Ok(text) = fs::read_to_string(&record) {
@@ -563,7 +572,7 @@ impl Cache {
             }
         }
         tracing::info!(%key, packages = recipe.packages.len(), "building package layer");
-        let base = self.build_base(spec, recipe)?;
+        let base = self.build_base(spec, recipe, modules.as_ref())?;
         // Recorded only now that it is committed, under the key of the
         // archive state it was really built from.
         let record = self.record(&base.key);
@@ -576,7 +585,7 @@ impl Cache {
     /// Build the package layer of `recipe`. Its key comes from the
     /// `InRelease` files apt used: if the archive changed since `recipe`
     /// was made, the layer is keyed by the newer state it was built from.
-    fn build_base(&self, spec: &ImageSpec, mut recipe: BaseRecipe) -> Result<Base> {
+    fn build_base(&self, spec: &ImageSpec, mut recipe: BaseRecipe, modules: Option<&AllowList>) -> Result<Base> {
         let started = Instant::now();
         // Removed whole, mmdebstrap's mounts first, however this ends; the
         // layer is recorded only once committed.
@@ -591,7 +600,23 @@ impl Cache {
 
         let prepare_root = work.path().join("prepare-root.conf");
         fs::write(&prepare_root, &recipe.prepare_root_conf)?;
-        run_mmdebstrap(spec, &recipe, &root, &debs, &grub_debs, &lists, &prepare_root)?;
+        let prune = modules.map(|allow| PruneHook::write(work.path(), allow)).transpose()?;
+        let installed = run_mmdebstrap(
+            spec,
+            &recipe,
+            &LayerWork {
+                root: &root,
+                debs: &debs,
+                grub_debs: &grub_debs,
+                lists: &lists,
+                prepare_root: &prepare_root,
+                prune: prune.as_ref(),
+            },
+        );
+        if let Some(prune) = &prune {
+            prune.outcome(installed.is_ok())?;
+        }
+        installed?;
         tracing::info!(elapsed = ?started.elapsed(), "packages installed");
         let used = archive::from_apt_lists(&lists, &spec.suites)?;
         // Keyed by what apt used: if the archive moved since the recipe was
@@ -632,6 +657,99 @@ impl Cache {
     }
 }
 
+/// The modules a platform with `modules = "fragments"` keeps of the pruned
+/// folders: what its kernel-config fragments and initramfs drivers name
+/// ([`module_prune`]); `None` when every module ships.
+pub fn module_allow_list(spec: &ImageSpec) -> Result<Option<AllowList>> {
+    if spec.modules == ModuleSelection::All {
+        return Ok(None);
+    }
+    let fragments = spec
+        .kernel_config
+        .iter()
+        .map(|p| Fragment::load(p))
+        .collect::<Result<Vec<_>>>()?;
+    let drivers_source = format!(
+        "{} ([platforms.{}] initramfs-drivers)",
+        spec.manifest_path.display(),
+        spec.platform
+    );
+    Ok(Some(AllowList::derive(
+        &fragments,
+        spec.arch,
+        &spec.initramfs_drivers,
+        &drivers_source,
+    )))
+}
+
+/// `cairn-build prune-modules`, run as a customize hook of mmdebstrap
+/// (the Rust code has to run between the kernel's installation and dracut,
+/// in mmdebstrap's chroot with its mounts, which the builder never makes):
+/// this very executable, the allow-list it reads and the report it writes.
+struct PruneHook {
+    exe: PathBuf,
+    allow_list: PathBuf,
+    report: PathBuf,
+}
+
+impl PruneHook {
+    /// Writes `allow` into the work folder `work`.
+    fn write(work: &Path, allow: &AllowList) -> Result<PruneHook> {
+        let exe = std::env::current_exe().context("finding the cairn-build executable")?;
+        if exe.file_name().is_none_or(|n| n != "cairn-build") {
+            bail!(
+                "pruning kernel modules runs `cairn-build prune-modules` inside mmdebstrap, but this program is {}: build with cairn-build",
+                exe.display()
+            );
+        }
+        let hook = PruneHook {
+            exe,
+            allow_list: work.join("modules-allow-list.json"),
+            report: work.join("modules-pruned.json"),
+        };
+        fs::write(&hook.allow_list, serde_json::to_vec_pretty(allow)?)?;
+        Ok(hook)
+    }
+
+    /// The customize hook.
+    fn command(&self) -> String {
+        let q = |p: &Path| shell_quote(&p.display().to_string());
+        format!(
+            "{} prune-modules \"$1\" --allow-list {} --report {}",
+            q(&self.exe),
+            q(&self.allow_list),
+            q(&self.report)
+        )
+    }
+
+    /// What the hook did, logged; its error in full if it refused (so a
+    /// failed mmdebstrap says why, not only the tail of its output).
+    fn outcome(&self, installed: bool) -> Result<()> {
+        match module_prune::Report::read(&self.report)? {
+            Some(module_prune::Report::Refused(why)) => {
+                Err(anyhow!(why).context("pruning the kernel modules to the platform's allow-list"))
+            }
+            Some(module_prune::Report::Pruned(kernels)) => {
+                for k in kernels {
+                    tracing::info!(
+                        kernel = %k.kernel_release,
+                        removed = k.removed,
+                        removed_mib = k.removed_bytes / (1 << 20),
+                        removed_bytes = k.removed_bytes,
+                        kept_drivers = k.kept,
+                        absent_wanted = ?k.absent_wanted,
+                        "kernel modules pruned to the allow-list"
+                    );
+                }
+                Ok(())
+            }
+            // mmdebstrap failed before the hook ran: its own error says why.
+            None if !installed => Ok(()),
+            None => bail!("the module-pruning hook left no report at {}", self.report.display()),
+        }
+    }
+}
+
 /// Fail unless every initramfs of the tree at `root` holds `path`.
 fn ensure_initramfs_holds(root: &Path, path: &str) -> Result<()> {
     for entry in fs::read_dir(root.join("usr/lib/modules"))? {
@@ -654,15 +772,31 @@ fn ensure_initramfs_holds(root: &Path, path: &str) -> Result<()> {
 /// the module index in the tree.
 const COMPRESS_MODULES: &str = "find \"$1\"/usr/lib/modules -name '*.ko' -exec zstd -q --rm -15 -T0 {} + && for k in \"$1\"/usr/lib/modules/*; do chroot \"$1\" depmod -a \"${k##*/}\"; done";
 
-fn run_mmdebstrap(
-    spec: &ImageSpec,
-    recipe: &BaseRecipe,
-    root: &Path,
-    debs: &Path,
-    grub_debs: &Path,
-    lists: &Path,
-    prepare_root: &Path,
-) -> Result<()> {
+/// What one package-layer build of mmdebstrap works with.
+struct LayerWork<'a> {
+    /// The tree mmdebstrap makes.
+    root: &'a Path,
+    /// Downloaded packages, kept between builds.
+    debs: &'a Path,
+    /// GRUB's packages for the EFI image (downloaded, never installed).
+    grub_debs: &'a Path,
+    /// Where the `InRelease` files apt used are copied.
+    lists: &'a Path,
+    /// Cairn's `prepare-root.conf`, uploaded into the tree.
+    prepare_root: &'a Path,
+    /// The module-pruning hook, for a platform that prunes.
+    prune: Option<&'a PruneHook>,
+}
+
+fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, work: &LayerWork) -> Result<()> {
+    let LayerWork {
+        root,
+        debs,
+        grub_debs,
+        lists,
+        prepare_root,
+        prune,
+    } = *work;
     let q = |p: &Path| shell_quote(&p.display().to_string());
     let dracut = format!(
         "chroot \"$1\" sh -c 'for k in /usr/lib/modules/*; do kver=${{k##*/}}; dracut {} \"$k/initramfs.img\" \"$kver\"; done'",
@@ -708,6 +842,9 @@ fn run_mmdebstrap(
             "--customize-hook=upload {} /{PREPARE_ROOT_CONF_PATH}",
             q(prepare_root)
         ))
+        // The platform's hardware drivers pruned to its allow-list and
+        // re-indexed, before dracut takes drivers from the tree.
+        .args(prune.map(|p| format!("--customize-hook={}", p.command())))
         // One initramfs, made here (Debian's kernel hook is off: INITRD=No),
         // from uncompressed modules so the whole archive compresses as one.
         .arg(format!("--customize-hook={dracut}"))
@@ -940,13 +1077,13 @@ package-sets = ["base"]
             .into()
         };
         let a = state("aa");
-        let k1 = BaseRecipe::new(&spec, &m, &a).key();
+        let k1 = BaseRecipe::new(&spec, &m, &a, None).key();
         let v2 = Manifest::parse(&path, &text.replace("1.0.0", "1.0.1"))
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
         assert_eq!(
-            BaseRecipe::new(&v2, &m, &a).key(),
+            BaseRecipe::new(&v2, &m, &a, None).key(),
             k1,
             "the version is not part of the package layer"
         );
@@ -954,24 +1091,120 @@ package-sets = ["base"]
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
-        assert_ne!(BaseRecipe::new(&p2, &m, &a).key(), k1);
+        assert_ne!(BaseRecipe::new(&p2, &m, &a, None).key(), k1);
         let m2 = Mirrors {
             main: "http://b.example/debian".into(),
             ..m.clone()
         };
-        assert_ne!(BaseRecipe::new(&spec, &m2, &a).key(), k1);
+        assert_ne!(BaseRecipe::new(&spec, &m2, &a, None).key(), k1);
         assert_ne!(
-            BaseRecipe::new(&spec, &m, &state("bb")).key(),
+            BaseRecipe::new(&spec, &m, &state("bb"), None).key(),
             k1,
             "a new InRelease (a security update) is a new layer"
         );
         let mut later = a.clone();
         later.get_mut("bookworm").unwrap().date = "2026-07-12T00:00:00Z".into();
         assert_eq!(
-            BaseRecipe::new(&spec, &m, &later).key(),
+            BaseRecipe::new(&spec, &m, &later, None).key(),
             k1,
             "the key is what the archive served, not a time"
         );
         assert_eq!(k1.len(), 32);
+
+        // Pruned kernel modules: the allow-list's names and needs are part
+        // of the key, where the fragments name them is not; a layer that
+        // keeps every module has the key it had before pruning existed.
+        let json = serde_json::to_string(&BaseRecipe::new(&spec, &m, &a, None)).unwrap();
+        assert!(!json.contains("kernel_modules"), "{json}");
+        let fragment = |text: &str| kernel_check::Fragment::parse(text, "kc/x.config").unwrap();
+        let allow = |text: &str, drivers: &[&str]| {
+            let drivers: Vec<String> = drivers.iter().map(|d| d.to_string()).collect();
+            AllowList::derive(&[fragment(text)], Arch::X86_64, &drivers, "image.toml")
+        };
+        let veth = "# why\n# cairn: module=veth\nCONFIG_VETH=m\n";
+        let pruned = BaseRecipe::new(&spec, &m, &a, Some(&allow(veth, &["nvme"]))).key();
+        assert_ne!(pruned, k1, "pruning makes another layer");
+        let moved = format!("# a longer\n# comment\n{veth}");
+        assert_eq!(
+            BaseRecipe::new(&spec, &m, &a, Some(&allow(&moved, &["nvme"]))).key(),
+            pruned
+        );
+        assert_ne!(
+            BaseRecipe::new(&spec, &m, &a, Some(&allow(veth, &["nvme", "ahci"]))).key(),
+            pruned,
+            "another module kept is another layer"
+        );
+        let wanted = "# why\n# cairn-wanted: CONFIG_VETH=m module=veth\n";
+        assert_ne!(
+            BaseRecipe::new(&spec, &m, &a, Some(&allow(wanted, &["nvme"]))).key(),
+            pruned,
+            "a module's need is part of the key"
+        );
+    }
+
+    #[test]
+    fn only_platforms_that_say_so_prune_modules_and_theirs_come_from_the_fragments() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rootfs/image.toml");
+        let manifest = Manifest::load(&path).unwrap();
+        for arch in [Arch::X86_64, Arch::Aarch64] {
+            let generic = manifest.resolve("dev", arch, Platform::Generic).unwrap();
+            assert_eq!(
+                module_allow_list(&generic).unwrap(),
+                None,
+                "{arch}: the cloud kernel ships whole"
+            );
+        }
+        for platform in [Platform::Kunpeng920, Platform::Phytium] {
+            let spec = manifest.resolve("dev", Arch::Aarch64, platform).unwrap();
+            let allow = module_allow_list(&spec).unwrap().expect("the server platforms prune");
+            let required: Vec<&str> = allow
+                .entries
+                .iter()
+                .filter(|e| e.need == module_prune::Need::Required)
+                .map(|e| e.module.as_str())
+                .collect();
+            // Boot disks, the platform's initramfs drivers, the virtual
+            // network devices CNI plugins make, the watchdog.
+            for module in ["virtio_blk", "nvme", "ahci", "megaraid_sas", "ext4", "softdog"]
+                .into_iter()
+                .chain([
+                    "veth",
+                    "vxlan",
+                    "geneve",
+                    "macvlan",
+                    "ipvlan",
+                    "wireguard",
+                    "tun",
+                    "dummy",
+                    "bonding",
+                ])
+            {
+                assert!(
+                    required.contains(&module),
+                    "{platform}: {module} not kept: {required:?}"
+                );
+            }
+            assert!(
+                !required.contains(&"i6300esb"),
+                "{platform}: an x86_64-only module on aarch64"
+            );
+            let drivers = allow
+                .entries
+                .iter()
+                .find(|e| e.module == "megaraid_sas" && e.source.contains("initramfs-drivers"))
+                .unwrap();
+            assert!(
+                drivers
+                    .source
+                    .ends_with(&format!("image.toml ([platforms.{platform}] initramfs-drivers)")),
+                "{}",
+                drivers.source
+            );
+        }
+        let kunpeng = manifest.resolve("dev", Arch::Aarch64, Platform::Kunpeng920).unwrap();
+        let allow = module_allow_list(&kunpeng).unwrap().unwrap();
+        let sec2 = allow.entries.iter().find(|e| e.module == "hisi_sec2").unwrap();
+        assert_eq!(sec2.need, module_prune::Need::Wanted);
+        assert!(sec2.source.contains("kunpeng920.config:"), "{}", sec2.source);
     }
 }

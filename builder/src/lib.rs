@@ -10,6 +10,7 @@ pub mod initramfs;
 pub mod kernel_check;
 pub mod keys;
 pub mod manifest;
+pub mod module_prune;
 pub mod ostree;
 pub mod ostree_layout;
 pub mod publish;

@@ -132,6 +132,8 @@ struct RawPlatform {
     /// kernel-config fragments added to `[kernel] config`.
     #[serde(default)]
     kernel_config: Vec<Spanned<String>>,
+    /// Which kernel modules ship: `all` (the default) or `fragments`.
+    modules: Option<Spanned<String>>,
 }
 
 /// Which of Debian's kernels: its cloud kernel (VMs) or its full kernel
@@ -148,6 +150,30 @@ impl KernelKind {
         match self {
             KernelKind::Cloud => format!("linux-image-cloud-{}", arch.debian()),
             KernelKind::Generic => format!("linux-image-{}", arch.debian()),
+        }
+    }
+}
+
+/// Which of the kernel's modules an image ships (`[platforms.<name>]
+/// modules`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModuleSelection {
+    /// Every module the kernel package installs.
+    #[default]
+    All,
+    /// Of the hardware drivers (`kernel/drivers/`, `kernel/sound/`), those
+    /// the platform's kernel-config fragments and initramfs drivers name,
+    /// with what they depend on; every other module (`net/`, `fs/`,
+    /// `crypto/`, …) ships (see [`crate::module_prune`]).
+    Fragments,
+}
+
+impl ModuleSelection {
+    fn parse(value: &str) -> Option<ModuleSelection> {
+        match value {
+            "all" => Some(ModuleSelection::All),
+            "fragments" => Some(ModuleSelection::Fragments),
+            _ => None,
         }
     }
 }
@@ -185,6 +211,8 @@ pub struct ImageSpec {
     pub initramfs_drivers: Vec<String>,
     /// kernel-config fragments the kernel must satisfy, absolute.
     pub kernel_config: Vec<PathBuf>,
+    /// Which kernel modules ship.
+    pub modules: ModuleSelection,
     /// Overlay trees, absolute, applied in this order (later wins).
     pub overlays: Vec<PathBuf>,
     pub esp_size: u64,
@@ -419,6 +447,18 @@ impl Manifest {
             .chain(platform_config)
             .map(|f| self.input_file(f))
             .collect::<Result<Vec<_>, _>>()?;
+        let modules = match plat.and_then(|p| p.modules.as_ref()) {
+            None => ModuleSelection::All,
+            Some(value) => ModuleSelection::parse(value.get_ref()).ok_or_else(|| {
+                self.err(
+                    value.span(),
+                    format!(
+                        "platform `{platform}`: unknown `modules` value `{}` (expected `all`: every module of the kernel, or `fragments`: the drivers the kernel-config fragments name)",
+                        value.get_ref()
+                    ),
+                )
+            })?,
+        };
 
         let mut overlays = Vec::new();
         for o in raw.image.overlays.iter().chain(&flav.get_ref().overlays) {
@@ -461,6 +501,7 @@ impl Manifest {
             kernel_args,
             initramfs_drivers,
             kernel_config,
+            modules,
             overlays,
             esp_size,
             root_size,
@@ -820,6 +861,7 @@ kernel-args = ["acpi=force"]
 initramfs-drivers = ["hisi_sas_v3_hw", "nvme"]
 package-sets = ["container"]
 kernel-config = ["kunpeng920.config"]
+modules = "fragments"
 "#;
 
     fn with_platforms(extra: &str) -> (tempfile::TempDir, PathBuf, String) {
@@ -853,11 +895,17 @@ kernel-config = ["kunpeng920.config"]
         let real = |f: &str| d.path().join(f).canonicalize().unwrap();
         assert_eq!(k.kernel_config, [real("common.config"), real("kunpeng920.config")]);
         assert_eq!(k.variant().to_string(), "prod-kunpeng920");
+        assert_eq!(k.modules, ModuleSelection::Fragments);
 
         let g = m.resolve("prod", Arch::X86_64, Platform::Generic).unwrap();
         assert_eq!(g.kernel_package, "linux-image-cloud-amd64");
         assert_eq!(g.kernel_config, [real("common.config"), real("cloud.config")]);
         assert!(g.initramfs_drivers.is_empty());
+        assert_eq!(
+            g.modules,
+            ModuleSelection::All,
+            "every module unless the platform says otherwise"
+        );
         assert_eq!(g.variant().to_string(), "prod");
     }
 
@@ -899,6 +947,26 @@ kernel-config = ["kunpeng920.config"]
             .resolve("prod", Arch::Aarch64, Platform::Kunpeng920)
             .unwrap_err();
         assert!(e.message.contains("`nvme;rm` is not a kernel module name"), "{e}");
+
+        let (_d, path, text) = with_platforms("");
+        let text = text.replace("modules = \"fragments\"", "modules = \"some\"");
+        let e = Manifest::parse(&path, &text)
+            .unwrap()
+            .resolve("prod", Arch::Aarch64, Platform::Kunpeng920)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("image.toml:")
+                && e.message
+                    .contains("platform `kunpeng920`: unknown `modules` value `some` (expected `all`"),
+            "{e}"
+        );
+        let (line, column) = line_col(&text, text.find("\"some\"").unwrap());
+        assert_eq!((e.line, e.column), (line, column), "{e}");
+
+        let (_d, path, text) = with_platforms("");
+        let text = text.replace("modules = \"fragments\"", "module = \"fragments\"");
+        let e = Manifest::parse(&path, &text).err().expect("an unknown key is an error");
+        assert!(e.message.contains("unknown field `module`"), "{e}");
     }
 
     #[test]

@@ -11,12 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use cairn_builder::compose;
 use cairn_builder::initramfs;
 use cairn_builder::kernel_check::{
     check, load_fragments, normalize_module, parse_kernel_config, Fragment, KernelFacts, Problem, Requirement, Unmet,
     Want,
 };
 use cairn_builder::manifest::Manifest;
+use cairn_builder::module_prune::Need;
 use cairn_common::layout::{Arch, Platform};
 
 /// Debian 13's kernel ABI: trixie, the base of Cairn's images.
@@ -559,4 +561,61 @@ fn arm64_only_fragments_check_nothing_on_x86_64() {
         &package_facts(&package(TRIXIE, "cloud-amd64")),
     );
     assert!(report.is_ok() && report.checked == 0, "{report}");
+}
+
+#[test]
+fn every_required_module_of_a_pruning_profiles_allow_list_is_in_its_kernels() {
+    // A platform with `modules = "fragments"` keeps only the hardware
+    // drivers its allow-list names, and its build stops when a required one
+    // is neither a module file nor built in: on the captured kernels of
+    // every release, each is shipped, or built in through the option that
+    // names it (`=y` where the fragment says `=m`).
+    let manifest = Manifest::load(&repo_root().join("rootfs/image.toml")).unwrap();
+    let mut pruning = Vec::new();
+    let mut lacking = Vec::new();
+    for profile in profiles() {
+        let platform: Platform = profile.name.parse().unwrap();
+        let spec = manifest.resolve("dev", profile.arch, platform).unwrap();
+        let Some(allow) = compose::module_allow_list(&spec).unwrap() else {
+            continue;
+        };
+        pruning.push(profile.name);
+        let options_naming = |module: &str| -> Vec<String> {
+            let fragments = profile.fragments();
+            let requirements = fragments
+                .iter()
+                .flat_map(|f| f.requirements_for(profile.arch).cloned().collect::<Vec<_>>());
+            let naming = requirements.filter(|r| {
+                r.modules
+                    .iter()
+                    .any(|m| normalize_module(m) == normalize_module(module))
+            });
+            naming.map(|r| r.option).collect()
+        };
+        for (release, abi) in RELEASES {
+            let kernel = package_facts(&profile.package(abi));
+            for entry in allow.entries.iter().filter(|e| e.need == Need::Required) {
+                let shipped = kernel.modules.contains(&normalize_module(&entry.module));
+                let built_in = options_naming(&entry.module)
+                    .iter()
+                    .any(|o| kernel.config.get(o).is_some_and(|v| v == "y"));
+                if !shipped && !built_in {
+                    lacking.push(format!(
+                        "{}: {release}: {}, required by {}",
+                        profile.name, entry.module, entry.source
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        pruning,
+        ["kunpeng920", "phytium"],
+        "the platforms that prune their drivers"
+    );
+    assert!(
+        lacking.is_empty(),
+        "required modules a kernel lacks:\n{}",
+        lacking.join("\n")
+    );
 }
