@@ -39,7 +39,7 @@ use crate::scratch;
 
 /// Bump when the way the package layer is made changes, so old caches are
 /// not reused for a different recipe.
-const BASE_RECIPE_VERSION: u32 = 10;
+const BASE_RECIPE_VERSION: u32 = 11;
 
 /// Where the GRUB EFI image lives inside the OS tree (and so in every commit):
 /// the image builder copies this folder to the ESP.
@@ -83,19 +83,37 @@ configfile /boot/loader/grub.cfg
 /// Timestamp the package layer is built at (Debian 12's release day), for reproducibility.
 const SOURCE_DATE_EPOCH: &str = "1686355200";
 
-/// `dracut` arguments: a generic initramfs (every storage driver, not just the
-/// build host's) with ostree's module, reproducible; left uncompressed for
-/// [`COMPRESS_INITRAMFS`] (the tree has no zstd binary for dracut to run).
+/// `dracut` arguments: an initramfs for any machine of the platform (not
+/// only the build host's: `--no-hostonly`) with ostree's module,
+/// reproducible; left uncompressed for [`COMPRESS_INITRAMFS`] (the tree has
+/// no zstd binary for dracut to run).
 const DRACUT_ARGS: &str = "--no-hostonly --reproducible --force --add ostree --no-compress";
 
-/// dracut's arguments for an image whose platform needs `drivers` at boot.
-/// Cairn's `prepare-root.conf` is installed by name, not left to ostree's
-/// module (which copies it only from 2023.4 on, when ostree started to read it).
+/// dracut modules the initramfs leaves out: each adds drivers, files or a
+/// wait that a Cairn boot never uses, and the boot pays for them (the
+/// kernel unpacks, and udev reads, everything in the initramfs; measured on
+/// the dev image under TCG: 58 MB with them, most of it `hwdb` (13 MB) and
+/// the `qemu` and `kernel-modules-extra` drivers, 350 modules).
+/// - `hwdb`: udev's hardware database; the initramfs only finds disks;
+/// - `qemu`, `kernel-modules-extra`, `nvdimm`, `virtfs`, `virtiofs`,
+///   `lunmask`: drivers by the dozen (CD-ROMs, IDE, persistent memory,
+///   9p/virtiofs roots) beyond [`dracut_args`]' list;
+/// - `resume` (no swap, no hibernation), `overlay-root`, `usrmount` (ostree
+///   mounts /usr), `terminfo`, `systemd-battery-check`, `systemd-pcrphase`
+///   (no TPM measurements).
+const DRACUT_OMIT: &str = "hwdb qemu kernel-modules-extra nvdimm virtfs virtiofs lunmask resume overlay-root usrmount terminfo systemd-battery-check systemd-pcrphase";
+
+/// dracut's arguments for an image whose initramfs holds the kernel
+/// modules `drivers` ([`initramfs_modules`]) and those they depend on, and
+/// no other: `--drivers` replaces dracut's own list (every storage, HID,
+/// crypto and filesystem module of the kernel). Cairn's
+/// `prepare-root.conf` is installed by name, not left to ostree's module
+/// (which copies it only from 2023.4 on, when ostree started to read it).
 pub fn dracut_args(drivers: &[String]) -> String {
-    let mut args = format!("{DRACUT_ARGS} --install /{PREPARE_ROOT_CONF_PATH}");
-    for d in drivers {
-        args.push_str(" --add-drivers ");
-        args.push_str(d);
+    // Double quotes: the arguments run inside a single-quoted `sh -c`.
+    let mut args = format!("{DRACUT_ARGS} --install /{PREPARE_ROOT_CONF_PATH} --omit \"{DRACUT_OMIT}\"");
+    if !drivers.is_empty() {
+        args.push_str(&format!(" --drivers \"{}\"", drivers.join(" ")));
     }
     args
 }
@@ -159,7 +177,14 @@ pub struct BaseRecipe {
 }
 
 impl BaseRecipe {
-    pub fn new(spec: &ImageSpec, mirrors: &Mirrors, archive: &ArchiveState, modules: Option<&AllowList>) -> BaseRecipe {
+    /// `initramfs`: the modules the initramfs holds ([`initramfs_modules`]).
+    pub fn new(
+        spec: &ImageSpec,
+        mirrors: &Mirrors,
+        archive: &ArchiveState,
+        initramfs: &[String],
+        modules: Option<&AllowList>,
+    ) -> BaseRecipe {
         let components = spec.components.join(" ");
         BaseRecipe {
             recipe: BASE_RECIPE_VERSION,
@@ -173,7 +198,7 @@ impl BaseRecipe {
             packages: spec.package_names(),
             path_excludes: spec.path_excludes.clone(),
             grub_modules: GRUB_MODULES.iter().map(|s| s.to_string()).collect(),
-            dracut_args: dracut_args(&spec.initramfs_drivers),
+            dracut_args: dracut_args(initramfs),
             prepare_root_conf: PREPARE_ROOT_CONF.to_owned(),
             archive: archive::hashes(archive),
             kernel_modules: modules.map(AllowList::key),
@@ -561,7 +586,8 @@ impl Cache {
             archive::fetch(&spec.suites, mirrors, dir.path())?
         };
         let modules = module_allow_list(spec)?;
-        let recipe = BaseRecipe::new(spec, mirrors, &fetched, modules.as_ref());
+        let initramfs = initramfs_modules(spec)?;
+        let recipe = BaseRecipe::new(spec, mirrors, &fetched, &initramfs, modules.as_ref());
         let key = recipe.key();
         let record = self.record(&key);
         if let Ok(text) = fs::read_to_string(&record) {
@@ -655,6 +681,21 @@ impl Cache {
             archive: used,
         })
     }
+}
+
+/// The modules the image's initramfs holds: see
+/// [`kernel_check::initramfs_modules`].
+pub fn initramfs_modules(spec: &ImageSpec) -> Result<Vec<String>> {
+    let fragments = spec
+        .kernel_config
+        .iter()
+        .map(|p| Fragment::load(p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(kernel_check::initramfs_modules(
+        &fragments,
+        spec.arch,
+        &spec.initramfs_drivers,
+    ))
 }
 
 /// The modules a platform with `modules = "fragments"` keeps of the pruned
@@ -768,6 +809,13 @@ fn ensure_initramfs_holds(root: &Path, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Decompress the kernel's modules (Debian 13 ships them as `.ko.xz`; on
+/// the build host) and rebuild the module index, before dracut copies them:
+/// inside the initramfs, which is compressed as a whole, a module is read
+/// as is instead of being unpacked at load time (xz is slow to unpack, the
+/// more so in an emulated guest).
+const DECOMPRESS_MODULES: &str = "find \"$1\"/usr/lib/modules -name '*.ko.xz' -exec xz -d -T0 {} + && for k in \"$1\"/usr/lib/modules/*; do chroot \"$1\" depmod -a \"${k##*/}\"; done";
+
 /// Compress every kernel module with zstd (on the build host) and rebuild
 /// the module index in the tree.
 const COMPRESS_MODULES: &str = "find \"$1\"/usr/lib/modules -name '*.ko' -exec zstd -q --rm -15 -T0 {} + && for k in \"$1\"/usr/lib/modules/*; do chroot \"$1\" depmod -a \"${k##*/}\"; done";
@@ -842,6 +890,7 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, work: &LayerWork) -> Re
             "--customize-hook=upload {} /{PREPARE_ROOT_CONF_PATH}",
             q(prepare_root)
         ))
+        .arg(format!("--customize-hook={DECOMPRESS_MODULES}"))
         // The platform's hardware drivers pruned to its allow-list and
         // re-indexed, before dracut takes drivers from the tree.
         .args(prune.map(|p| format!("--customize-hook={}", p.command())))
@@ -849,7 +898,8 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, work: &LayerWork) -> Re
         // from uncompressed modules so the whole archive compresses as one.
         .arg(format!("--customize-hook={dracut}"))
         .arg(format!("--customize-hook={COMPRESS_INITRAMFS}"))
-        // Then the tree's modules (kmod reads .ko.zst): a third of their size.
+        // Then the tree's modules (kmod reads .ko.zst, and unpacks zstd
+        // several times faster than xz): a third of their size.
         .arg(format!("--customize-hook={COMPRESS_MODULES}"))
         // The InRelease files apt used: the archive state the layer is keyed by.
         .arg(format!(
@@ -1077,13 +1127,13 @@ package-sets = ["base"]
             .into()
         };
         let a = state("aa");
-        let k1 = BaseRecipe::new(&spec, &m, &a, None).key();
+        let k1 = BaseRecipe::new(&spec, &m, &a, &[], None).key();
         let v2 = Manifest::parse(&path, &text.replace("1.0.0", "1.0.1"))
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
         assert_eq!(
-            BaseRecipe::new(&v2, &m, &a, None).key(),
+            BaseRecipe::new(&v2, &m, &a, &[], None).key(),
             k1,
             "the version is not part of the package layer"
         );
@@ -1091,21 +1141,21 @@ package-sets = ["base"]
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
-        assert_ne!(BaseRecipe::new(&p2, &m, &a, None).key(), k1);
+        assert_ne!(BaseRecipe::new(&p2, &m, &a, &[], None).key(), k1);
         let m2 = Mirrors {
             main: "http://b.example/debian".into(),
             ..m.clone()
         };
-        assert_ne!(BaseRecipe::new(&spec, &m2, &a, None).key(), k1);
+        assert_ne!(BaseRecipe::new(&spec, &m2, &a, &[], None).key(), k1);
         assert_ne!(
-            BaseRecipe::new(&spec, &m, &state("bb"), None).key(),
+            BaseRecipe::new(&spec, &m, &state("bb"), &[], None).key(),
             k1,
             "a new InRelease (a security update) is a new layer"
         );
         let mut later = a.clone();
         later.get_mut("bookworm").unwrap().date = "2026-07-12T00:00:00Z".into();
         assert_eq!(
-            BaseRecipe::new(&spec, &m, &later, None).key(),
+            BaseRecipe::new(&spec, &m, &later, &[], None).key(),
             k1,
             "the key is what the archive served, not a time"
         );
@@ -1114,7 +1164,7 @@ package-sets = ["base"]
         // Pruned kernel modules: the allow-list's names and needs are part
         // of the key, where the fragments name them is not; a layer that
         // keeps every module has the key it had before pruning existed.
-        let json = serde_json::to_string(&BaseRecipe::new(&spec, &m, &a, None)).unwrap();
+        let json = serde_json::to_string(&BaseRecipe::new(&spec, &m, &a, &[], None)).unwrap();
         assert!(!json.contains("kernel_modules"), "{json}");
         let fragment = |text: &str| kernel_check::Fragment::parse(text, "kc/x.config").unwrap();
         let allow = |text: &str, drivers: &[&str]| {
@@ -1122,21 +1172,21 @@ package-sets = ["base"]
             AllowList::derive(&[fragment(text)], Arch::X86_64, &drivers, "image.toml")
         };
         let veth = "# why\n# cairn: module=veth\nCONFIG_VETH=m\n";
-        let pruned = BaseRecipe::new(&spec, &m, &a, Some(&allow(veth, &["nvme"]))).key();
+        let pruned = BaseRecipe::new(&spec, &m, &a, &[], Some(&allow(veth, &["nvme"]))).key();
         assert_ne!(pruned, k1, "pruning makes another layer");
         let moved = format!("# a longer\n# comment\n{veth}");
         assert_eq!(
-            BaseRecipe::new(&spec, &m, &a, Some(&allow(&moved, &["nvme"]))).key(),
+            BaseRecipe::new(&spec, &m, &a, &[], Some(&allow(&moved, &["nvme"]))).key(),
             pruned
         );
         assert_ne!(
-            BaseRecipe::new(&spec, &m, &a, Some(&allow(veth, &["nvme", "ahci"]))).key(),
+            BaseRecipe::new(&spec, &m, &a, &[], Some(&allow(veth, &["nvme", "ahci"]))).key(),
             pruned,
             "another module kept is another layer"
         );
         let wanted = "# why\n# cairn-wanted: CONFIG_VETH=m module=veth\n";
         assert_ne!(
-            BaseRecipe::new(&spec, &m, &a, Some(&allow(wanted, &["nvme"]))).key(),
+            BaseRecipe::new(&spec, &m, &a, &[], Some(&allow(wanted, &["nvme"]))).key(),
             pruned,
             "a module's need is part of the key"
         );

@@ -308,6 +308,26 @@ fn parse_meta(text: &str) -> Result<Meta> {
     Ok(meta)
 }
 
+/// The modules an image's initramfs holds, and only these: those the
+/// fragments mark `initramfs` for `arch` (storage, the root filesystem),
+/// then the platform's own `initramfs-drivers`; `_` spelling, each once, in
+/// that order. dracut adds what they depend on; a boot disk behind anything
+/// else is a missing `# cairn: … initramfs` line, which the kernel check
+/// names, not a driver the initramfs holds on the off chance.
+pub fn initramfs_modules(fragments: &[Fragment], arch: Arch, platform_drivers: &[String]) -> Vec<String> {
+    let from_fragments = fragments
+        .iter()
+        .flat_map(|f| f.requirements_for(arch))
+        .filter(|r| r.initramfs)
+        .flat_map(|r| r.modules.iter());
+    let mut seen = BTreeSet::new();
+    from_fragments
+        .chain(platform_drivers)
+        .map(|m| normalize_module(m))
+        .filter(|m| seen.insert(m.clone()))
+        .collect()
+}
+
 /// Module names treat `-` and `_` alike; this is the `_` spelling.
 pub fn normalize_module(name: &str) -> String {
     name.replace('-', "_")
@@ -672,6 +692,30 @@ CONFIG_F=y
     }
 
     const GOOD: &str = "CONFIG_A=y\nCONFIG_B=m\nCONFIG_C=y\nCONFIG_D=\"text\"\n# CONFIG_E is not set\nCONFIG_F=y\n";
+
+    #[test]
+    fn the_initramfs_holds_the_fragments_boot_modules_for_the_arch_and_the_platforms_drivers() {
+        let text = "\
+# cairn: module=nvme initramfs
+CONFIG_BLK_DEV_NVME=m
+# cairn: module=xen-blkfront initramfs arch=x86_64
+CONFIG_XEN_BLKDEV_FRONTEND=m
+# cairn: module=hns3
+CONFIG_HNS3_ENET=m
+# cairn-wanted: CONFIG_W=m module=wanted_only
+";
+        let f = Fragment::parse(text, "kc/boot.config").unwrap();
+        let drivers = ["megaraid_sas".to_owned(), "nvme".to_owned()];
+        assert_eq!(
+            initramfs_modules(std::slice::from_ref(&f), Arch::X86_64, &drivers),
+            ["nvme", "xen_blkfront", "megaraid_sas"]
+        );
+        assert_eq!(
+            initramfs_modules(&[f], Arch::Aarch64, &[]),
+            ["nvme"],
+            "arch-specific, non-initramfs and wanted modules stay out"
+        );
+    }
 
     #[test]
     fn parses_options_and_metadata() {

@@ -21,6 +21,8 @@ const BUILD: &[&str] = &[
     "mtools",
     "dpkg-dev",
     "zstd",
+    // Decompresses the kernel's .ko.xz modules (Debian 13) in the build.
+    "xz-utils",
     "curl",
 ];
 /// Debian release the host tools come from.
