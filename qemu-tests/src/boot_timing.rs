@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::vm::Vm;
 
-/// The manager properties [`BootTimes::parse`] reads, for `systemctl show -p`.
+/// The manager properties [`GuestTimes::parse`] reads, for `systemctl show -p`.
 pub const PROPERTIES: &str = "InitRDTimestampMonotonic,UserspaceTimestampMonotonic,FinishTimestampMonotonic";
 
 /// One boot's figures, in seconds.
