@@ -55,8 +55,36 @@ fn align_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
 }
 
-/// Write a protective MBR and a GPT with the ESP and root partitions.
+/// The names a disk's two partitions carry: the GPT partition names, the
+/// ESP's also as its FAT volume label (at most 11 characters). The root
+/// file system's own label is set by whoever writes it (`mkfs.ext4 -L`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionNames<'a> {
+    pub esp: &'a str,
+    pub root: &'a str,
+}
+
+impl PartitionNames<'static> {
+    /// Cairn's: [`ESP_LABEL`] and [`ROOT_LABEL`].
+    pub const CAIRN: PartitionNames<'static> = PartitionNames {
+        esp: ESP_LABEL,
+        root: ROOT_LABEL,
+    };
+}
+
+/// Write a protective MBR and a GPT with Cairn's ESP and root partitions.
 pub fn write_partition_table(file: &mut File, layout: &DiskLayout, arch: Arch) -> Result<()> {
+    write_partition_table_named(file, layout, arch, PartitionNames::CAIRN)
+}
+
+/// Write a protective MBR and a GPT with an ESP and a root partition of
+/// the given names.
+pub fn write_partition_table_named(
+    file: &mut File,
+    layout: &DiskLayout,
+    arch: Arch,
+    names: PartitionNames<'_>,
+) -> Result<()> {
     let mbr =
         gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(layout.total_size / SECTOR - 1).unwrap_or(0xFFFF_FFFF));
     mbr.overwrite_lba0(file).context("writing the protective MBR")?;
@@ -67,7 +95,7 @@ pub fn write_partition_table(file: &mut File, layout: &DiskLayout, arch: Arch) -
         .context("creating the GPT")?;
     let root_type = Type::from_str(arch.root_partition_type()).map_err(|e| anyhow!("root partition type GUID: {e}"))?;
     disk.add_partition_at(
-        ESP_LABEL,
+        names.esp,
         ESP_PARTNUM,
         layout.esp_offset / SECTOR,
         layout.esp_size / SECTOR,
@@ -76,7 +104,7 @@ pub fn write_partition_table(file: &mut File, layout: &DiskLayout, arch: Arch) -
     )
     .context("adding the ESP to the GPT")?;
     disk.add_partition_at(
-        ROOT_LABEL,
+        names.root,
         ROOT_PARTNUM,
         layout.root_offset / SECTOR,
         layout.root_size / SECTOR,
@@ -111,11 +139,23 @@ pub fn esp_volume_id(commit: &str) -> u32 {
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// Make the ESP (see [`make_esp`]) in a file in `work` and copy it into the
-/// disk at its offset; the partition starts where `layout` says.
+/// Make Cairn's ESP (see [`make_esp`]) in a file in `work` and copy it into
+/// the disk at its offset; the partition starts where `layout` says.
 pub fn write_esp(
     disk: &mut File,
     layout: &DiskLayout,
+    volume_id: u32,
+    files: &[EspFile<'_>],
+    work: &Path,
+) -> Result<()> {
+    write_esp_labelled(disk, layout, ESP_LABEL, volume_id, files, work)
+}
+
+/// [`write_esp`] with the FAT volume label `label`.
+pub fn write_esp_labelled(
+    disk: &mut File,
+    layout: &DiskLayout,
+    label: &str,
     volume_id: u32,
     files: &[EspFile<'_>],
     work: &Path,
@@ -125,9 +165,10 @@ pub fn write_esp(
         .suffix(".img")
         .tempfile_in(work)
         .with_context(|| format!("creating the ESP's file in {}", work.display()))?;
-    make_esp(
+    make_esp_labelled(
         esp.path(),
         layout.esp_size,
+        label,
         volume_id,
         layout.esp_offset / SECTOR,
         files,
@@ -175,6 +216,25 @@ fn copy_sparse(from: &mut impl Read, to: &mut (impl Write + Seek)) -> io::Result
 /// and folders created in path order with a fixed time. `start_sector` is
 /// where the partition starts on its disk (the boot sector's hidden sectors).
 pub fn make_esp(path: &Path, size: u64, volume_id: u32, start_sector: u64, files: &[EspFile<'_>]) -> Result<()> {
+    make_esp_labelled(path, size, ESP_LABEL, volume_id, start_sector, files)
+}
+
+/// [`make_esp`] with the FAT volume label `label` (at most 11 characters:
+/// capitals, digits, `-` and `_`).
+pub fn make_esp_labelled(
+    path: &Path,
+    size: u64,
+    label: &str,
+    volume_id: u32,
+    start_sector: u64,
+    files: &[EspFile<'_>],
+) -> Result<()> {
+    let plain = label
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_".contains(&b));
+    if label.is_empty() || label.len() > 11 || !plain {
+        bail!("FAT volume label {label:?}: 1 to 11 capitals, digits, '-' or '_'");
+    }
     let kib = size / 1024;
     if kib * 1024 != size {
         bail!("the ESP's size {size} is not a whole number of KiB");
@@ -187,7 +247,7 @@ pub fn make_esp(path: &Path, size: u64, volume_id: u32, start_sector: u64, files
     drop(image);
     // `--invariant` pins the label entry's time (and a volume id, which `-i` after it replaces).
     Cmd::new("mkfs.fat")
-        .args(["-F", "32", "-n", ESP_LABEL, "--invariant"])
+        .args(["-F", "32", "-n", label, "--invariant"])
         .arg("-i")
         .arg(format!("{volume_id:08X}"))
         .arg("-h")
@@ -367,6 +427,37 @@ mod tests {
         assert_eq!(parts[&2].name, ROOT_LABEL);
         assert_eq!(parts[&2].first_lba, layout.root_offset / SECTOR);
         assert_eq!(parts[&2].last_lba, (layout.root_offset + layout.root_size) / SECTOR - 1);
+    }
+
+    #[test]
+    fn partition_names_are_the_callers() {
+        let layout = DiskLayout::new(40 * MIB, 8 * MIB);
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        let mut f = tmp.reopen().unwrap();
+        f.set_len(layout.total_size).unwrap();
+        let names = PartitionNames {
+            esp: "OTHER-ESP",
+            root: "other-root",
+        };
+        write_partition_table_named(&mut f, &layout, Arch::Aarch64, names).unwrap();
+        let disk = gpt::GptConfig::new().open(tmp.path()).unwrap();
+        let parts = disk.partitions();
+        assert_eq!(parts[&1].name, "OTHER-ESP");
+        assert_eq!(parts[&2].name, "other-root");
+        assert_eq!(
+            parts[&2].part_type_guid,
+            Type::from_str(Arch::Aarch64.root_partition_type()).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_esp_label_fat_cannot_hold_is_refused_before_anything_runs() {
+        let d = tempfile::tempdir().unwrap();
+        for bad in ["", "lower", "TWELVE-CHARS", "A B"] {
+            let err = make_esp_labelled(&d.path().join("esp.img"), 64 * MIB, bad, 1, 2048, &[]).unwrap_err();
+            assert!(format!("{err:#}").contains("FAT volume label"), "{bad:?}: {err:#}");
+        }
+        assert!(!d.path().join("esp.img").exists());
     }
 
     #[test]

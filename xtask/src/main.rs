@@ -9,6 +9,7 @@
 //! - `bench`: build and boot figures, as a table and JSON;
 //!   `bench power-cut`: a campaign of power cuts at random moments.
 
+mod baseline;
 mod bench;
 mod bench_power_cut;
 mod bench_update;
@@ -100,6 +101,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCampaign {
+    /// Only the boot: where the dev image's boot time goes, beside a plain
+    /// Debian's of the same release and packages (the ratio of the two).
+    Boot,
     /// Cut the power at random moments of updates; report how many cuts the
     /// host survived.
     PowerCut {
@@ -128,6 +132,10 @@ fn main() -> std::process::ExitCode {
         Command::Setup { target } => host::prepare(host::Task::Vm, target.arch),
         Command::Test { target, filters } => test::test(&target, &filters),
         Command::Bench { target, campaign: None } => bench::bench(&target),
+        Command::Bench {
+            target,
+            campaign: Some(BenchCampaign::Boot),
+        } => bench::boot(&target),
         Command::Bench {
             target,
             campaign: Some(BenchCampaign::PowerCut { points, seed }),
