@@ -18,6 +18,7 @@ mod cross;
 mod host;
 mod paths;
 mod run;
+mod suite;
 mod test;
 
 use cairn_common::layout::{Arch, Platform};

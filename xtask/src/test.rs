@@ -8,16 +8,17 @@
 //!    for a foreign `--arch`, also the agent's unit tests under qemu-user.
 //! 2. Build the dev image, and the prod image if a selected test boots it
 //!    (host tools installed first).
-//! 3. The ignored tests of `qemu-tests`, one at a time (each VM takes both
-//!    cores), with the images handed over in a JSON file and python-tuf
-//!    installed (the TUF conformance tests); under emulation of a foreign
-//!    arch the long ones are left out (see `skipped_tests`).
+//! 3. The ignored tests of `qemu-tests`, one `cargo test` each (each VM
+//!    takes both cores), with the images handed over in a JSON file and
+//!    python-tuf installed (the TUF conformance tests); under emulation of
+//!    a foreign arch the long ones are left out (see `skipped_tests`). Each
+//!    test's wall time is printed and recorded ([`crate::suite`]).
 
 use anyhow::{Context, Result};
 use cairn_common::process::Cmd;
 use cairn_qemu_tests::{artifacts, qemu, Artifacts};
 
-use crate::{build, cross, host, paths, Target};
+use crate::{build, cross, host, paths, suite, Target};
 
 pub fn test(target: &Target, filters: &[String]) -> Result<()> {
     let arch = target.arch;
@@ -43,23 +44,85 @@ pub fn test(target: &Target, filters: &[String]) -> Result<()> {
 
     // Probe KVM once here rather than in every test process.
     let accel = qemu::accel(arch);
-    // --no-fail-fast: one failing test file does not hide how the others fare.
-    let mut args = vec!["test", "--package", "cairn-qemu-tests", "--tests", "--no-fail-fast"];
-    args.extend(["--", "--ignored", "--test-threads=1"]);
-    args.extend(filters.iter().map(String::as_str));
     let native = accel == qemu::Accel::Kvm || cairn_common::layout::Arch::host() == Some(arch);
-    for skipped in skipped_tests(native) {
-        args.extend(["--skip", skipped]);
+    let tests = suite::select(list_vm_tests()?, filters, skipped_tests(native));
+    anyhow::ensure!(!tests.is_empty(), "no VM or builder test matches {filters:?}");
+    // One `cargo test` per test, each VM alone (it takes both cores), so
+    // every test's wall time is known; a failure does not stop the others.
+    let mut run = suite::SuiteTimes {
+        finished_at: 0,
+        accel: accel.as_str().to_owned(),
+        tests: Vec::new(),
+    };
+    for t in &tests {
+        eprintln!("── {}::{} ──", t.file, t.name);
+        let started = std::time::Instant::now();
+        let passed = Cmd::new(env!("CARGO"))
+            .args(["test", "--package", "cairn-qemu-tests", "--test", &t.file, "--"])
+            .args(["--ignored", "--exact", &t.name, "--test-threads=1"])
+            .env(artifacts::ENV, &file)
+            .env("CAIRN_ACCEL", accel.as_str())
+            // The interpreter `tuf_conformance.rs` runs python-tuf with.
+            .env("CAIRN_PYTHON_TUF", &python_tuf)
+            .current_dir(paths::workspace())
+            .run_inherited()
+            .is_ok();
+        run.tests.push(suite::TestTime {
+            file: t.file.clone(),
+            name: t.name.clone(),
+            secs: started.elapsed().as_secs_f64(),
+            passed,
+        });
     }
-    Cmd::new(env!("CARGO"))
-        .args(&args)
-        .env(artifacts::ENV, &file)
-        .env("CAIRN_ACCEL", accel.as_str())
-        // The interpreter `tuf_conformance.rs` runs python-tuf with.
-        .env("CAIRN_PYTHON_TUF", &python_tuf)
-        .current_dir(paths::workspace())
-        .run_inherited()
-        .context("VM and builder tests")
+    run.finished_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let record = suite_times_path(target);
+    std::fs::write(&record, serde_json::to_vec_pretty(&run)?)
+        .with_context(|| format!("writing {}", record.display()))?;
+    eprintln!(
+        "VM and builder tests, wall time each ({}):\n{}",
+        record.display(),
+        run.table()
+    );
+    let failed = run.failed();
+    anyhow::ensure!(failed.is_empty(), "VM and builder tests failed: {}", failed.join(", "));
+    Ok(())
+}
+
+/// Where `cargo xtask test` records each VM and builder test's wall time.
+pub fn suite_times_path(target: &Target) -> std::path::PathBuf {
+    paths::out(target.arch).join(format!("suite-times-{}.json", target.platform))
+}
+
+/// Every ignored test of each `qemu-tests/tests/*.rs` file, by libtest's
+/// own `--list`.
+fn list_vm_tests() -> Result<Vec<suite::TestId>> {
+    let dir = paths::workspace().join("qemu-tests/tests");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".rs").map(str::to_owned)
+        })
+        .collect();
+    files.sort();
+    let mut tests = Vec::new();
+    for file in files {
+        let listed = Cmd::new(env!("CARGO"))
+            .args(["test", "--package", "cairn-qemu-tests", "--test", &file, "--"])
+            .args(["--ignored", "--list"])
+            .current_dir(paths::workspace())
+            .output()
+            .with_context(|| format!("listing the tests of qemu-tests/tests/{file}.rs"))?;
+        tests.extend(suite::parse_list(&listed.stdout).into_iter().map(|name| suite::TestId {
+            file: file.clone(),
+            name,
+        }));
+    }
+    Ok(tests)
 }
 
 /// Host tools, binaries, the dev image and (if asked) the prod image,
