@@ -51,6 +51,10 @@ struct Results {
     /// Measured on the host's own architecture only: under emulation the
     /// release it adds needs a second package layer (another ~15 min).
     update: Option<crate::bench_update::UpdateFigures>,
+    /// Each VM and builder test's wall time, as the last `cargo xtask
+    /// test` of this arch and platform recorded it (the bench does not run
+    /// the suite: it takes most of an hour).
+    suite: Option<crate::suite::SuiteTimes>,
 }
 
 /// The plain-Debian baseline (see [`crate::baseline`]) and its boot.
@@ -139,12 +143,31 @@ pub fn bench(target: &crate::Target) -> Result<()> {
         critical_chain,
         baseline,
         update,
+        suite: last_suite_times(target),
     };
     print_table(&results);
+    match &results.suite {
+        Some(suite) => println!(
+            "VM and builder tests, wall time each (last `cargo xtask test`, {}):\n{}",
+            crate::test::suite_times_path(target).display(),
+            suite.table()
+        ),
+        None => println!("(no suite times: run `cargo xtask test` for this arch and platform first)"),
+    }
     let out = paths::out(arch).join(format!("bench-{}.json", target.platform));
     std::fs::write(&out, serde_json::to_vec_pretty(&results)?)?;
     println!("{}", out.display());
     Ok(())
+}
+
+/// The suite's wall times recorded by the last `cargo xtask test`, if any
+/// (an unreadable record is said, and left out).
+fn last_suite_times(target: &crate::Target) -> Option<crate::suite::SuiteTimes> {
+    let path = crate::test::suite_times_path(target);
+    let text = std::fs::read(&path).ok()?;
+    serde_json::from_slice(&text)
+        .map_err(|e| eprintln!("ignoring {}: {e}", path.display()))
+        .ok()
 }
 
 /// Bytes of the raw image compressed with zstd (level 3, as `zstd` does).
