@@ -132,6 +132,10 @@ struct RawPlatform {
     /// kernel-config fragments added to `[kernel] config`.
     #[serde(default)]
     kernel_config: Vec<Spanned<String>>,
+    /// Package files never installed on this platform, added to
+    /// `[debian] path-excludes`.
+    #[serde(default)]
+    path_excludes: Vec<Spanned<String>>,
     /// Which kernel modules ship: `all` (the default) or `fragments`.
     modules: Option<Spanned<String>>,
 }
@@ -201,7 +205,8 @@ pub struct ImageSpec {
     pub security_mirror: Option<String>,
     pub suites: Vec<String>,
     pub components: Vec<String>,
-    /// dpkg `--path-exclude` globs: package files never installed.
+    /// dpkg `--path-exclude` globs: package files never installed
+    /// (`[debian]`'s, then the platform's).
     pub path_excludes: Vec<String>,
     /// Every package to install, sorted, without duplicates, kernel included.
     pub packages: Vec<PackageRef>,
@@ -348,7 +353,8 @@ impl Manifest {
             .collect::<Result<Vec<_>, _>>()?;
 
         let mut path_excludes = Vec::new();
-        for p in &raw.debian.path_excludes {
+        let platform_excludes = plat.map(|p| p.path_excludes.as_slice()).unwrap_or_default();
+        for p in raw.debian.path_excludes.iter().chain(platform_excludes) {
             let g = p.get_ref();
             if !g.starts_with("/usr/") || g.contains(char::is_whitespace) || g.contains("..") {
                 return Err(self.err(
@@ -862,6 +868,7 @@ initramfs-drivers = ["hisi_sas_v3_hw", "nvme"]
 package-sets = ["container"]
 kernel-config = ["kunpeng920.config"]
 modules = "fragments"
+path-excludes = ["/usr/lib/linux-image-*"]
 "#;
 
     fn with_platforms(extra: &str) -> (tempfile::TempDir, PathBuf, String) {
@@ -896,6 +903,11 @@ modules = "fragments"
         assert_eq!(k.kernel_config, [real("common.config"), real("kunpeng920.config")]);
         assert_eq!(k.variant().to_string(), "prod-kunpeng920");
         assert_eq!(k.modules, ModuleSelection::Fragments);
+        assert_eq!(
+            k.path_excludes,
+            ["/usr/bin/containerd-shim-runc-v1", "/usr/lib/linux-image-*"],
+            "[debian]'s, then the platform's"
+        );
 
         let g = m.resolve("prod", Arch::X86_64, Platform::Generic).unwrap();
         assert_eq!(g.kernel_package, "linux-image-cloud-amd64");
@@ -906,6 +918,7 @@ modules = "fragments"
             ModuleSelection::All,
             "every module unless the platform says otherwise"
         );
+        assert_eq!(g.path_excludes, ["/usr/bin/containerd-shim-runc-v1"]);
         assert_eq!(g.variant().to_string(), "prod");
     }
 
@@ -947,6 +960,18 @@ modules = "fragments"
             .resolve("prod", Arch::Aarch64, Platform::Kunpeng920)
             .unwrap_err();
         assert!(e.message.contains("`nvme;rm` is not a kernel module name"), "{e}");
+
+        let (_d, path, text) = with_platforms("");
+        let text = text.replace("\"/usr/lib/linux-image-*\"", "\"/boot/*\"");
+        let e = Manifest::parse(&path, &text)
+            .unwrap()
+            .resolve("prod", Arch::Aarch64, Platform::Kunpeng920)
+            .unwrap_err();
+        assert!(
+            e.message
+                .contains("path-exclude `/boot/*` must be an absolute glob under /usr/"),
+            "{e}"
+        );
 
         let (_d, path, text) = with_platforms("");
         let text = text.replace("modules = \"fragments\"", "modules = \"some\"");
