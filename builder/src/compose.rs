@@ -46,7 +46,7 @@ const BASE_RECIPE_VERSION: u32 = 11;
 pub const EFI_TREE_PATH: &str = "usr/lib/cairn/efi";
 
 /// GRUB modules built into the EFI image (no modules are loaded at run time).
-const GRUB_MODULES: &[&str] = &[
+pub const GRUB_MODULES: &[&str] = &[
     "part_gpt",
     "fat",
     "ext2",
@@ -360,11 +360,7 @@ pub fn check_kernel(spec: &ImageSpec, cache: &Cache, base: &Base) -> Result<kern
 /// Check the kernel of the root tree `root` against the kernel-config
 /// fragments of the image's platform.
 pub fn check_kernel_in(spec: &ImageSpec, root: &Path) -> Result<kernel_check::Report> {
-    let fragments = spec
-        .kernel_config
-        .iter()
-        .map(|p| Fragment::load(p))
-        .collect::<Result<Vec<_>>>()?;
+    let fragments = platform_fragments(spec)?;
     Ok(kernel_check::check(
         &fragments,
         spec.arch,
@@ -683,14 +679,15 @@ impl Cache {
     }
 }
 
+/// The kernel-config fragments of the image's platform, read.
+fn platform_fragments(spec: &ImageSpec) -> Result<Vec<Fragment>> {
+    spec.kernel_config.iter().map(|p| Fragment::load(p)).collect()
+}
+
 /// The modules the image's initramfs holds: see
 /// [`kernel_check::initramfs_modules`].
 pub fn initramfs_modules(spec: &ImageSpec) -> Result<Vec<String>> {
-    let fragments = spec
-        .kernel_config
-        .iter()
-        .map(|p| Fragment::load(p))
-        .collect::<Result<Vec<_>>>()?;
+    let fragments = platform_fragments(spec)?;
     Ok(kernel_check::initramfs_modules(
         &fragments,
         spec.arch,
@@ -705,11 +702,7 @@ pub fn module_allow_list(spec: &ImageSpec) -> Result<Option<AllowList>> {
     if spec.modules == ModuleSelection::All {
         return Ok(None);
     }
-    let fragments = spec
-        .kernel_config
-        .iter()
-        .map(|p| Fragment::load(p))
-        .collect::<Result<Vec<_>>>()?;
+    let fragments = platform_fragments(spec)?;
     let drivers_source = format!(
         "{} ([platforms.{}] initramfs-drivers)",
         spec.manifest_path.display(),

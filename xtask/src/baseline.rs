@@ -72,28 +72,9 @@ const NAMES: PartitionNames<'static> = PartitionNames {
 /// this machine's too, while saying which machine it is.
 pub const HOSTNAME: &str = "cairn-baseline";
 
-/// GRUB modules built into the EFI image: the ones Cairn's image has
-/// (`cairn_builder::compose`), so both load the same GRUB.
-const GRUB_MODULES: &[&str] = &[
-    "part_gpt",
-    "fat",
-    "ext2",
-    "normal",
-    "linux",
-    "search",
-    "search_label",
-    "search_fs_uuid",
-    "configfile",
-    "loadenv",
-    "test",
-    "echo",
-    "gzio",
-    "regexp",
-    "efi_gop",
-    "sleep",
-    "reboot",
-    "halt",
-];
+/// GRUB modules built into the EFI image: the ones Cairn's image has, so
+/// both load the same GRUB.
+const GRUB_MODULES: &[&str] = cairn_builder::compose::GRUB_MODULES;
 
 /// `/etc/kernel-img.conf`, in the tree before the kernel is installed:
 /// Debian's `linux-update-symlinks` then makes `/boot/vmlinuz` and
