@@ -108,10 +108,10 @@ pub struct GrubSettings {
     /// Prefix of every BLS path as GRUB sees it (`/boot` when /boot is a
     /// directory of the root partition).
     pub boot_prefix: String,
-    /// Seconds the menu waits when it is shown: on a trial boot of a new
-    /// deployment and after a fall-back, when someone at the console may
-    /// want to choose. Any other boot starts the default entry at once
-    /// (`timeout=0`).
+    /// Seconds the menu waits when it is shown: after a fall-back, when
+    /// someone at the console may want to choose. Every other boot, a
+    /// trial boot of a new deployment included (its counter decides what
+    /// boots next), starts the default entry at once (`timeout=0`).
     pub menu_timeout_secs: u32,
 }
 
@@ -165,14 +165,11 @@ pub fn render(mut entries: Vec<BlsEntry>, settings: &GrubSettings) -> Result<Str
 }
 
 /// GRUB script for the menu's timeout: none (boot the default at once)
-/// unless the boot counter's state says a choice may be wanted — a trial
-/// boot is armed, or GRUB fell back — then `secs`. Runs after
-/// [`boot_counter_header`], which loads (and may set) those variables.
+/// unless GRUB fell back from a failed trial, then `secs`. Runs after
+/// [`boot_counter_header`], which loads (and may set) the fall-back flag.
 fn menu_timeout(secs: u32) -> String {
-    let (trial, fallback) = (vars::TRIAL, vars::FALLBACK);
-    format!(
-        "set timeout=0\nif [ \"${{{trial}}}\" = \"1\" ]; then\n  set timeout={secs}\nfi\nif [ \"${{{fallback}}}\" = \"1\" ]; then\n  set timeout={secs}\nfi\n"
-    )
+    let fallback = vars::FALLBACK;
+    format!("set timeout=0\nif [ \"${{{fallback}}}\" = \"1\" ]; then\n  set timeout={secs}\nfi\n")
 }
 
 /// GRUB script for the boot counter. `cairn_esp` is set by the embedded
@@ -311,7 +308,7 @@ initrd /ostree/cairn-abc/initramfs-6.1.0-56-cloud-amd64.img
     }
 
     #[test]
-    fn the_menu_waits_only_on_a_trial_boot_or_after_a_fall_back() {
+    fn the_menu_waits_only_after_a_fall_back() {
         let settings = GrubSettings {
             menu_timeout_secs: 7,
             ..GrubSettings::default()
@@ -319,16 +316,20 @@ initrd /ostree/cairn-abc/initramfs-6.1.0-56-cloud-amd64.img
         let cfg = render(vec![entry(1, "old"), entry(2, "new")], &settings).unwrap();
         // The timeout is decided after the counter ran (it may set the
         // fall-back flag) and before the first entry.
-        let counter = cfg.find("save_env --file").unwrap();
+        let counter = cfg.rfind("save_env --file").unwrap();
         let zero = cfg.find("set timeout=0\n").expect("no timeout by default");
         let first_entry = cfg.find("menuentry").unwrap();
         assert!(counter < zero && zero < first_entry, "{cfg}");
-        for flag in [vars::TRIAL, vars::FALLBACK] {
-            let shown = format!("if [ \"${{{flag}}}\" = \"1\" ]; then\n  set timeout=7\nfi\n");
-            let at = cfg.find(&shown).unwrap_or_else(|| panic!("no menu for {flag}:\n{cfg}"));
-            assert!(zero < at && at < first_entry);
-        }
-        assert_eq!(cfg.matches("set timeout=").count(), 3, "{cfg}");
+        let shown = format!(
+            "if [ \"${{{}}}\" = \"1\" ]; then\n  set timeout=7\nfi\n",
+            vars::FALLBACK
+        );
+        let at = cfg
+            .find(&shown)
+            .unwrap_or_else(|| panic!("no menu after a fall-back:\n{cfg}"));
+        assert!(zero < at && at < first_entry);
+        // A trial boot does not wait: only those two settings exist.
+        assert_eq!(cfg.matches("set timeout=").count(), 2, "{cfg}");
     }
 
     #[test]
