@@ -942,7 +942,8 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-fn installed_packages(root: &Path) -> Result<BTreeMap<String, String>> {
+/// Package → version of the tree at `root`, from its dpkg database.
+pub fn installed_packages(root: &Path) -> Result<BTreeMap<String, String>> {
     let out = Cmd::new("dpkg-query")
         .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
         .args(["-W", "-f=${Package}\\t${Version}\\n"])

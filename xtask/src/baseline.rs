@@ -419,7 +419,8 @@ fn build(spec: &ImageSpec, mut recipe: Recipe, out: &Path, tmp: &Path, debs: &Pa
         }
     }
     let kernel_release = kernel_release(&root)?;
-    let packages = installed_packages(&root)?;
+    let packages =
+        cairn_builder::compose::installed_packages(&root).context("listing the baseline's installed packages")?;
     let efi = grub_efi_image(spec.arch, &root, &recipe.embedded_grub_cfg, &recipe.grub_modules)?;
 
     let name = recipe.name(&key);
@@ -550,20 +551,6 @@ fn kernel_release(root: &Path) -> Result<String> {
             modules.display()
         ),
     }
-}
-
-fn installed_packages(root: &Path) -> Result<BTreeMap<String, String>> {
-    let out = Cmd::new("dpkg-query")
-        .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
-        .args(["-W", "-f=${Package}\\t${Version}\\n"])
-        .output()
-        .context("listing the baseline's installed packages")?;
-    Ok(out
-        .stdout
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(p, v)| (p.to_owned(), v.to_owned()))
-        .collect())
 }
 
 /// GRUB's EFI binary, made by the tree's own `grub-mkimage` (the release's
