@@ -353,7 +353,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
         &vm,
         "0.6.0",
         &[
-            "hanging userspace (watchdog active)",
+            "hanging userspace (watchdog active, fair server off)",
             "softdog: Initiating system reboot",
         ],
     );
