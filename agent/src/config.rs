@@ -79,6 +79,8 @@ pub struct Config {
     pub download_retries: u32,
     /// A download that receives nothing for this long is abandoned (and retried).
     pub download_stall_timeout: Duration,
+    /// The image's default user (provisioning gives it SSH keys).
+    pub default_user: String,
 }
 
 impl Default for Config {
@@ -96,6 +98,7 @@ impl Default for Config {
             boot_tries: 3,
             download_retries: 5,
             download_stall_timeout: Duration::from_secs(60),
+            default_user: "cairn".into(),
         }
     }
 }
@@ -111,6 +114,14 @@ struct FileConfig {
     health: HealthSection,
     #[serde(default)]
     boot: BootSection,
+    #[serde(default)]
+    provision: ProvisionSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ProvisionSection {
+    default_user: Option<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +286,14 @@ impl ConfigBuilder {
         }
         if let Some(v) = h.containerd {
             self.config.health_containerd = v;
+        }
+
+        if let Some(v) = parsed.provision.default_user {
+            let name = v.get_ref();
+            if let Err(e) = crate::provision::plan::check_account_name(name) {
+                return Err(err(v.span(), format!("default-user: {e}")));
+            }
+            self.config.default_user = name.clone();
         }
 
         if let Some(v) = parsed.boot.tries {

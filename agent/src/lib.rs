@@ -23,6 +23,9 @@
 //! - [`releases`]: the releases TUF vouches for (the `tough` client).
 //! - [`sysroot`]: ostree deployments, pull, stage, undeploy.
 //! - [`health`]: the health gate of a trial boot.
+//! - [`provision`]: first-boot provisioning from Ignition or cloud-config
+//!   (readers and the decision pure; sources and the applier behind narrow
+//!   interfaces).
 //! - [`updater`]: the executor: the planners' effects carried out against
 //!   the host, each system behind a trait.
 
@@ -35,6 +38,7 @@ pub mod grub_mkconfig;
 pub mod health;
 pub mod kargs;
 pub mod lifecycle;
+pub mod provision;
 pub mod releases;
 pub mod report;
 pub mod schedule;

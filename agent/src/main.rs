@@ -61,6 +61,13 @@ enum Command {
     /// On a trial boot, reboot if the trial is not committed in time (a
     /// boot that hangs before the health gate can judge it).
     TrialDeadline,
+    /// First-boot provisioning from an Ignition config or cloud-config
+    /// (`cairn-provision.service`, early in every boot).
+    Provision {
+        /// Run the config's `runcmd` and scripts (after the network is online).
+        #[arg(long = "final")]
+        final_stage: bool,
+    },
     /// Grow the root partition and filesystem to fill the disk (idempotent).
     GrowRoot {
         /// Where the physical root filesystem is mounted.
@@ -111,6 +118,7 @@ fn reboot_per_strategy(agent: &Agent, no_reboot: bool) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Provision { final_stage } => cairn_agent::provision::host::provision(final_stage),
         Command::GrowRoot { mount_point } => cairn_agent::grow_root::grow(&mount_point),
         Command::Status { json } => {
             let status = agent()?.status()?;

@@ -462,15 +462,15 @@ pub fn image_kargs(spec: &ImageSpec) -> String {
 /// The agent's configuration that comes from the manifest.
 pub fn agent_dropin(spec: &ImageSpec) -> String {
     format!(
-        "# Written by cairn-build from the image manifest. Override in /etc/cairn/agent.d/.\n[update]\nurl = {:?}\nstream = {:?}\n",
-        spec.update_url, spec.stream
+        "# Written by cairn-build from the image manifest. Override in /etc/cairn/agent.d/.\n[update]\nurl = {:?}\nstream = {:?}\n\n[provision]\ndefault-user = {:?}\n",
+        spec.update_url, spec.stream, spec.default_user
     )
 }
 
 pub fn os_release(spec: &ImageSpec) -> String {
     let name = "Cairn";
     format!(
-        "NAME=\"{name}\"\nPRETTY_NAME=\"{name} {v} ({f})\"\nID=cairn\nID_LIKE=debian\nVERSION=\"{v} ({f})\"\nVERSION_ID={v}\nVARIANT_ID={f}\nIMAGE_ID={id}\nIMAGE_VERSION={v}\nVERSION_CODENAME={rel}\n",
+        "NAME=\"{name}\"\nPRETTY_NAME=\"{name} {v} ({f})\"\nID=cairn\nID_LIKE=debian\nVERSION=\"{v} ({f})\"\nVERSION_ID={v}\nVARIANT_ID={f}\nIMAGE_ID={id}\nIMAGE_VERSION={v}\nVERSION_CODENAME={rel}\nDEFAULT_HOSTNAME={id}\n",
         v = spec.version,
         f = spec.variant(),
         id = spec.name,

@@ -61,6 +61,8 @@ struct RawImage {
     stream: Spanned<String>,
     #[serde(default)]
     overlays: Vec<Spanned<String>>,
+    /// The user provisioning gives SSH keys to (default `cairn`).
+    default_user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +199,8 @@ pub struct ImageSpec {
     pub name: String,
     pub version: semver::Version,
     pub stream: String,
+    /// The image's default user (provisioning gives it SSH keys; `sudo`).
+    pub default_user: String,
     pub flavor: String,
     pub arch: Arch,
     pub platform: Platform,
@@ -487,12 +491,33 @@ impl Manifest {
             return Err(self.err(raw.disk.esp_size.span(), "partition sizes must be whole MiB"));
         }
         let update_url = self.url(&raw.update.url)?;
+        let default_user = match &raw.image.default_user {
+            None => "cairn".to_owned(),
+            Some(v) => {
+                let u = v.get_ref();
+                let ok = !u.is_empty()
+                    && u.len() <= 32
+                    && u.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && u.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b));
+                if !ok || u == "root" {
+                    return Err(self.err(
+                        v.span(),
+                        format!(
+                            "default-user `{u}` must be a user name (lower-case letters, digits, `-`, `_`), not root"
+                        ),
+                    ));
+                }
+                u.clone()
+            }
+        };
 
         Ok(ImageSpec {
             manifest_path: self.path.clone(),
             name,
             version,
             stream,
+            default_user,
             flavor: flavor.to_owned(),
             arch,
             platform,

@@ -13,17 +13,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-
-/// Top-level directories that become symlinks into `/var` (target relative
-/// to `/`), as in Fedora CoreOS and other ostree systems.
-const STATE_LINKS: &[(&str, &str)] = &[
-    ("home", "var/home"),
-    ("opt", "var/opt"),
-    ("srv", "var/srv"),
-    ("mnt", "var/mnt"),
-    ("root", "var/roothome"),
-    ("media", "run/media"),
-];
+use cairn_common::layout::{STATE_LINKS, USR_LOCAL_TARGET};
 
 /// Directories emptied because their content is made at run time.
 const EMPTIED: &[&str] = &["dev", "proc", "sys", "run", "tmp", "var", "boot"];
@@ -97,10 +87,21 @@ pub fn convert(root: &Path) -> Result<Converted> {
     fs::rename(&etc, &usr_etc).context("moving /etc to /usr/etc")?;
     // An empty machine-id makes systemd generate one at first boot.
     fs::write(usr_etc.join("machine-id"), b"")?;
-    for f in ["hostname.bak", "resolv.conf"] {
+    // The build host's name and the SSH host keys openssh-server's
+    // installation made are no machine's: a host is named by provisioning
+    // (or os-release's DEFAULT_HOSTNAME) and makes its keys at first boot.
+    for f in ["hostname", "hostname.bak", "resolv.conf"] {
         let p = usr_etc.join(f);
         if p.symlink_metadata().is_ok() && !p.is_symlink() {
             fs::remove_file(&p)?;
+        }
+    }
+    if let Ok(entries) = fs::read_dir(usr_etc.join("ssh")) {
+        for e in entries {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                fs::remove_file(e.path())?;
+            }
         }
     }
 
@@ -111,8 +112,8 @@ pub fn convert(root: &Path) -> Result<Converted> {
         preserve_as_factory(root, name, target, &mut tmpfiles)?;
         replace_with_symlink(&root.join(name), target)?;
     }
-    preserve_as_factory(root, "usr/local", "var/usrlocal", &mut tmpfiles)?;
-    replace_with_symlink(&root.join("usr/local"), "../var/usrlocal")?;
+    preserve_as_factory(root, "usr/local", USR_LOCAL_TARGET, &mut tmpfiles)?;
+    replace_with_symlink(&root.join("usr/local"), &format!("../{USR_LOCAL_TARGET}"))?;
     let tmpfiles_dir = root.join("usr/lib/tmpfiles.d");
     fs::create_dir_all(&tmpfiles_dir)?;
     fs::write(tmpfiles_dir.join("cairn-var.conf"), tmpfiles)?;
@@ -255,6 +256,9 @@ mod tests {
         fs::write(r.join("boot/config-6.1.0-9-cloud-amd64"), "CONFIG_X=y").unwrap();
         fs::write(r.join("etc/machine-id"), "0123456789abcdef\n").unwrap();
         fs::write(r.join("etc/hostname"), "build-host\n").unwrap();
+        fs::create_dir_all(r.join("etc/ssh")).unwrap();
+        fs::write(r.join("etc/ssh/sshd_config"), "Include /etc/ssh/sshd_config.d/*.conf\n").unwrap();
+        fs::write(r.join("etc/ssh/ssh_host_ed25519_key"), "secret").unwrap();
         fs::write(r.join("var/lib/dpkg/status"), "Package: x\n").unwrap();
         symlink("/run/lock", r.join("var/lock")).unwrap();
         fs::write(r.join("tmp/junk/x"), "x").unwrap();
@@ -272,7 +276,15 @@ mod tests {
         assert_eq!(fs::read(m.join("config")).unwrap(), b"CONFIG_X=y");
         assert!(!r.join("etc").exists());
         assert_eq!(fs::read(r.join("usr/etc/machine-id")).unwrap(), b"");
-        assert_eq!(fs::read_to_string(r.join("usr/etc/hostname")).unwrap(), "build-host\n");
+        assert!(
+            !r.join("usr/etc/hostname").exists(),
+            "the build host's name stays behind"
+        );
+        assert!(
+            !r.join("usr/etc/ssh/ssh_host_ed25519_key").exists(),
+            "no image carries host keys"
+        );
+        assert!(r.join("usr/etc/ssh/sshd_config").exists());
         assert_eq!(fs::read_dir(r.join("var")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(r.join("boot")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(r.join("tmp")).unwrap().count(), 0);

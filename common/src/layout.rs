@@ -26,6 +26,21 @@ pub const BOOT_PREFIX: &str = "/boot";
 /// Where the GRUB config generator is installed in the image.
 pub const GRUB_MKCONFIG_PATH: &str = "/usr/libexec/cairn/grub-mkconfig";
 
+/// Top-level directories that are symlinks into `/var` (or `/run`) on a
+/// Cairn host, target relative to `/`, as in Fedora CoreOS and other ostree
+/// systems: the builder makes them, and whatever writes host state (the
+/// provisioner) resolves paths through them.
+pub const STATE_LINKS: &[(&str, &str)] = &[
+    ("home", "var/home"),
+    ("opt", "var/opt"),
+    ("srv", "var/srv"),
+    ("mnt", "var/mnt"),
+    ("root", "var/roothome"),
+    ("media", "run/media"),
+];
+/// `/usr/local`, the one link inside `/usr`: target relative to `/`.
+pub const USR_LOCAL_TARGET: &str = "var/usrlocal";
+
 /// A CPU architecture Cairn builds for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -15,6 +15,7 @@ pub mod oci;
 pub mod power_cut;
 pub mod qemu;
 pub mod releases;
+pub mod seed;
 pub mod vm;
 
 pub use artifacts::Artifacts;

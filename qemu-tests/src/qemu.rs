@@ -110,6 +110,9 @@ pub struct QemuConfig {
     pub cpus: u32,
     /// `hostfwd`/`guestfwd` rules, each bound to 127.0.0.1 only.
     pub forwards: Vec<String>,
+    /// QEMU fw_cfg files (`name`, host file), e.g. Ignition's
+    /// `opt/com.coreos/config`.
+    pub fw_cfg: Vec<(String, PathBuf)>,
     /// Serial console on a terminal, with QEMU's monitor keys (Ctrl-a x).
     pub interactive: bool,
 }
@@ -191,6 +194,10 @@ impl QemuConfig {
             "virtio-net-pci,netdev=net0".into(),
         ]);
         a.extend(["-device".into(), "virtio-rng-pci".into()]);
+        for (name, file) in &self.fw_cfg {
+            a.push("-fw_cfg".into());
+            a.push(format!("name={name},file={}", file.display()));
+        }
         a
     }
 }
@@ -342,6 +349,7 @@ mod tests {
             memory_mib: 2048,
             cpus: 2,
             forwards: vec!["hostfwd=tcp:127.0.0.1:2222-:22".into()],
+            fw_cfg: vec![("opt/com.coreos/config".into(), "/tmp/c.ign".into())],
             interactive: false,
         }
     }
@@ -354,6 +362,9 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["-machine", "q35,accel=tcg"]));
         assert!(args.iter().any(|a| a.contains("format=qcow2")));
         assert!(args.contains(&"virtio-blk-pci,drive=extra0,serial=cairn-oci".to_owned()));
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["-fw_cfg", "name=opt/com.coreos/config,file=/tmp/c.ign"]));
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct VmOptions {
     pub memory_mib: u32,
     /// `hostfwd=`/`guestfwd=` rules of the restricted user network.
     pub forwards: Vec<String>,
+    /// QEMU fw_cfg files (`name`, host file).
+    pub fw_cfg: Vec<(String, PathBuf)>,
 }
 
 impl VmOptions {
@@ -41,6 +43,7 @@ impl VmOptions {
             extra_disks: Vec::new(),
             memory_mib: 2048,
             forwards: Vec::new(),
+            fw_cfg: Vec::new(),
         }
     }
 
@@ -131,6 +134,7 @@ impl Vm {
             memory_mib: opts.memory_mib,
             cpus: 2,
             forwards: opts.forwards.clone(),
+            fw_cfg: opts.fw_cfg.clone(),
             interactive: false,
         };
         let (child, console) = launch(&config, &dir.path().join("serial.log"))?;

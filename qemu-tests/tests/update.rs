@@ -325,7 +325,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     // v4's boot never finishes: the health gate times out, the trial boot
     // reboots, and the host is back on v2.
     c.run_ok(
-        "printf '[health]\\ntimeout = \"2m\"\\n' > /etc/cairn/agent.d/60-test-health.toml",
+        "printf '[health]\\ntimeout = \"1m\"\\n' > /etc/cairn/agent.d/60-test-health.toml",
         COMMAND,
     )
     .unwrap();

@@ -69,6 +69,16 @@ enum Command {
         target: Target,
         #[arg(long, default_value = "dev")]
         flavor: String,
+        /// Provision with this Ignition config or cloud-config (QEMU fw_cfg).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Provision from this folder's user-data, meta-data and
+        /// network-config (a NoCloud seed volume).
+        #[arg(long)]
+        seed: Option<std::path::PathBuf>,
+        /// Forward 127.0.0.1:PORT to the guest's SSH.
+        #[arg(long, default_value_t = 2222)]
+        ssh_port: u16,
     },
     /// Check the kernel of the image's package layer (built if need be)
     /// against the platform's kernel-config fragments; print the report.
@@ -128,7 +138,13 @@ fn main() -> std::process::ExitCode {
         Command::Build { target, flavor } => build::build(&target.image(&flavor)).map(|built| {
             println!("{}", built.raw.display());
         }),
-        Command::Run { target, flavor } => run::run(&target.image(&flavor)),
+        Command::Run {
+            target,
+            flavor,
+            config,
+            seed,
+            ssh_port,
+        } => run::run(&target.image(&flavor), &run::RunOptions { config, seed, ssh_port }),
         Command::KernelCheck { target, flavor } => build::kernel_check(&target.image(&flavor)),
         Command::Setup { target } => host::prepare(host::Task::Vm, target.arch),
         Command::Test { target, filters } => test::test(&target, &filters),

@@ -1,41 +1,73 @@
-//! `cargo xtask run`: boot the dev image with its console on this terminal.
+//! `cargo xtask run`: boot an image with its console on this terminal,
+//! optionally provisioned (an Ignition or cloud-config file through QEMU's
+//! fw_cfg, or a NoCloud seed folder), with SSH forwarded from 127.0.0.1.
 
 use anyhow::{bail, Result};
 use cairn_common::process::Cmd;
+use std::path::PathBuf;
+
 use cairn_qemu_tests::qemu::{self, DiskInterface, QemuConfig};
+use cairn_qemu_tests::seed::Seed;
 
 use crate::build::{self, ImageTarget};
 use crate::{host, paths};
 
-pub fn run(t: &ImageTarget) -> Result<()> {
+/// What to boot the image with.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// An Ignition config or cloud-config, passed as fw_cfg `opt/com.coreos/config`.
+    pub config: Option<PathBuf>,
+    /// A folder with `user-data`, `meta-data` (and `network-config`): a NoCloud seed.
+    pub seed: Option<PathBuf>,
+    /// The host port (on 127.0.0.1) forwarded to the guest's SSH.
+    pub ssh_port: u16,
+}
+
+pub fn run(t: &ImageTarget, opts: &RunOptions) -> Result<()> {
     let arch = t.arch;
     host::prepare(host::Task::Vm, arch)?;
     let built = build::build(t)?;
     let dir = paths::out(arch).join("run");
     std::fs::create_dir_all(&dir)?;
     let _ = std::fs::remove_file(dir.join("disk.qcow2"));
+    let mut extra_disks = Vec::new();
+    if let Some(seed_dir) = &opts.seed {
+        let image = dir.join("seed.img");
+        Seed::from_dir(seed_dir)?.write(&image)?;
+        extra_disks.push((image, "cidata".to_owned()));
+    }
+    let mut fw_cfg = Vec::new();
+    if let Some(config) = &opts.config {
+        if !config.is_file() {
+            bail!("--config {}: no such file", config.display());
+        }
+        fw_cfg.push(("opt/com.coreos/config".to_owned(), std::fs::canonicalize(config)?));
+    }
     let config = QemuConfig {
         arch,
         platform: t.platform,
         accel: qemu::accel(arch),
         disk: qemu::overlay_disk(&built.raw, &dir, 8 << 30)?,
         disk_interface: DiskInterface::VirtioBlk,
-        extra_disks: Vec::new(),
+        extra_disks,
         vars: qemu::fresh_vars(arch, &dir)?,
         memory_mib: 2048,
         cpus: 2,
-        forwards: Vec::new(),
+        // Loopback only: nothing beyond this machine reaches the guest.
+        forwards: vec![format!("hostfwd=tcp:127.0.0.1:{}-:22", opts.ssh_port)],
+        fw_cfg,
         interactive: true,
     };
     eprintln!(
-        "Booting {} {} ({}, {}) on {} with {}; the VM's disk is {}. Quit with Ctrl-a x.",
+        "Booting {} {} ({}, {}) on {} with {}; the VM's disk is {}; SSH: ssh -p {} <user>@127.0.0.1. Quit with Ctrl-a x.",
         built.name,
         built.version,
         t.flavor,
         t.platform,
         qemu::cpu(arch, t.platform, config.accel),
         config.accel.as_str(),
-        config.disk.display()
+        config.disk.display(),
+        opts.ssh_port
     );
     let status = Cmd::new(qemu::qemu_binary(arch))
         .args(config.args())

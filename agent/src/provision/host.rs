@@ -1,0 +1,65 @@
+//! The running host's side of provisioning: its tools behind
+//! [`System`](super::apply::System), and the entry points of
+//! `cairn-agent provision [--final]`.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use cairn_common::process::Cmd;
+
+use super::apply::System;
+use super::source::HttpFetch;
+use super::{Host, DIR};
+
+/// The host's own tools, each run through the logged process helper.
+pub struct HostSystem;
+
+impl System for HostSystem {
+    fn run(&mut self, argv: &[String]) -> Result<(), String> {
+        self.output(argv).map(|_| ())
+    }
+
+    fn output(&mut self, argv: &[String]) -> Result<String, String> {
+        let (program, args) = argv.split_first().ok_or("an empty command")?;
+        Cmd::new(program)
+            .args(args)
+            .output()
+            .map(|o| o.stdout)
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn set_hostname(&mut self, name: &str) -> Result<(), String> {
+        nix::unistd::sethostname(name).map_err(|e| format!("setting the host name {name}: {e}"))
+    }
+}
+
+/// Print a line on the console (the unit's standard output goes to the
+/// journal and the console) with the provisioner's prefix.
+fn say(line: &str) {
+    println!("cairn-provision: {line}");
+}
+
+/// `cairn-agent provision`: this boot's provisioning; `--final`: the
+/// commands left for after the network is online.
+pub fn provision(final_stage: bool) -> Result<()> {
+    let config = crate::config::load_host()?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    let fetch = HttpFetch::default();
+    let mut system = HostSystem;
+    let mut host = Host {
+        cmdline,
+        default_user: config.default_user,
+        fetch: &fetch,
+        system: &mut system,
+        say: &say,
+    };
+    if final_stage {
+        super::run_final(&mut host, Path::new(DIR))
+    } else {
+        super::run(&mut host, Path::new(DIR), Path::new("/"))
+    }
+}

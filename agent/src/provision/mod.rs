@@ -1,0 +1,521 @@
+//! First-boot provisioning: `cairn-agent provision`, run early in every
+//! boot by `cairn-provision.service` (after the local filesystems and
+//! networkd's start, before `sysinit.target`, so before sshd, containerd,
+//! getty and the agent's daemon).
+//!
+//! Each boot it makes sure the image's default user exists and the SSH
+//! host keys are made (and prints their fingerprints), runs stored
+//! `bootcmd`s, then looks for a config ([`source`]) and decides
+//! ([`decide`]) whether to apply it: an Ignition config once per machine,
+//! cloud-config once per instance id. Applying reads the config into a
+//! [`plan::Plan`] ([`ignition`], [`cloud_config`], [`network_config`]),
+//! fetches every remote content and checks its hash ([`resolve`]) before
+//! anything is written (so a bad config applies nothing), then applies it
+//! ([`apply`]). The outcome is kept in [`RECORD`] and shown by `status`.
+//! `runcmd` and user-data scripts run later in the boot, once the network
+//! is online (`cairn-provision-final.service`).
+
+pub mod apply;
+pub mod cloud_config;
+pub mod host;
+pub mod ignition;
+pub mod network_config;
+pub mod plan;
+pub mod source;
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use cairn_common::fsutil::write_atomic;
+use serde::{Deserialize, Serialize};
+
+use self::cloud_config::UserData;
+use self::ignition::Fetch;
+use self::plan::{Command, Content, Plan};
+use self::source::{Found, Source};
+
+/// Where provisioning keeps what it did.
+pub const DIR: &str = "/var/lib/cairn/provision";
+/// The outcome of the last provisioning (`status` shows it).
+pub const RECORD: &str = "/var/lib/cairn/provision/result.json";
+const BOOT_COMMANDS: &str = "bootcmd.json";
+const PENDING_COMMANDS: &str = "pending-run.json";
+/// The unit that runs `runcmd` and scripts once the network is online.
+pub const FINAL_UNIT: &str = "cairn-provision-final.service";
+
+/// What the last provisioning did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Where the config came from; `None`: no source had one.
+    pub source: Option<Source>,
+    /// `ignition 3.4.0`, `cloud-config`, `script`, `empty`.
+    pub format: Option<String>,
+    pub instance_id: Option<String>,
+    /// The config's SHA-256, to tell configs apart.
+    pub config_sha256: Option<String>,
+    /// One line per effect applied.
+    pub applied: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Why nothing (or not everything) was applied.
+    pub error: Option<String>,
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// `runcmd` and scripts: `None` while pending, then their outcome.
+    #[serde(default)]
+    pub commands: Option<CommandsOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandsOutcome {
+    pub ran: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl Record {
+    /// Whether this record is of a config that was applied.
+    pub fn applied_ok(&self) -> bool {
+        self.source.is_some() && self.error.is_none()
+    }
+}
+
+/// Whether to apply a found config, given the last record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Apply,
+    Skip(String),
+}
+
+/// Ignition applies once per machine (its first boot, or until an attempt
+/// succeeds: a refused config applied nothing); cloud-config once per
+/// instance id, so a disk cloned under a new instance id is provisioned
+/// again (cloud-init's rule).
+pub fn decide(previous: Option<&Record>, found: &Found, is_ignition: bool) -> Decision {
+    let Some(prev) = previous.filter(|p| p.applied_ok()) else {
+        return Decision::Apply;
+    };
+    if is_ignition {
+        return Decision::Skip("an Ignition config is applied on the machine's first boot only".into());
+    }
+    match (&found.instance_id, &prev.instance_id) {
+        (Some(now), Some(then)) if now != then => Decision::Apply,
+        (Some(_), _) | (None, _) => Decision::Skip(format!(
+            "already provisioned{}",
+            found
+                .instance_id
+                .as_ref()
+                .map(|i| format!(" for instance {i}"))
+                .unwrap_or_default()
+        )),
+    }
+}
+
+/// Read a found config into a plan: its format's name and the plan, or an
+/// error naming what is wrong.
+pub fn plan_for(found: &Found, default_user: &str, fetch: &dyn Fetch) -> Result<(String, Plan), String> {
+    let (format, mut plan) = match cloud_config::classify(&found.user_data)? {
+        UserData::Ignition(bytes) => {
+            let ign = ignition::read(&bytes, fetch)?;
+            if !ign.plan.kernel_args.is_empty() {
+                return Err("kernelArguments: changing kernel arguments at provisioning is not supported yet; set them with the image's [kernel] args".into());
+            }
+            (format!("ignition {}", ign.version), ign.plan)
+        }
+        UserData::CloudConfig(text) => ("cloud-config".to_owned(), cloud_config::read(&text, default_user)?),
+        UserData::Script(bytes) => ("script".to_owned(), cloud_config::script_plan(bytes)),
+        UserData::Empty => ("empty".to_owned(), Plan::default()),
+    };
+    if !format.starts_with("ignition") {
+        if plan.hostname.is_none() {
+            if let Some(h) = &found.local_hostname {
+                plan::check_hostname(h).map_err(|e| format!("meta-data local-hostname: {e}"))?;
+                plan.hostname = Some(h.clone());
+            }
+        }
+        if let Some(nc) = &found.network_config {
+            let (files, mut warnings) = network_config::render(nc)?;
+            plan.network = files;
+            plan.warnings.append(&mut warnings);
+        }
+    }
+    Ok((format, plan))
+}
+
+/// Fetch every remote content of `plan` and check its hash: afterwards
+/// every content is inline. The first failure is returned (and nothing has
+/// been written yet).
+pub fn resolve(plan: &mut Plan, fetch: &dyn Fetch) -> Result<(), String> {
+    for f in &mut plan.files {
+        let shown = format!("/{}", f.path.display());
+        for c in f.contents.iter_mut().chain(f.append.iter_mut()) {
+            if let Content::Remote(r) = c {
+                let data = ignition::resolve_remote(r, fetch).map_err(|e| format!("{shown}: {e}"))?;
+                *c = Content::Inline(data);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the running host offers provisioning.
+pub struct Host<'a> {
+    pub cmdline: String,
+    pub default_user: String,
+    pub fetch: &'a dyn Fetch,
+    pub system: &'a mut dyn apply::System,
+    /// Lines for the console (and the journal).
+    pub say: &'a dyn Fn(&str),
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn load_record(dir: &Path) -> Option<Record> {
+    let text = std::fs::read_to_string(dir.join("result.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn save_record(dir: &Path, r: &Record) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_atomic(&dir.join("result.json"), &serde_json::to_vec_pretty(r)?)
+}
+
+fn save_commands(dir: &Path, name: &str, commands: &[Command]) -> Result<()> {
+    let path = dir.join(name);
+    if commands.is_empty() {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    let stored: Vec<StoredCommand> = commands.iter().map(StoredCommand::from).collect();
+    write_atomic(&path, &serde_json::to_vec_pretty(&stored)?)
+}
+
+fn load_commands(dir: &Path, name: &str) -> Vec<Command> {
+    std::fs::read_to_string(dir.join(name))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<StoredCommand>>(&t).ok())
+        .map(|v| v.into_iter().map(Command::from).collect())
+        .unwrap_or_default()
+}
+
+/// A command as kept on disk between boots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
+enum StoredCommand {
+    Shell(String),
+    Argv(Vec<String>),
+    Script(String),
+}
+
+impl From<&Command> for StoredCommand {
+    fn from(c: &Command) -> Self {
+        match c {
+            Command::Shell(s) => StoredCommand::Shell(s.clone()),
+            Command::Argv(a) => StoredCommand::Argv(a.clone()),
+            Command::Script(b) => StoredCommand::Script(String::from_utf8_lossy(b).into_owned()),
+        }
+    }
+}
+
+impl From<StoredCommand> for Command {
+    fn from(c: StoredCommand) -> Self {
+        match c {
+            StoredCommand::Shell(s) => Command::Shell(s),
+            StoredCommand::Argv(a) => Command::Argv(a),
+            StoredCommand::Script(s) => Command::Script(s.into_bytes()),
+        }
+    }
+}
+
+/// The boot's provisioning (see the module's documentation). Errors of a
+/// config are recorded and said, never returned: the host boots on so the
+/// console shows why. Only a failure to record is an error.
+pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path) -> Result<()> {
+    let previous = load_record(state_dir);
+    ensure_default_user(host, root);
+    ensure_ssh_host_keys(host, root);
+    let stored_boot = load_commands(state_dir, BOOT_COMMANDS);
+    let found = match source::find(&host.cmdline, host.fetch) {
+        Ok(f) => f,
+        Err(e) => {
+            let message = format!("{e:#}");
+            (host.say)(&format!("provisioning failed: {message}"));
+            run_boot_commands(host, &stored_boot, state_dir);
+            return save_record(
+                state_dir,
+                &Record {
+                    error: Some(message),
+                    at: now(),
+                    ..Record::default()
+                },
+            );
+        }
+    };
+    let Some(found) = found else {
+        run_boot_commands(host, &stored_boot, state_dir);
+        if previous.is_none() {
+            (host.say)("no provisioning config (kernel argument, fw_cfg, NoCloud seed): booting unprovisioned");
+            save_record(
+                state_dir,
+                &Record {
+                    at: now(),
+                    ..Record::default()
+                },
+            )?;
+        }
+        return Ok(());
+    };
+    let is_ignition = ignition::looks_like_ignition(&found.user_data);
+    if let Decision::Skip(why) = decide(previous.as_ref(), &found, is_ignition) {
+        tracing::info!(source = %found.source, "not provisioning again: {why}");
+        run_boot_commands(host, &stored_boot, state_dir);
+        return Ok(());
+    }
+    let mut record = Record {
+        source: Some(found.source.clone()),
+        instance_id: found.instance_id.clone(),
+        config_sha256: Some(plan::digest_hex(plan::HashAlgorithm::Sha256, &found.user_data)),
+        at: now(),
+        ..Record::default()
+    };
+    (host.say)(&format!("provisioning from {}", found.source));
+    let planned = plan_for(&found, &host.default_user, host.fetch).and_then(|(format, mut plan)| {
+        resolve(&mut plan, host.fetch)?;
+        Ok((format, plan))
+    });
+    let (format, plan) = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            (host.say)(&format!(
+                "provisioning refused the config from {}: {e}; nothing was applied",
+                found.source
+            ));
+            record.error = Some(e);
+            run_boot_commands(host, &stored_boot, state_dir);
+            return save_record(state_dir, &record);
+        }
+    };
+    record.format = Some(format.clone());
+    record.warnings = plan.warnings.clone();
+    for w in &plan.warnings {
+        (host.say)(&format!("warning: {w}"));
+    }
+    // bootcmd runs first, at every boot from now on.
+    save_commands(state_dir, BOOT_COMMANDS, &plan.boot_commands)?;
+    run_boot_commands(host, &plan.boot_commands, state_dir);
+    match apply::apply(&plan, root, &host.default_user, &mut *host.system) {
+        Ok(log) => {
+            record.applied = log;
+            (host.say)(&format!(
+                "provisioned ({format}): {}",
+                if plan.summary().is_empty() {
+                    "nothing to do".to_owned()
+                } else {
+                    plan.summary().join(", ")
+                }
+            ));
+        }
+        Err((e, log)) => {
+            (host.say)(&format!("provisioning failed after {} step(s): {e}", log.len()));
+            record.applied = log;
+            record.error = Some(e);
+            return save_record(state_dir, &record);
+        }
+    }
+    if !plan.run_commands.is_empty() {
+        save_commands(state_dir, PENDING_COMMANDS, &plan.run_commands)?;
+        let _ = host.system.run(&[
+            "systemctl".into(),
+            "start".into(),
+            "--no-block".into(),
+            FINAL_UNIT.into(),
+        ]);
+    }
+    save_record(state_dir, &record)
+}
+
+fn run_boot_commands(host: &mut Host<'_>, commands: &[Command], state_dir: &Path) {
+    if commands.is_empty() {
+        return;
+    }
+    if let Err((e, _)) = apply::run_commands(commands, &state_dir.join("scripts"), &mut *host.system) {
+        (host.say)(&format!("bootcmd failed: {e}"));
+    }
+}
+
+/// `runcmd` and user-data scripts, once, after the network is online
+/// (`cairn-agent provision --final`).
+pub fn run_final(host: &mut Host<'_>, state_dir: &Path) -> Result<()> {
+    let pending = load_commands(state_dir, PENDING_COMMANDS);
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let outcome = match apply::run_commands(&pending, &state_dir.join("scripts"), &mut *host.system) {
+        Ok(ran) => CommandsOutcome { ran, error: None },
+        Err((e, ran)) => {
+            (host.say)(&format!("runcmd failed: {e}"));
+            CommandsOutcome { ran, error: Some(e) }
+        }
+    };
+    (host.say)(&format!("ran {} provisioning command(s)", outcome.ran.len()));
+    let _ = std::fs::remove_file(state_dir.join(PENDING_COMMANDS));
+    let mut record = load_record(state_dir).unwrap_or_default();
+    record.commands = Some(outcome);
+    save_record(state_dir, &record)
+}
+
+/// SSH host keys of this machine, made on its first boot (an image never
+/// carries any), their fingerprints printed on the console so a user can
+/// check the first connection (as cloud-init does).
+fn ensure_ssh_host_keys(host: &mut Host<'_>, root: &Path) {
+    const TYPES: [&str; 3] = ["ed25519", "ecdsa", "rsa"];
+    let ssh = root.join("etc/ssh");
+    if !ssh.join("sshd_config").exists() {
+        return;
+    }
+    if TYPES.iter().all(|t| ssh.join(format!("ssh_host_{t}_key")).exists()) {
+        return;
+    }
+    if let Err(e) = host.system.run(&["ssh-keygen".into(), "-A".into()]) {
+        (host.say)(&format!("making the SSH host keys: {e}"));
+        return;
+    }
+    let mut lines = vec!["-----BEGIN SSH HOST KEY FINGERPRINTS-----".to_owned()];
+    for t in TYPES {
+        let public = format!("/etc/ssh/ssh_host_{t}_key.pub");
+        if let Ok(out) = host
+            .system
+            .output(&["ssh-keygen".into(), "-l".into(), "-f".into(), public])
+        {
+            lines.extend(out.lines().map(str::to_owned));
+        }
+    }
+    lines.push("-----END SSH HOST KEY FINGERPRINTS-----".to_owned());
+    for l in lines {
+        (host.say)(&l);
+    }
+}
+
+/// The image's default user, made on the first boot: no password (keys
+/// only), in `sudo` (whose members need none).
+fn ensure_default_user(host: &mut Host<'_>, root: &Path) {
+    if apply::passwd_entry(root, &host.default_user).is_some() {
+        return;
+    }
+    let cmd: Vec<String> = [
+        "useradd",
+        "--create-home",
+        "--groups",
+        "sudo",
+        "--shell",
+        "/bin/bash",
+        "--password",
+        "*",
+        &host.default_user,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if let Err(e) = host.system.run(&cmd) {
+        (host.say)(&format!("creating the default user {}: {e}", host.default_user));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(user_data: &str, instance: Option<&str>) -> Found {
+        Found {
+            source: Source::FwCfg,
+            user_data: user_data.as_bytes().to_vec(),
+            instance_id: instance.map(str::to_owned),
+            local_hostname: None,
+            network_config: None,
+        }
+    }
+
+    fn done(instance: Option<&str>) -> Record {
+        Record {
+            source: Some(Source::FwCfg),
+            instance_id: instance.map(str::to_owned),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn ignition_applies_once_and_cloud_config_once_per_instance() {
+        let ign = found(r#"{"ignition":{"version":"3.4.0"}}"#, None);
+        assert_eq!(decide(None, &ign, true), Decision::Apply);
+        assert!(matches!(decide(Some(&done(None)), &ign, true), Decision::Skip(_)));
+        // A refused attempt applied nothing: the next boot tries again.
+        let failed = Record {
+            error: Some("x".into()),
+            ..done(None)
+        };
+        assert_eq!(decide(Some(&failed), &ign, true), Decision::Apply);
+        // No config last time (booted unprovisioned): a config now applies.
+        assert_eq!(decide(Some(&Record::default()), &ign, true), Decision::Apply);
+
+        let cc = found("#cloud-config\n", Some("i-1"));
+        assert_eq!(decide(None, &cc, false), Decision::Apply);
+        assert!(matches!(
+            decide(Some(&done(Some("i-1"))), &cc, false),
+            Decision::Skip(_)
+        ));
+        assert_eq!(decide(Some(&done(Some("i-0"))), &cc, false), Decision::Apply);
+    }
+
+    struct NoFetch;
+    impl Fetch for NoFetch {
+        fn fetch(&self, url: &str, _: &[(String, String)]) -> Result<Vec<u8>, String> {
+            Err(format!("{url}: unreachable"))
+        }
+    }
+
+    #[test]
+    fn nocloud_meta_data_and_network_config_join_the_plan() {
+        let f = Found {
+            source: Source::NoCloud {
+                device: "/dev/vdb".into(),
+            },
+            user_data: b"#cloud-config\nruncmd: [echo hi]\n".to_vec(),
+            instance_id: Some("i-1".into()),
+            local_hostname: Some("seeded".into()),
+            network_config: Some("version: 2\nethernets:\n  eth0:\n    dhcp4: true\n".into()),
+        };
+        let (format, plan) = plan_for(&f, "cairn", &NoFetch).unwrap();
+        assert_eq!(format, "cloud-config");
+        assert_eq!(plan.hostname.as_deref(), Some("seeded"));
+        assert_eq!(plan.network.len(), 1);
+        assert_eq!(plan.run_commands.len(), 1);
+    }
+
+    #[test]
+    fn a_remote_file_that_cannot_be_fetched_refuses_the_config() {
+        let f = found(
+            r#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/x","contents":{"source":"http://10.0.2.100/x"}}]}}"#,
+            None,
+        );
+        let (_, mut plan) = plan_for(&f, "cairn", &NoFetch).unwrap();
+        let e = resolve(&mut plan, &NoFetch).unwrap_err();
+        assert!(e.contains("/etc/x") && e.contains("unreachable"), "{e}");
+    }
+
+    #[test]
+    fn stored_commands_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmds = vec![
+            Command::Shell("echo a".into()),
+            Command::Argv(vec!["ls".into()]),
+            Command::Script(b"#!/bin/sh\n".to_vec()),
+        ];
+        save_commands(dir.path(), PENDING_COMMANDS, &cmds).unwrap();
+        assert_eq!(load_commands(dir.path(), PENDING_COMMANDS), cmds);
+        save_commands(dir.path(), PENDING_COMMANDS, &[]).unwrap();
+        assert!(load_commands(dir.path(), PENDING_COMMANDS).is_empty());
+    }
+}

@@ -1,0 +1,261 @@
+//! Where a host's provisioning config comes from, in the order they are
+//! asked: the kernel argument `cairn.config.url=`, QEMU's fw_cfg key
+//! `opt/com.coreos/config` (Ignition's), a NoCloud seed (a vfat or iso9660
+//! volume labelled `cidata`/`CIDATA`). The parsing here is pure; the
+//! readers of the running system are [`find`] and [`HttpFetch`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use cairn_common::process::Cmd;
+use serde::{Deserialize, Serialize};
+
+use super::ignition::Fetch;
+
+/// The kernel argument naming a config URL.
+pub const URL_KARG: &str = "cairn.config.url";
+/// QEMU's fw_cfg file Ignition reads (`-fw_cfg name=opt/com.coreos/config,file=…`).
+pub const FW_CFG_NAME: &str = "opt/com.coreos/config";
+const FW_CFG_SYSFS: &str = "/sys/firmware/qemu_fw_cfg/by_name";
+/// Where a NoCloud seed is mounted while it is read.
+const SEED_MOUNT: &str = "/run/cairn/provision/seed";
+
+/// Which source gave the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Source {
+    KernelArgument { url: String },
+    FwCfg,
+    NoCloud { device: String },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::KernelArgument { url } => write!(f, "{URL_KARG}={url}"),
+            Source::FwCfg => write!(f, "QEMU fw_cfg {FW_CFG_NAME}"),
+            Source::NoCloud { device } => write!(f, "NoCloud seed {device}"),
+        }
+    }
+}
+
+/// A config found, with what the source says about the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub source: Source,
+    pub user_data: Vec<u8>,
+    /// NoCloud's `meta-data` `instance-id` (cloud-config applies once per id).
+    pub instance_id: Option<String>,
+    /// NoCloud's `meta-data` `local-hostname`.
+    pub local_hostname: Option<String>,
+    /// NoCloud's `network-config`.
+    pub network_config: Option<String>,
+}
+
+/// The value of `cairn.config.url=` on a kernel command line (the last one wins).
+pub fn config_url(cmdline: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .rev()
+        .find_map(|w| w.strip_prefix(URL_KARG).and_then(|r| r.strip_prefix('=')))
+        .map(str::to_owned)
+}
+
+/// NoCloud's `meta-data`: YAML (or the older `key: value` lines, which are
+/// YAML too) with `instance-id` and optionally `local-hostname`.
+pub fn meta_data(text: &str) -> Result<(String, Option<String>), String> {
+    let v: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|e| format!("meta-data is not valid YAML: {e}"))?;
+    let get = |k: &str| {
+        v.get(k).and_then(|x| match x {
+            serde_yaml_ng::Value::String(s) => Some(s.clone()),
+            serde_yaml_ng::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let id = get("instance-id").ok_or("meta-data has no instance-id")?;
+    Ok((id, get("local-hostname")))
+}
+
+/// Look for a config on this host, in order. `Ok(None)`: no source has
+/// one. A source that is present but unreadable is an error naming it.
+pub fn find(cmdline: &str, fetch: &dyn Fetch) -> Result<Option<Found>> {
+    if let Some(url) = config_url(cmdline) {
+        let user_data = fetch.fetch(&url, &[]).map_err(|e| anyhow::anyhow!("{URL_KARG}: {e}"))?;
+        return Ok(Some(Found {
+            source: Source::KernelArgument { url },
+            user_data,
+            instance_id: None,
+            local_hostname: None,
+            network_config: None,
+        }));
+    }
+    if let Some(user_data) = read_fw_cfg()? {
+        return Ok(Some(Found {
+            source: Source::FwCfg,
+            user_data,
+            instance_id: None,
+            local_hostname: None,
+            network_config: None,
+        }));
+    }
+    read_nocloud()
+}
+
+fn read_fw_cfg() -> Result<Option<Vec<u8>>> {
+    // The driver is a module; loading it on a machine without fw_cfg fails
+    // harmlessly.
+    let _ = Cmd::new("modprobe").args(["-q", "qemu_fw_cfg"]).output();
+    let raw = Path::new(FW_CFG_SYSFS).join(FW_CFG_NAME).join("raw");
+    match std::fs::read(&raw) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", raw.display())),
+    }
+}
+
+/// The device of the first volume labelled `label`, by libblkid's own probe
+/// (no udev database needed).
+fn device_labelled(label: &str) -> Option<String> {
+    let out = Cmd::new("blkid")
+        .args([
+            "--list-one",
+            "--match-token",
+            &format!("LABEL={label}"),
+            "--output",
+            "device",
+        ])
+        .output()
+        .ok()?;
+    let dev = out.stdout.trim();
+    (!dev.is_empty()).then(|| dev.to_owned())
+}
+
+fn read_nocloud() -> Result<Option<Found>> {
+    // Devices the kernel found late (a CD-ROM's driver is a module) show up
+    // once udev has handled the coldplug events.
+    let _ = Cmd::new("udevadm").args(["settle", "--timeout=30"]).output();
+    let Some(device) = device_labelled("cidata").or_else(|| device_labelled("CIDATA")) else {
+        return Ok(None);
+    };
+    let mount = PathBuf::from(SEED_MOUNT);
+    std::fs::create_dir_all(&mount).with_context(|| format!("creating {}", mount.display()))?;
+    Cmd::new("mount")
+        .args(["-o", "ro,nosuid,nodev,noexec", &device])
+        .arg(&mount)
+        .run()
+        .with_context(|| format!("mounting the NoCloud seed {device}"))?;
+    let read = (|| -> Result<Found> {
+        let meta = std::fs::read_to_string(mount.join("meta-data"))
+            .with_context(|| format!("the NoCloud seed {device} has no meta-data"))?;
+        let (instance_id, local_hostname) =
+            meta_data(&meta).map_err(|e| anyhow::anyhow!("the NoCloud seed {device}: {e}"))?;
+        let user_data = match std::fs::read(mount.join("user-data")) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => bail!("the NoCloud seed {device}: reading user-data: {e}"),
+        };
+        let network_config = std::fs::read_to_string(mount.join("network-config")).ok();
+        Ok(Found {
+            source: Source::NoCloud { device: device.clone() },
+            user_data,
+            instance_id: Some(instance_id),
+            local_hostname,
+            network_config,
+        })
+    })();
+    let _ = Cmd::new("umount").arg(&mount).run();
+    read.map(Some)
+}
+
+/// HTTP(S) with a timeout per attempt and bounded retries: a server that
+/// never answers costs at most `attempts` × (`timeout` + backoff).
+pub struct HttpFetch {
+    pub attempts: u32,
+    pub timeout: Duration,
+}
+
+impl Default for HttpFetch {
+    fn default() -> Self {
+        HttpFetch {
+            attempts: 5,
+            timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Fetch for HttpFetch {
+    fn fetch(&self, url: &str, headers: &[(String, String)]) -> Result<Vec<u8>, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the HTTP client: {e}"))?;
+        let client = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .build()
+            .map_err(|e| format!("starting the HTTP client: {e}"))?;
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            let mut req = client.get(url);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            let result = runtime.block_on(async {
+                let resp = req.send().await.map_err(|e| (true, format!("{url}: {e}")))?;
+                let status = resp.status();
+                if status.is_server_error() || status.as_u16() == 429 {
+                    return Err((true, format!("{url}: {status}")));
+                }
+                if !status.is_success() {
+                    return Err((false, format!("{url}: {status}")));
+                }
+                resp.bytes()
+                    .await
+                    .map(|b| b.to_vec())
+                    .map_err(|e| (true, format!("{url}: reading the body: {e}")))
+            });
+            match result {
+                Ok(body) => return Ok(body),
+                Err((false, e)) => return Err(e),
+                Err((true, e)) => {
+                    tracing::warn!(attempt, attempts = self.attempts, "{e}");
+                    last = e;
+                    if attempt < self.attempts {
+                        std::thread::sleep(Duration::from_secs(1 << attempt.min(4)));
+                    }
+                }
+            }
+        }
+        Err(format!("{last} (gave up after {} attempts)", self.attempts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_url_is_read_from_the_command_line() {
+        assert_eq!(
+            config_url("root=x cairn.config.url=http://10.0.2.100/c.ign quiet").as_deref(),
+            Some("http://10.0.2.100/c.ign")
+        );
+        assert_eq!(
+            config_url("a=b cairn.config.url=x cairn.config.url=y").as_deref(),
+            Some("y")
+        );
+        assert_eq!(config_url("cairn.config.urlx=1 root=x"), None);
+    }
+
+    #[test]
+    fn nocloud_meta_data_gives_the_instance() {
+        assert_eq!(
+            meta_data("instance-id: iid-local01\nlocal-hostname: cloudimg\n").unwrap(),
+            ("iid-local01".into(), Some("cloudimg".into()))
+        );
+        assert_eq!(meta_data("{instance-id: 42}").unwrap(), ("42".into(), None));
+        assert!(meta_data("local-hostname: x\n").unwrap_err().contains("no instance-id"));
+        assert!(meta_data(": [").unwrap_err().contains("not valid YAML"));
+    }
+}

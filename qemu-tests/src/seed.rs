@@ -1,0 +1,73 @@
+//! A NoCloud seed: a small FAT volume labelled `CIDATA` holding
+//! `user-data`, `meta-data` and optionally `network-config`, as cloud-init's
+//! NoCloud datasource (and Cairn's provisioner) reads it. Made with
+//! `mkfs.fat` and `mtools`, no mounts.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use cairn_common::process::Cmd;
+
+/// The files a seed holds.
+#[derive(Debug, Clone, Default)]
+pub struct Seed {
+    pub user_data: Vec<u8>,
+    pub meta_data: String,
+    pub network_config: Option<String>,
+}
+
+impl Seed {
+    /// A seed whose `meta-data` names `instance_id`.
+    pub fn new(instance_id: &str, user_data: impl Into<Vec<u8>>) -> Seed {
+        Seed {
+            user_data: user_data.into(),
+            meta_data: format!("instance-id: {instance_id}\n"),
+            network_config: None,
+        }
+    }
+
+    /// Write the seed volume to `image` (replaced if present).
+    pub fn write(&self, image: &Path) -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut files = vec![
+            ("user-data", self.user_data.clone()),
+            ("meta-data", self.meta_data.clone().into_bytes()),
+        ];
+        if let Some(n) = &self.network_config {
+            files.push(("network-config", n.clone().into_bytes()));
+        }
+        let _ = std::fs::remove_file(image);
+        // 2 MiB, FAT12: room for any config, and a size QEMU takes as a disk.
+        Cmd::new("mkfs.fat")
+            .args(["-C", "-n", "CIDATA"])
+            .arg(image)
+            .arg("2048")
+            .run()
+            .with_context(|| format!("making the seed volume {}", image.display()))?;
+        for (name, bytes) in files {
+            let src = dir.path().join(name);
+            std::fs::write(&src, bytes)?;
+            Cmd::new("mcopy")
+                .arg("-i")
+                .arg(image)
+                .arg(&src)
+                .arg(format!("::{name}"))
+                .run()
+                .with_context(|| format!("copying {name} into the seed"))?;
+        }
+        Ok(())
+    }
+
+    /// A seed from a folder holding `user-data`, `meta-data` and optionally
+    /// `network-config` (`cargo xtask run --seed DIR`).
+    pub fn from_dir(dir: &Path) -> Result<Seed> {
+        let read = |name: &str| std::fs::read(dir.join(name)).with_context(|| format!("{}/{name}", dir.display()));
+        Ok(Seed {
+            user_data: read("user-data")?,
+            meta_data: String::from_utf8_lossy(&read("meta-data")?).into_owned(),
+            network_config: read("network-config")
+                .ok()
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+        })
+    }
+}
