@@ -64,9 +64,17 @@ enum Command {
     /// First-boot provisioning from an Ignition config or cloud-config
     /// (`cairn-provision.service`, early in every boot).
     Provision {
+        /// `local` (before networking: fw_cfg, NoCloud) or `network`
+        /// (`cairn.config.url=`, once networkd is up).
+        #[arg(long, default_value = "local", value_parser = ["local", "network"])]
+        stage: String,
         /// Run the config's `runcmd` and scripts (after the network is online).
         #[arg(long = "final")]
         final_stage: bool,
+        /// Only read this config (Ignition or cloud-config), fetch what it
+        /// references, and print what it would do or why it is refused.
+        #[arg(long, value_name = "FILE", conflicts_with = "final_stage")]
+        check: Option<std::path::PathBuf>,
     },
     /// Grow the root partition and filesystem to fill the disk (idempotent).
     GrowRoot {
@@ -118,7 +126,15 @@ fn reboot_per_strategy(agent: &Agent, no_reboot: bool) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Provision { final_stage } => cairn_agent::provision::host::provision(final_stage),
+        Command::Provision { check: Some(file), .. } => cairn_agent::provision::host::check(&file),
+        Command::Provision { stage, final_stage, .. } => {
+            let stage = if stage == "network" {
+                cairn_agent::provision::source::Stage::Network
+            } else {
+                cairn_agent::provision::source::Stage::Local
+            };
+            cairn_agent::provision::host::provision(stage, final_stage)
+        }
         Command::GrowRoot { mount_point } => cairn_agent::grow_root::grow(&mount_point),
         Command::Status { json } => {
             let status = agent()?.status()?;

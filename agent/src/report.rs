@@ -93,6 +93,26 @@ pub fn status_text(s: &Status) -> String {
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "   error: {} at {}: {}", e.operation, when(e.at), e.message);
     }
+    if let Some(p) = &s.provisioning {
+        let from = p.source.as_ref().map_or("no config".to_owned(), |s| s.to_string());
+        let what = match (&p.format, &p.error) {
+            (_, Some(e)) => format!("FAILED: {e}"),
+            (Some(f), None) => format!("{f}, {} effect(s)", p.applied.len()),
+            (None, None) => "unprovisioned".to_owned(),
+        };
+        let _ = writeln!(out, "provision: {from} ({}): {what}", when(p.at));
+        for w in &p.warnings {
+            let _ = writeln!(out, "  warning: {w}");
+        }
+        if let Some(c) = &p.commands {
+            let _ = writeln!(
+                out,
+                "  runcmd: {} ran{}",
+                c.ran.len(),
+                c.error.as_ref().map(|e| format!(", failed: {e}")).unwrap_or_default()
+            );
+        }
+    }
     out
 }
 

@@ -72,6 +72,9 @@ pub struct Status {
     pub excluded: Vec<ExcludedVersion>,
     pub stream: String,
     pub url: Option<String>,
+    /// What first-boot provisioning did (`None` before it ever ran).
+    #[serde(default)]
+    pub provisioning: Option<crate::provision::Record>,
 }
 
 impl Status {
@@ -142,5 +145,6 @@ pub fn build(
             .collect(),
         stream: config.stream.clone(),
         url: config.url.clone(),
+        provisioning: None,
     }
 }

@@ -509,13 +509,9 @@ impl Agent {
         let state = self.store.load()?;
         let deployments = self.sysroot.deployments()?;
         let tries = self.counter.read().ok().and_then(|env| boot_counter::tries_left(&env));
-        Ok(crate::status::build(
-            &deployments,
-            state,
-            tries,
-            &self.config,
-            self.clock.now(),
-        ))
+        let mut status = crate::status::build(&deployments, state, tries, &self.config, self.clock.now());
+        status.provisioning = crate::provision::load_record(std::path::Path::new(crate::provision::DIR));
+        Ok(status)
     }
 }
 

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 pub const ENV: &str = "CAIRN_TEST_ARTIFACTS";
 
 /// The VM tests that boot the prod image.
-pub const PROD_TESTS: &[&str] = &["prod_image_reaches_multi_user_and_offers_no_login"];
+pub const PROD_TESTS: &[&str] = &[
+    "prod_image_reaches_multi_user_and_offers_no_login",
+    "prod_image_provisioned_by_ignition_over_fw_cfg_takes_ssh_logins_once_per_machine",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Artifacts {

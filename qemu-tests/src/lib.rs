@@ -16,6 +16,7 @@ pub mod power_cut;
 pub mod qemu;
 pub mod releases;
 pub mod seed;
+pub mod ssh;
 pub mod vm;
 
 pub use artifacts::Artifacts;

@@ -166,8 +166,9 @@ impl Vm {
     /// A VM with forwards to test servers also waits for its network: the
     /// boot does not (nothing in the image waits for network-online.target).
     pub fn wait_for_root_shell(&self, timeout: Duration) -> Result<()> {
+        // The host name is the image's until provisioning names the host.
         self.console
-            .wait_for("root@cairn", timeout)
+            .wait_for("login: root (automatic login)", timeout)
             .context("waiting for root's autologin shell")?;
         self.console.wait_for("# ", Duration::from_secs(30))?;
         // Kernel messages would interleave with command output.

@@ -9,8 +9,8 @@
 //! by systemd), GRUB without a menu timeout, networkd enabled with Cairn's
 //! own DHCP `.network` file, and root logged in on the serial console with
 //! the dev image's own drop-in, so [`cairn_qemu_tests::vm::Vm::boot`] and
-//! [`cairn_qemu_tests::boot_timing::measure`] work on it unchanged (its
-//! hostname, `cairn-baseline`, makes the `root@cairn…` prompt they wait for).
+//! [`cairn_qemu_tests::boot_timing::measure`] work on it unchanged (they
+//! wait for agetty's autologin; its hostname is `cairn-baseline`).
 //!
 //! The disk is written as the builder writes Cairn's, with no mounts and no
 //! loop device: a GPT ([`cairn_builder::disk`]), a FAT32 ESP holding only
@@ -68,8 +68,7 @@ const NAMES: PartitionNames<'static> = PartitionNames {
     esp: "DEBIAN-ESP",
     root: ROOT_LABEL,
 };
-/// Contains `cairn`, so the `root@cairn` prompt the harness waits for is
-/// this machine's too, while saying which machine it is.
+/// The baseline machine's name: its prompt says which machine it is.
 pub const HOSTNAME: &str = "cairn-baseline";
 
 /// GRUB modules built into the EFI image: the ones Cairn's image has, so
@@ -792,8 +791,7 @@ mod tests {
             cairn.autologin
         );
         assert!(cairn.autologin.contains("--autologin root"), "{}", cairn.autologin);
-        // Vm::boot waits for root's prompt on a host named cairn….
-        assert!(format!("root@{}", r.files["etc/hostname"].trim()).starts_with("root@cairn"));
+        assert_eq!(r.files["etc/hostname"].trim(), HOSTNAME);
         assert_eq!(r.early_files["etc/fstab"], fstab());
         assert!(r.files["boot/grub/grub.cfg"].contains("console=ttyS0,115200"));
         assert_eq!(

@@ -99,6 +99,8 @@ pub fn setup(task: Task, arch: Arch, host: Option<Arch>) -> Setup {
         add(&mut s.packages, &["busybox-static", "python3-venv"]);
         // `disk_check` verifies the GPT with `sgdisk -v` (fsck.fat and e2fsck come with BUILD).
         add(&mut s.packages, &["gdisk"]);
+        // The provisioning tests log in with OpenSSH's client (and make its keys).
+        add(&mut s.packages, &["openssh-client"]);
         // Firmware packages are architecture-independent: the main suite
         // is fine; the emulators come from backports.
         let (firmware, emulators): (Vec<&str>, Vec<&str>) = qemu_packages(arch)

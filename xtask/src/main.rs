@@ -12,6 +12,7 @@
 mod baseline;
 mod bench;
 mod bench_power_cut;
+mod bench_provision;
 mod bench_update;
 mod build;
 mod cross;
@@ -115,6 +116,9 @@ enum BenchCampaign {
     /// Only the boot: where the dev image's boot time goes, beside a plain
     /// Debian's of the same release and packages (the ratio of the two).
     Boot,
+    /// The prod image provisioned by an Ignition config (fw_cfg): time to
+    /// the first SSH login, the provisioner's peak memory and binary size.
+    Provision,
     /// Cut the power at random moments of updates; report how many cuts the
     /// host survived.
     PowerCut {
@@ -153,6 +157,10 @@ fn main() -> std::process::ExitCode {
             target,
             campaign: Some(BenchCampaign::Boot),
         } => bench::boot(&target),
+        Command::Bench {
+            target,
+            campaign: Some(BenchCampaign::Provision),
+        } => bench_provision::provision(&target),
         Command::Bench {
             target,
             campaign: Some(BenchCampaign::PowerCut { points, seed }),

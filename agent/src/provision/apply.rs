@@ -82,7 +82,6 @@ impl Applier<'_> {
         }
         if let Some(h) = &plan.hostname {
             self.write(Path::new("etc/hostname"), format!("{h}\n").as_bytes(), 0o644)?;
-            self.sys.set_hostname(h)?;
             self.log.push(format!("hostname {h}"));
         }
         for d in &plan.directories {
@@ -126,17 +125,18 @@ impl Applier<'_> {
             self.log.push(format!("link /{} -> {}", l.path.display(), l.target));
         }
         self.units(plan)?;
+        // Network files come from a NoCloud seed, read by the local stage,
+        // before networkd starts: it reads them when it does.
         for n in &plan.network {
             self.write(&Path::new(NETWORK_DIR).join(&n.name), n.contents.as_bytes(), 0o644)?;
             self.log.push(format!("network /{NETWORK_DIR}/{}", n.name));
         }
-        if !plan.network.is_empty() {
-            // networkd may be running already: have it read the new files.
-            let _ = self.sys.run(&argv(&["networkctl", "reload"]));
-        }
         for f in plan.files.iter().filter(|f| f.defer) {
             self.file(f)?;
         }
+        // `/etc/hostname`, written by `hostname` or as a file, names the
+        // host in this boot.
+        sync_hostname(self.root, &mut *self.sys)?;
         Ok(())
     }
 
@@ -417,6 +417,37 @@ impl Applier<'_> {
     }
 }
 
+/// The host's configured name: `/etc/hostname` (its first line that is
+/// not a comment), else os-release's `DEFAULT_HOSTNAME`.
+pub fn configured_hostname(etc_hostname: Option<&str>, os_release: Option<&str>) -> Option<String> {
+    let from_file = etc_hostname.and_then(|t| {
+        t.lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+    });
+    from_file.or_else(|| {
+        os_release?.lines().find_map(|l| {
+            l.strip_prefix("DEFAULT_HOSTNAME=")
+                .map(|v| v.trim().trim_matches('"').to_owned())
+                .filter(|v| !v.is_empty())
+        })
+    })
+}
+
+/// Give the kernel the host's configured name. systemd names the host in
+/// the initramfs (whose files do not have this host's name) and does not
+/// name it again after switching to the real root, so provisioning does,
+/// every boot and after writing `/etc/hostname`.
+pub fn sync_hostname(root: &Path, sys: &mut dyn System) -> Result<(), String> {
+    let file = fs::read_to_string(root.join("etc/hostname")).ok();
+    let os_release = fs::read_to_string(root.join("usr/lib/os-release")).ok();
+    match configured_hostname(file.as_deref(), os_release.as_deref()) {
+        Some(name) => sys.set_hostname(&name),
+        None => Ok(()),
+    }
+}
+
 fn inline<'c>(c: &'c Content, shown: &str) -> Result<&'c [u8], String> {
     match c {
         Content::Inline(b) => Ok(b),
@@ -643,7 +674,6 @@ mod tests {
                 "systemctl enable --no-reload hello.service",
                 "systemctl daemon-reload",
                 "systemctl start --no-block default.target",
-                "networkctl reload",
             ]
         );
         assert_eq!(rec.hostname.as_deref(), Some("web-1"));
@@ -674,6 +704,28 @@ mod tests {
         assert!(root.join("etc/systemd/system/containerd.service.d/10-a.conf").exists());
         assert!(root.join("etc/systemd/network/10-x.network").exists());
         assert!(log.iter().any(|l| l == "unit hello.service (enabled)"), "{log:?}");
+    }
+
+    #[test]
+    fn the_host_is_named_by_etc_hostname_else_os_releases_default() {
+        assert_eq!(
+            configured_hostname(Some("# comment\n\nweb-1\n"), Some("DEFAULT_HOSTNAME=cairn\n")).as_deref(),
+            Some("web-1")
+        );
+        assert_eq!(
+            configured_hostname(None, Some("ID=cairn\nDEFAULT_HOSTNAME=\"cairn\"\n")).as_deref(),
+            Some("cairn")
+        );
+        assert_eq!(configured_hostname(Some("\n"), None), None);
+        // An Ignition config names the host by writing the file.
+        let (dir, mut rec) = host();
+        fs::remove_file(dir.path().join("etc/hostname")).unwrap();
+        let plan = Plan {
+            files: vec![file("/etc/hostname", b"ign-host", false)],
+            ..Plan::default()
+        };
+        apply(&plan, dir.path(), "cairn", &mut rec).unwrap();
+        assert_eq!(rec.hostname.as_deref(), Some("ign-host"));
     }
 
     #[test]

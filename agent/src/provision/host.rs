@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use cairn_common::process::Cmd;
 
 use super::apply::System;
-use super::source::HttpFetch;
+use super::source::{HttpFetch, Stage};
 use super::{Host, DIR};
 
 /// The host's own tools, each run through the logged process helper.
@@ -43,9 +43,9 @@ fn say(line: &str) {
     println!("cairn-provision: {line}");
 }
 
-/// `cairn-agent provision`: this boot's provisioning; `--final`: the
-/// commands left for after the network is online.
-pub fn provision(final_stage: bool) -> Result<()> {
+/// `cairn-agent provision`: this boot's provisioning at `stage`; `--final`:
+/// the commands left for after the network is online.
+pub fn provision(stage: Stage, final_stage: bool) -> Result<()> {
     let config = crate::config::load_host()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
     let fetch = HttpFetch::default();
@@ -58,8 +58,39 @@ pub fn provision(final_stage: bool) -> Result<()> {
         say: &say,
     };
     if final_stage {
-        super::run_final(&mut host, Path::new(DIR))
-    } else {
-        super::run(&mut host, Path::new(DIR), Path::new("/"))
+        return super::run_final(&mut host, Path::new(DIR));
     }
+    if stage == Stage::Network {
+        // networkd is up; give DHCP its time before the first request.
+        let _ = Cmd::new("/usr/lib/systemd/systemd-networkd-wait-online")
+            .args(["--any", "--timeout=120"])
+            .output();
+    }
+    super::run(&mut host, Path::new(DIR), Path::new("/"), stage)
+}
+
+/// `cairn-agent provision --check FILE`: what the config would do, or why
+/// it is refused (then an error), without changing anything.
+pub fn check(file: &Path) -> Result<()> {
+    let config = crate::config::load_host().unwrap_or_default();
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let found = super::source::Found {
+        source: super::source::Source::FwCfg,
+        user_data: bytes,
+        instance_id: None,
+        local_hostname: None,
+        network_config: None,
+    };
+    let fetch = HttpFetch::default();
+    let (format, mut plan) = super::plan_for(&found, &config.default_user, &fetch)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    super::resolve(&mut plan, &fetch).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    println!("{}: {format}", file.display());
+    for line in plan.summary() {
+        println!("  {line}");
+    }
+    for w in &plan.warnings {
+        println!("  warning: {w}");
+    }
+    Ok(())
 }

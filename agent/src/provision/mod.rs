@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use self::cloud_config::UserData;
 use self::ignition::Fetch;
 use self::plan::{Command, Content, Plan};
-use self::source::{Found, Source};
+use self::source::{Found, Source, Stage};
 
 /// Where provisioning keeps what it did.
 pub const DIR: &str = "/var/lib/cairn/provision";
@@ -40,6 +40,22 @@ pub const DIR: &str = "/var/lib/cairn/provision";
 pub const RECORD: &str = "/var/lib/cairn/provision/result.json";
 const BOOT_COMMANDS: &str = "bootcmd.json";
 const PENDING_COMMANDS: &str = "pending-run.json";
+/// Written by the local stage when the config it found fetches over the
+/// network: `cairn-provision-network.service` runs when it exists.
+pub const NEEDS_NETWORK: &str = "/run/cairn/provision/needs-network";
+/// Part of the error [`Offline`] gives, telling "needs the network" apart.
+const OFFLINE: &str = "not fetched before networking";
+
+/// The local stage's fetcher: every fetch is refused, marking the config
+/// as one for the network stage.
+struct Offline;
+
+impl Fetch for Offline {
+    fn fetch(&self, url: &str, _headers: &[(String, String)]) -> Result<Vec<u8>, String> {
+        Err(format!("{url}: {OFFLINE}"))
+    }
+}
+
 /// The unit that runs `runcmd` and scripts once the network is online.
 pub const FINAL_UNIT: &str = "cairn-provision-final.service";
 
@@ -189,6 +205,7 @@ fn save_commands(dir: &Path, name: &str, commands: &[Command]) -> Result<()> {
         let _ = std::fs::remove_file(&path);
         return Ok(());
     }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let stored: Vec<StoredCommand> = commands.iter().map(StoredCommand::from).collect();
     write_atomic(&path, &serde_json::to_vec_pretty(&stored)?)
 }
@@ -233,11 +250,22 @@ impl From<StoredCommand> for Command {
 /// The boot's provisioning (see the module's documentation). Errors of a
 /// config are recorded and said, never returned: the host boots on so the
 /// console shows why. Only a failure to record is an error.
-pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path) -> Result<()> {
+pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path, stage: Stage) -> Result<()> {
     let previous = load_record(state_dir);
-    ensure_default_user(host, root);
-    ensure_ssh_host_keys(host, root);
-    let stored_boot = load_commands(state_dir, BOOT_COMMANDS);
+    let stored_boot = if stage == Stage::Local {
+        ensure_default_user(host, root);
+        ensure_ssh_host_keys(host, root);
+        if let Err(e) = apply::sync_hostname(root, &mut *host.system) {
+            (host.say)(&format!("naming the host: {e}"));
+        }
+        load_commands(state_dir, BOOT_COMMANDS)
+    } else {
+        Vec::new()
+    };
+    if !stage.asks_sources(&host.cmdline, Path::new(NEEDS_NETWORK).exists()) {
+        run_boot_commands(host, &stored_boot, state_dir);
+        return Ok(());
+    }
     let found = match source::find(&host.cmdline, host.fetch) {
         Ok(f) => f,
         Err(e) => {
@@ -281,11 +309,27 @@ pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path) -> Result<()> {
         at: now(),
         ..Record::default()
     };
-    (host.say)(&format!("provisioning from {}", found.source));
-    let planned = plan_for(&found, &host.default_user, host.fetch).and_then(|(format, mut plan)| {
-        resolve(&mut plan, host.fetch)?;
+    // Before networking, a config that fetches (merge, replace, remote
+    // files) is left whole to the network stage.
+    let offline = Offline;
+    let fetch: &dyn Fetch = if stage == Stage::Local { &offline } else { host.fetch };
+    let planned = plan_for(&found, &host.default_user, fetch).and_then(|(format, mut plan)| {
+        resolve(&mut plan, fetch)?;
         Ok((format, plan))
     });
+    if matches!(&planned, Err(e) if e.contains(OFFLINE)) {
+        (host.say)(&format!(
+            "the config from {} fetches over the network: provisioning after networkd starts",
+            found.source
+        ));
+        let flag = Path::new(NEEDS_NETWORK);
+        std::fs::create_dir_all(flag.parent().expect("has a parent"))
+            .and_then(|()| std::fs::write(flag, b""))
+            .with_context(|| format!("writing {NEEDS_NETWORK}"))?;
+        run_boot_commands(host, &stored_boot, state_dir);
+        return Ok(());
+    }
+    (host.say)(&format!("provisioning from {}", found.source));
     let (format, plan) = match planned {
         Ok(p) => p,
         Err(e) => {
@@ -507,15 +551,17 @@ mod tests {
 
     #[test]
     fn stored_commands_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        // The first boot's state folder does not exist yet.
+        let dir = &tmp.path().join("provision");
         let cmds = vec![
             Command::Shell("echo a".into()),
             Command::Argv(vec!["ls".into()]),
             Command::Script(b"#!/bin/sh\n".to_vec()),
         ];
-        save_commands(dir.path(), PENDING_COMMANDS, &cmds).unwrap();
-        assert_eq!(load_commands(dir.path(), PENDING_COMMANDS), cmds);
-        save_commands(dir.path(), PENDING_COMMANDS, &[]).unwrap();
-        assert!(load_commands(dir.path(), PENDING_COMMANDS).is_empty());
+        save_commands(dir, PENDING_COMMANDS, &cmds).unwrap();
+        assert_eq!(load_commands(dir, PENDING_COMMANDS), cmds);
+        save_commands(dir, PENDING_COMMANDS, &[]).unwrap();
+        assert!(load_commands(dir, PENDING_COMMANDS).is_empty());
     }
 }

@@ -78,6 +78,31 @@ pub fn meta_data(text: &str) -> Result<(String, Option<String>), String> {
     Ok((id, get("local-hostname")))
 }
 
+/// The two moments of a boot provisioning runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Before the network is configured (`network-pre.target`): sources on
+    /// the machine (fw_cfg, a NoCloud seed), whose network configuration is
+    /// then in place when networkd starts.
+    Local,
+    /// Once the network is up: sources on the network (`cairn.config.url=`).
+    Network,
+}
+
+impl Stage {
+    /// Whether this stage asks the sources, given the command line and
+    /// whether the local stage found a config that fetches over the
+    /// network: a config URL (first in the order) leaves the question to
+    /// the network stage, which otherwise asks only for such a config.
+    pub fn asks_sources(self, cmdline: &str, local_needs_network: bool) -> bool {
+        let url = config_url(cmdline).is_some();
+        match self {
+            Stage::Local => !url,
+            Stage::Network => url || local_needs_network,
+        }
+    }
+}
+
 /// Look for a config on this host, in order. `Ok(None)`: no source has
 /// one. A source that is present but unreadable is an error naming it.
 pub fn find(cmdline: &str, fetch: &dyn Fetch) -> Result<Option<Found>> {
@@ -246,6 +271,17 @@ mod tests {
             Some("y")
         );
         assert_eq!(config_url("cairn.config.urlx=1 root=x"), None);
+    }
+
+    #[test]
+    fn a_config_url_moves_the_question_to_the_network_stage() {
+        let url = "root=x cairn.config.url=http://h/c.ign";
+        assert!(!Stage::Local.asks_sources(url, false));
+        assert!(Stage::Network.asks_sources(url, false));
+        assert!(Stage::Local.asks_sources("root=x", false));
+        assert!(!Stage::Network.asks_sources("root=x", false));
+        // A local config that fetches is the network stage's too.
+        assert!(Stage::Network.asks_sources("root=x", true));
     }
 
     #[test]
