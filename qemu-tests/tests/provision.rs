@@ -70,7 +70,7 @@ fn prod_image_provisioned_by_ignition_over_fw_cfg_takes_ssh_logins_once_per_mach
     let unit = format!(
         "[Unit]\nDescription=Cairn test: a container from a provisioned unit\nRequires=containerd.service\nAfter=containerd.service\n\
          [Service]\nType=oneshot\nRemainAfterExit=yes\n\
-         ExecStart=/bin/sh -c 'ctr images import /dev/disk/by-id/virtio-cairn-oci && ctr run --rm {} provisioned /bin/cat /etc/cairn-oci-marker > /run/cairn-test-container.out'\n\
+         ExecStart=/bin/sh -c 'ctr images import /dev/disk/by-id/virtio-cairn-oci && ctr run --rm {} provisioned /bin/busybox cat /etc/cairn-oci-marker > /run/cairn-test-container.out'\n\
          [Install]\nWantedBy=multi-user.target\n",
         oci::IMAGE_NAME
     );
