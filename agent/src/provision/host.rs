@@ -1,5 +1,5 @@
 //! The running host's side of provisioning: its tools behind
-//! [`System`](super::apply::System), and the entry points of
+//! [`System`], and the entry points of
 //! `cairn-agent provision [--final]`.
 
 use std::path::Path;

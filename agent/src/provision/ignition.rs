@@ -272,6 +272,12 @@ fn id(number: Option<i64>, name: &Option<String>, at: &str) -> Result<Option<Id>
     }
 }
 
+/// A uid or gid as Ignition gives it (a JSON number).
+fn account_id(n: Option<i64>, at: &str) -> Result<Option<u32>, String> {
+    n.map(|n| u32::try_from(n).map_err(|_| format!("{at}: {n} is not a valid id")))
+        .transpose()
+}
+
 fn owner(user: &Option<v3_6::NodeUser>, group: &Option<v3_6::NodeGroup>, at: &str) -> Result<Owner, String> {
     Ok(Owner {
         user: match user {
@@ -381,10 +387,7 @@ fn to_plan(c: &v3_6::Config) -> Result<Plan, String> {
             }
             plan.groups.push(Group {
                 name: g.name.clone(),
-                gid: g
-                    .gid
-                    .map(|n| u32::try_from(n).map_err(|_| format!("{at}.gid: {n} is not a valid id")))
-                    .transpose()?,
+                gid: account_id(g.gid, &format!("{at}.gid"))?,
                 system: g.system.unwrap_or(false),
             });
         }
@@ -396,10 +399,7 @@ fn to_plan(c: &v3_6::Config) -> Result<Plan, String> {
             }
             plan.users.push(User {
                 name: u.name.clone(),
-                uid: u
-                    .uid
-                    .map(|n| u32::try_from(n).map_err(|_| format!("{at}.uid: {n} is not a valid id")))
-                    .transpose()?,
+                uid: account_id(u.uid, &format!("{at}.uid"))?,
                 gecos: u.gecos.clone(),
                 home_dir: u.home_dir.clone(),
                 no_create_home: u.no_create_home.unwrap_or(false),

@@ -443,27 +443,23 @@ fn ensure_ssh_host_keys(host: &mut Host<'_>, root: &Path) {
     }
 }
 
-/// The image's default user, made on the first boot: no password (keys
-/// only), in `sudo` (whose members need none).
+/// The image's default user, made on the first boot by the applier's own
+/// account code: no password (keys only), in `sudo` (whose members need
+/// none).
 fn ensure_default_user(host: &mut Host<'_>, root: &Path) {
     if apply::passwd_entry(root, &host.default_user).is_some() {
         return;
     }
-    let cmd: Vec<String> = [
-        "useradd",
-        "--create-home",
-        "--groups",
-        "sudo",
-        "--shell",
-        "/bin/bash",
-        "--password",
-        "*",
-        &host.default_user,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    if let Err(e) = host.system.run(&cmd) {
+    let plan = Plan {
+        users: vec![plan::User {
+            name: host.default_user.clone(),
+            groups: vec!["sudo".into()],
+            shell: Some("/bin/bash".into()),
+            ..plan::User::default()
+        }],
+        ..Plan::default()
+    };
+    if let Err((e, _)) = apply::apply(&plan, root, &host.default_user, &mut *host.system) {
         (host.say)(&format!("creating the default user {}: {e}", host.default_user));
     }
 }
