@@ -118,6 +118,7 @@ pub fn build(
     state: AgentState,
     boot_tries_left: Option<u32>,
     config: &crate::config::Config,
+    provisioning: Option<crate::provision::Record>,
     now_secs: u64,
 ) -> Status {
     let booted = deployments.iter().find(|d| d.booted);
@@ -145,6 +146,6 @@ pub fn build(
             .collect(),
         stream: config.stream.clone(),
         url: config.url.clone(),
-        provisioning: None,
+        provisioning,
     }
 }

@@ -509,9 +509,15 @@ impl Agent {
         let state = self.store.load()?;
         let deployments = self.sysroot.deployments()?;
         let tries = self.counter.read().ok().and_then(|env| boot_counter::tries_left(&env));
-        let mut status = crate::status::build(&deployments, state, tries, &self.config, self.clock.now());
-        status.provisioning = crate::provision::load_record(std::path::Path::new(crate::provision::DIR));
-        Ok(status)
+        let provisioning = crate::provision::load_record(std::path::Path::new(crate::provision::DIR));
+        Ok(crate::status::build(
+            &deployments,
+            state,
+            tries,
+            &self.config,
+            provisioning,
+            self.clock.now(),
+        ))
     }
 }
 
@@ -791,7 +797,7 @@ mod tests {
                 ..
             }
         ));
-        let status = crate::status::build(&w.deployments, w.state.clone(), None, &agent.config, 0);
+        let status = crate::status::build(&w.deployments, w.state.clone(), None, &agent.config, None, 0);
         assert_eq!(status.waiting, Some(crate::status::Waiting::Operator));
     }
 
