@@ -13,6 +13,7 @@ use super::ignition::{gunzip, looks_like_ignition};
 use super::plan::{
     check_account_name, check_hostname, host_path, Command, Content, File, Group, Id, Owner, Plan, User,
 };
+use super::yaml::{boolean, kind, string, strings};
 
 /// What a user-data blob is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,53 +140,6 @@ pub fn read(text: &str, default_user: &str) -> Result<Plan, String> {
         }
     }
     Ok(plan)
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Sequence(_) => "a list",
-        Value::Mapping(_) => "a mapping",
-        Value::Tagged(_) => "a tagged value",
-    }
-}
-
-fn string(v: &Value, at: &str) -> Result<String, String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        other => Err(format!("{at}: expected a string, found {}", kind(other))),
-    }
-}
-
-/// A boolean as YAML 1.1 (cloud-init's PyYAML) reads it.
-fn boolean(v: &Value, at: &str) -> Result<bool, String> {
-    match v {
-        Value::Bool(b) => Ok(*b),
-        Value::String(s) => match s.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "y" => Ok(true),
-            "false" | "no" | "off" | "n" => Ok(false),
-            _ => Err(format!("{at}: {s:?} is not a boolean")),
-        },
-        other => Err(format!("{at}: expected a boolean, found {}", kind(other))),
-    }
-}
-
-/// A list of strings, or one string (cloud-init accepts either for keys).
-fn strings(v: &Value, at: &str) -> Result<Vec<String>, String> {
-    match v {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) => Ok(vec![s.clone()]),
-        Value::Sequence(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| string(item, &format!("{at}[{i}]")))
-            .collect(),
-        other => Err(format!("{at}: expected a list of strings, found {}", kind(other))),
-    }
 }
 
 /// `bootcmd`/`runcmd`: each item a shell line or an argument list.

@@ -22,6 +22,7 @@ pub mod ignition;
 pub mod network_config;
 pub mod plan;
 pub mod source;
+mod yaml;
 
 use std::path::Path;
 

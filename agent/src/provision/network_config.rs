@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use serde_yaml_ng::{Mapping, Value};
 
 use super::plan::NetworkFile;
+use super::yaml::{boolean, string, strings};
 
 /// The rendered files and the warnings, or an error naming the key.
 pub fn render(text: &str) -> Result<(Vec<NetworkFile>, Vec<String>), String> {
@@ -56,32 +57,16 @@ pub fn render(text: &str) -> Result<(Vec<NetworkFile>, Vec<String>), String> {
     Ok((files, warnings))
 }
 
-fn text(v: &Value, at: &str) -> Result<String, String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        _ => Err(format!("{at}: expected a string")),
-    }
-}
-
+/// An optional list of strings (absent: none).
 fn list(v: Option<&Value>, at: &str) -> Result<Vec<String>, String> {
-    match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Sequence(items)) => items.iter().map(|i| text(i, at)).collect(),
-        Some(other) => Ok(vec![text(other, at)?]),
-    }
+    v.map_or(Ok(Vec::new()), |v| strings(v, at))
 }
 
+/// An optional boolean (absent or empty: false).
 fn flag(v: Option<&Value>, at: &str) -> Result<bool, String> {
     match v {
         None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" => Ok(true),
-            "false" | "no" | "off" => Ok(false),
-            _ => Err(format!("{at}: {s:?} is not a boolean")),
-        },
-        Some(_) => Err(format!("{at}: expected a boolean")),
+        Some(v) => boolean(v, at),
     }
 }
 
@@ -99,7 +84,7 @@ fn ethernet(id: &str, dev: &Mapping, warnings: &mut Vec<String>) -> Result<Netwo
         Some(Value::Mapping(m)) => {
             for (key, networkd) in [("name", "Name"), ("macaddress", "MACAddress"), ("driver", "Driver")] {
                 if let Some(v) = get(m, key) {
-                    let _ = writeln!(out, "{networkd}={}", text(v, &format!("{at}.match.{key}"))?);
+                    let _ = writeln!(out, "{networkd}={}", string(v, &format!("{at}.match.{key}"))?);
                 }
             }
         }
@@ -114,7 +99,7 @@ fn ethernet(id: &str, dev: &Mapping, warnings: &mut Vec<String>) -> Result<Netwo
         ));
     }
     if let Some(mtu) = get(dev, "mtu") {
-        let _ = writeln!(out, "\n[Link]\nMTUBytes={}", text(mtu, &format!("{at}.mtu"))?);
+        let _ = writeln!(out, "\n[Link]\nMTUBytes={}", string(mtu, &format!("{at}.mtu"))?);
     }
     out.push_str("\n[Network]\n");
     let dhcp4 = flag(get(dev, "dhcp4"), &format!("{at}.dhcp4"))?;
@@ -136,7 +121,7 @@ fn ethernet(id: &str, dev: &Mapping, warnings: &mut Vec<String>) -> Result<Netwo
     }
     for g in ["gateway4", "gateway6"] {
         if let Some(v) = get(dev, g) {
-            let _ = writeln!(out, "Gateway={}", text(v, &format!("{at}.{g}"))?);
+            let _ = writeln!(out, "Gateway={}", string(v, &format!("{at}.{g}"))?);
         }
     }
     if let Some(Value::Mapping(ns)) = get(dev, "nameservers") {
@@ -157,15 +142,15 @@ fn ethernet(id: &str, dev: &Mapping, warnings: &mut Vec<String>) -> Result<Netwo
             let Value::Mapping(r) = r else {
                 return Err(format!("{ra}: expected a mapping"));
             };
-            let via = text(get(r, "via").ok_or_else(|| format!("{ra}: no via"))?, &ra)?;
-            let to = match get(r, "to").map(|t| text(t, &ra)).transpose()?.as_deref() {
+            let via = string(get(r, "via").ok_or_else(|| format!("{ra}: no via"))?, &ra)?;
+            let to = match get(r, "to").map(|t| string(t, &ra)).transpose()?.as_deref() {
                 None | Some("default") if via.contains(':') => "::/0".to_owned(),
                 None | Some("default") => "0.0.0.0/0".to_owned(),
                 Some(t) => t.to_owned(),
             };
             let _ = write!(out, "\n[Route]\nDestination={to}\nGateway={via}\n");
             if let Some(m) = get(r, "metric") {
-                let _ = writeln!(out, "Metric={}", text(m, &ra)?);
+                let _ = writeln!(out, "Metric={}", string(m, &ra)?);
             }
         }
     }
