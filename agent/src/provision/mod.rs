@@ -263,8 +263,35 @@ pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path, stage: Stage) -> 
     } else {
         Vec::new()
     };
-    if !stage.asks_sources(&host.cmdline, Path::new(NEEDS_NETWORK).exists()) {
+    // The stored `bootcmd`s run at every boot, unless a new config's own
+    // replaced them in this one.
+    let mut boot_commands_replaced = false;
+    let result = provision_from_sources(
+        host,
+        state_dir,
+        root,
+        stage,
+        previous.as_ref(),
+        &mut boot_commands_replaced,
+    );
+    if !boot_commands_replaced {
         run_boot_commands(host, &stored_boot, state_dir);
+    }
+    result
+}
+
+/// Ask this stage's sources for a config and apply it if [`decide`] says
+/// so; every outcome is recorded. `boot_commands_replaced` is set once the
+/// config's own `bootcmd`s have run in place of the stored ones.
+fn provision_from_sources(
+    host: &mut Host<'_>,
+    state_dir: &Path,
+    root: &Path,
+    stage: Stage,
+    previous: Option<&Record>,
+    boot_commands_replaced: &mut bool,
+) -> Result<()> {
+    if !stage.asks_sources(&host.cmdline, Path::new(NEEDS_NETWORK).exists()) {
         return Ok(());
     }
     let found = match source::find(&host.cmdline, host.fetch) {
@@ -272,7 +299,6 @@ pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path, stage: Stage) -> 
         Err(e) => {
             let message = format!("{e:#}");
             (host.say)(&format!("provisioning failed: {message}"));
-            run_boot_commands(host, &stored_boot, state_dir);
             return save_record(
                 state_dir,
                 &Record {
@@ -284,7 +310,6 @@ pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path, stage: Stage) -> 
         }
     };
     let Some(found) = found else {
-        run_boot_commands(host, &stored_boot, state_dir);
         if previous.is_none() {
             (host.say)("no provisioning config (kernel argument, fw_cfg, NoCloud seed): booting unprovisioned");
             save_record(
@@ -298,9 +323,8 @@ pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path, stage: Stage) -> 
         return Ok(());
     };
     let is_ignition = ignition::looks_like_ignition(&found.user_data);
-    if let Decision::Skip(why) = decide(previous.as_ref(), &found, is_ignition) {
+    if let Decision::Skip(why) = decide(previous, &found, is_ignition) {
         tracing::info!(source = %found.source, "not provisioning again: {why}");
-        run_boot_commands(host, &stored_boot, state_dir);
         return Ok(());
     }
     let mut record = Record {
@@ -327,7 +351,6 @@ pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path, stage: Stage) -> 
         std::fs::create_dir_all(flag.parent().expect("has a parent"))
             .and_then(|()| std::fs::write(flag, b""))
             .with_context(|| format!("writing {NEEDS_NETWORK}"))?;
-        run_boot_commands(host, &stored_boot, state_dir);
         return Ok(());
     }
     (host.say)(&format!("provisioning from {}", found.source));
@@ -339,7 +362,6 @@ pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path, stage: Stage) -> 
                 found.source
             ));
             record.error = Some(e);
-            run_boot_commands(host, &stored_boot, state_dir);
             return save_record(state_dir, &record);
         }
     };
@@ -351,6 +373,7 @@ pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path, stage: Stage) -> 
     // bootcmd runs first, at every boot from now on.
     save_commands(state_dir, BOOT_COMMANDS, &plan.boot_commands)?;
     run_boot_commands(host, &plan.boot_commands, state_dir);
+    *boot_commands_replaced = true;
     match apply::apply(&plan, root, &host.default_user, &mut *host.system) {
         Ok(log) => {
             record.applied = log;
