@@ -37,6 +37,39 @@ pub fn for_staging(host: &[String], booted_release: &[String], target_release: &
     out
 }
 
+/// The host's arguments with Ignition's `kernelArguments` applied (as
+/// `rpm-ostree kargs --delete-if-present`/`--append-if-missing` do for
+/// Fedora CoreOS): every occurrence of a `should_not_exist` word goes, then
+/// each `should_exist` word missing is appended. `None` when the host's
+/// arguments already are as asked, so nothing needs a reboot.
+pub fn with_changes(host: &[String], should_exist: &[String], should_not_exist: &[String]) -> Option<Vec<String>> {
+    let mut out: Vec<String> = host.iter().filter(|w| !should_not_exist.contains(w)).cloned().collect();
+    for k in should_exist {
+        if !out.contains(k) {
+            out.push(k.clone());
+        }
+    }
+    (out != host).then_some(out)
+}
+
+/// Arguments a config may not add or remove: they say which deployment
+/// and root the host boots, and ostree and the boot loader own them.
+const OWNED_BY_THE_BOOT: [&str; 4] = ["root=", "ostree=", "BOOT_IMAGE=", "initrd="];
+
+/// Check one argument a config names: a single word, not one the boot owns.
+pub fn check_config_arg(arg: &str) -> Result<(), String> {
+    if arg.is_empty() {
+        return Err("an empty argument".into());
+    }
+    if arg.chars().any(char::is_whitespace) {
+        return Err(format!("`{arg}` is more than one word"));
+    }
+    if let Some(p) = OWNED_BY_THE_BOOT.iter().find(|p| arg.starts_with(*p)) {
+        return Err(format!("`{arg}`: `{p}` is set by the boot itself"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +102,33 @@ mod tests {
         a.sort();
         b.sort();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn ignition_s_changes_remove_every_occurrence_and_append_what_is_missing() {
+        let host = words("root=LABEL=cairn-root rw quiet console=tty0 quiet console=ttyS0");
+        assert_eq!(
+            with_changes(&host, &words("mitigations=auto console=ttyS0"), &words("quiet")),
+            Some(words(
+                "root=LABEL=cairn-root rw console=tty0 console=ttyS0 mitigations=auto"
+            ))
+        );
+        // Already as asked: nothing to stage, no reboot.
+        assert_eq!(with_changes(&host, &words("rw console=tty0"), &words("nosmt")), None);
+        assert_eq!(with_changes(&host, &[], &[]), None);
+    }
+
+    #[test]
+    fn a_config_may_not_touch_what_the_boot_owns_or_pass_two_words() {
+        assert!(check_config_arg("mitigations=auto").is_ok());
+        assert!(check_config_arg("nosmt").is_ok());
+        assert_eq!(
+            check_config_arg("root=/dev/vda4").unwrap_err(),
+            "`root=/dev/vda4`: `root=` is set by the boot itself"
+        );
+        assert!(check_config_arg("ostree=/ostree/boot.1/x").is_err());
+        assert_eq!(check_config_arg("a b").unwrap_err(), "`a b` is more than one word");
+        assert_eq!(check_config_arg("").unwrap_err(), "an empty argument");
     }
 
     #[test]

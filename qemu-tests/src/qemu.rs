@@ -104,6 +104,9 @@ pub struct QemuConfig {
     /// Read-only raw disks with a serial, seen in the guest as
     /// `/dev/disk/by-id/virtio-<serial>`.
     pub extra_disks: Vec<(PathBuf, String)>,
+    /// Read-only CD-ROMs (ISO 9660 images) on a virtio-scsi controller of
+    /// their own, as clouds attach seeds and config drives.
+    pub cdroms: Vec<PathBuf>,
     /// Writable copy of the UEFI variable store.
     pub vars: PathBuf,
     pub memory_mib: u32,
@@ -180,6 +183,18 @@ impl QemuConfig {
             ));
             a.push("-device".into());
             a.push(format!("virtio-blk-pci,drive=extra{i},serial={serial}"));
+        }
+        if !self.cdroms.is_empty() {
+            a.extend(["-device".into(), "virtio-scsi-pci,id=cdbus".into()]);
+        }
+        for (i, path) in self.cdroms.iter().enumerate() {
+            a.push("-drive".into());
+            a.push(format!(
+                "if=none,id=cd{i},file={},format=raw,media=cdrom,readonly=on",
+                path.display()
+            ));
+            a.push("-device".into());
+            a.push(format!("scsi-cd,drive=cd{i},bus=cdbus.0"));
         }
         // Guest networking never reaches past this machine.
         let mut netdev = "user,id=net0,restrict=on".to_owned();
@@ -345,6 +360,7 @@ mod tests {
             disk: "/d/disk.qcow2".into(),
             disk_interface: iface,
             extra_disks: vec![("/d/oci.tar".into(), "cairn-oci".into())],
+            cdroms: vec![],
             vars: "/d/vars.fd".into(),
             memory_mib: 2048,
             cpus: 2,

@@ -1,12 +1,20 @@
-//! A NoCloud seed: a small FAT volume labelled `CIDATA` holding
-//! `user-data`, `meta-data` and optionally `network-config`, as cloud-init's
-//! NoCloud datasource (and Cairn's provisioner) reads it. Made with
-//! `mkfs.fat` and `mtools`, no mounts.
+//! A NoCloud seed: a small volume labelled `CIDATA` holding `user-data`,
+//! `meta-data` and optionally `network-config`, as cloud-init's NoCloud
+//! datasource (and Cairn's provisioner) reads it. Either an ISO 9660 image
+//! (`xorriso`, the form cloud-init's documentation makes) or a FAT volume
+//! (`mkfs.fat` and `mtools`); no mounts.
 
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use cairn_common::process::Cmd;
+
+/// The file system a seed volume is made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedVolume {
+    Iso9660,
+    Vfat,
+}
 
 /// The files a seed holds.
 #[derive(Debug, Clone, Default)]
@@ -27,35 +35,52 @@ impl Seed {
     }
 
     /// Write the seed volume to `image` (replaced if present).
-    pub fn write(&self, image: &Path) -> Result<()> {
+    pub fn write(&self, image: &Path, volume: SeedVolume) -> Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut files = vec![
-            ("user-data", self.user_data.clone()),
-            ("meta-data", self.meta_data.clone().into_bytes()),
-        ];
+        let mut names = vec!["user-data", "meta-data"];
+        std::fs::write(dir.path().join("user-data"), &self.user_data)?;
+        std::fs::write(dir.path().join("meta-data"), &self.meta_data)?;
         if let Some(n) = &self.network_config {
-            files.push(("network-config", n.clone().into_bytes()));
+            std::fs::write(dir.path().join("network-config"), n)?;
+            names.push("network-config");
         }
         let _ = std::fs::remove_file(image);
-        // 2 MiB, FAT12: room for any config, and a size QEMU takes as a disk.
-        Cmd::new("mkfs.fat")
-            .args(["-C", "-n", "CIDATA"])
-            .arg(image)
-            .arg("2048")
-            .run()
-            .with_context(|| format!("making the seed volume {}", image.display()))?;
-        for (name, bytes) in files {
-            let src = dir.path().join(name);
-            std::fs::write(&src, bytes)?;
-            Cmd::new("mcopy")
-                .arg("-i")
+        match volume {
+            SeedVolume::Iso9660 => Cmd::new("xorriso")
+                .args([
+                    "-as",
+                    "mkisofs",
+                    "-quiet",
+                    "-volid",
+                    "CIDATA",
+                    "-joliet",
+                    "-rational-rock",
+                    "-output",
+                ])
                 .arg(image)
-                .arg(&src)
-                .arg(format!("::{name}"))
+                .args(names.iter().map(|n| dir.path().join(n)))
                 .run()
-                .with_context(|| format!("copying {name} into the seed"))?;
+                .with_context(|| format!("making the seed image {}", image.display())),
+            SeedVolume::Vfat => {
+                // 2 MiB, FAT12: room for any config, and a size QEMU takes as a disk.
+                Cmd::new("mkfs.fat")
+                    .args(["-C", "-n", "CIDATA"])
+                    .arg(image)
+                    .arg("2048")
+                    .run()
+                    .with_context(|| format!("making the seed volume {}", image.display()))?;
+                for name in names {
+                    Cmd::new("mcopy")
+                        .arg("-i")
+                        .arg(image)
+                        .arg(dir.path().join(name))
+                        .arg(format!("::{name}"))
+                        .run()
+                        .with_context(|| format!("copying {name} into the seed"))?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// A seed from a folder holding `user-data`, `meta-data` and optionally

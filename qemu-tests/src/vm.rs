@@ -25,6 +25,8 @@ pub struct VmOptions {
     /// Virtual size of the VM's disk (bigger than the image: root grows).
     pub disk_size: u64,
     pub extra_disks: Vec<(PathBuf, String)>,
+    /// ISO 9660 images attached as CD-ROMs.
+    pub cdroms: Vec<PathBuf>,
     pub memory_mib: u32,
     /// `hostfwd=`/`guestfwd=` rules of the restricted user network.
     pub forwards: Vec<String>,
@@ -41,6 +43,7 @@ impl VmOptions {
             disk_interface: DiskInterface::VirtioBlk,
             disk_size: 4 << 30,
             extra_disks: Vec::new(),
+            cdroms: Vec::new(),
             memory_mib: 2048,
             forwards: Vec::new(),
             fw_cfg: Vec::new(),
@@ -130,6 +133,7 @@ impl Vm {
             disk,
             disk_interface: opts.disk_interface,
             extra_disks: opts.extra_disks.clone(),
+            cdroms: opts.cdroms.clone(),
             vars,
             memory_mib: opts.memory_mib,
             cpus: 2,
@@ -151,7 +155,13 @@ impl Vm {
     /// Cut the power (kill QEMU) and switch the machine on again: the same
     /// disk and UEFI variables, a new serial console.
     pub fn power_cycle(&mut self) -> Result<()> {
+        self.power_cycle_with(|_| ())
+    }
+
+    /// Power off, change the machine's hardware (its media, say), power on.
+    pub fn power_cycle_with(&mut self, change: impl FnOnce(&mut QemuConfig)) -> Result<()> {
         self.kill();
+        change(&mut self.config);
         self.boots += 1;
         let log = self.dir.path().join(format!("serial-{}.log", self.boots));
         let (child, console) = launch(&self.config, &log)?;

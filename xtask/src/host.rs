@@ -101,6 +101,8 @@ pub fn setup(task: Task, arch: Arch, host: Option<Arch>) -> Setup {
         add(&mut s.packages, &["gdisk"]);
         // The provisioning tests log in with OpenSSH's client (and make its keys).
         add(&mut s.packages, &["openssh-client"]);
+        // NoCloud seeds as ISO 9660 volumes, as cloud-init's docs make them.
+        add(&mut s.packages, &["xorriso"]);
         // Firmware packages are architecture-independent: the main suite
         // is fine; the emulators come from backports.
         let (firmware, emulators): (Vec<&str>, Vec<&str>) = qemu_packages(arch)

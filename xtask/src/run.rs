@@ -7,7 +7,7 @@ use cairn_common::process::Cmd;
 use std::path::PathBuf;
 
 use cairn_qemu_tests::qemu::{self, DiskInterface, QemuConfig};
-use cairn_qemu_tests::seed::Seed;
+use cairn_qemu_tests::seed::{Seed, SeedVolume};
 
 use crate::build::{self, ImageTarget};
 use crate::{host, paths};
@@ -17,7 +17,8 @@ use crate::{host, paths};
 pub struct RunOptions {
     /// An Ignition config or cloud-config, passed as fw_cfg `opt/com.coreos/config`.
     pub config: Option<PathBuf>,
-    /// A folder with `user-data`, `meta-data` (and `network-config`): a NoCloud seed.
+    /// A folder with `user-data`, `meta-data` (and `network-config`): a
+    /// NoCloud seed, attached as an ISO 9660 CD-ROM.
     pub seed: Option<PathBuf>,
     /// The host port (on 127.0.0.1) forwarded to the guest's SSH.
     pub ssh_port: u16,
@@ -30,11 +31,12 @@ pub fn run(t: &ImageTarget, opts: &RunOptions) -> Result<()> {
     let dir = paths::out(arch).join("run");
     std::fs::create_dir_all(&dir)?;
     let _ = std::fs::remove_file(dir.join("disk.qcow2"));
-    let mut extra_disks = Vec::new();
+    let mut cdroms = Vec::new();
     if let Some(seed_dir) = &opts.seed {
-        let image = dir.join("seed.img");
-        Seed::from_dir(seed_dir)?.write(&image)?;
-        extra_disks.push((image, "cidata".to_owned()));
+        // On a CD-ROM, as clouds attach their seeds.
+        let image = dir.join("seed.iso");
+        Seed::from_dir(seed_dir)?.write(&image, SeedVolume::Iso9660)?;
+        cdroms.push(image);
     }
     let mut fw_cfg = Vec::new();
     if let Some(config) = &opts.config {
@@ -49,7 +51,8 @@ pub fn run(t: &ImageTarget, opts: &RunOptions) -> Result<()> {
         accel: qemu::accel(arch),
         disk: qemu::overlay_disk(&built.raw, &dir, 8 << 30)?,
         disk_interface: DiskInterface::VirtioBlk,
-        extra_disks,
+        extra_disks: Vec::new(),
+        cdroms,
         vars: qemu::fresh_vars(arch, &dir)?,
         memory_mib: 2048,
         cpus: 2,

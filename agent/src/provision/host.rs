@@ -35,6 +35,29 @@ impl System for HostSystem {
     fn set_hostname(&mut self, name: &str) -> Result<(), String> {
         nix::unistd::sethostname(name).map_err(|e| format!("setting the host name {name}: {e}"))
     }
+
+    fn stage_kernel_args(&mut self, args: &[String]) -> Result<(), String> {
+        use crate::sysroot::{HostSysroot, Sysroot as _};
+        let sysroot = HostSysroot;
+        let deployments = sysroot.deployments().map_err(|e| format!("{e:#}"))?;
+        let booted = deployments
+            .iter()
+            .find(|d| d.booted)
+            .ok_or("ostree lists no booted deployment")?;
+        // ostree merges this deployment's /etc into the staged one at
+        // shutdown, reading the files on disk: the machine id systemd
+        // made for this first boot must be there by then, not only on
+        // its transient mount.
+        self.run(&["systemd-machine-id-setup".into(), "--commit".into()])?;
+        // The unit whose stop finalizes a staged deployment; it starts
+        // later in a normal boot, and this boot reboots before then.
+        self.run(&[
+            "systemctl".into(),
+            "start".into(),
+            "ostree-finalize-staged.service".into(),
+        ])?;
+        sysroot.stage(&booted.commit, args).map_err(|e| format!("{e:#}"))
+    }
 }
 
 /// Print a line on the console (the unit's standard output goes to the

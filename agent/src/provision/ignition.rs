@@ -441,10 +441,24 @@ fn to_plan(c: &v3_6::Config) -> Result<Plan, String> {
         }
     }
     if let Some(k) = &c.kernel_arguments {
-        plan.kernel_args = KernelArgs {
+        let args = KernelArgs {
             should_exist: k.should_exist.clone().unwrap_or_default(),
             should_not_exist: k.should_not_exist.clone().unwrap_or_default(),
         };
+        for (list, words) in [
+            ("shouldExist", &args.should_exist),
+            ("shouldNotExist", &args.should_not_exist),
+        ] {
+            for w in words {
+                crate::kargs::check_config_arg(w).map_err(|e| format!("kernelArguments.{list}: {e}"))?;
+            }
+        }
+        if let Some(both) = args.should_exist.iter().find(|w| args.should_not_exist.contains(w)) {
+            return Err(format!(
+                "kernelArguments: `{both}` is in both shouldExist and shouldNotExist"
+            ));
+        }
+        plan.kernel_args = args;
     }
     Ok(plan)
 }
@@ -508,6 +522,29 @@ mod tests {
         assert_eq!(p.kernel_args.should_exist, ["mitigations=auto"]);
         assert_eq!(p.kernel_args.should_not_exist, ["quiet"]);
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn kernel_arguments_that_the_boot_owns_or_that_contradict_are_refused_by_name() {
+        let doc = |ka: &str| format!(r#"{{"ignition":{{"version":"3.3.0"}},"kernelArguments":{ka}}}"#);
+        let refused = |ka: &str| read(doc(ka).as_bytes(), &none()).unwrap_err();
+        assert!(
+            refused(r#"{"shouldExist":["root=/dev/sda1"]}"#).contains("kernelArguments.shouldExist: `root=/dev/sda1`"),
+            "{}",
+            refused(r#"{"shouldExist":["root=/dev/sda1"]}"#)
+        );
+        assert!(refused(r#"{"shouldNotExist":["a b"]}"#)
+            .contains("kernelArguments.shouldNotExist: `a b` is more than one word"));
+        assert_eq!(
+            refused(r#"{"shouldExist":["nosmt"],"shouldNotExist":["nosmt"]}"#),
+            "kernelArguments: `nosmt` is in both shouldExist and shouldNotExist"
+        );
+        let ok = read(
+            doc(r#"{"shouldExist":["nosmt"],"shouldNotExist":["quiet"]}"#).as_bytes(),
+            &none(),
+        )
+        .unwrap();
+        assert_eq!(ok.plan.kernel_args.should_exist, ["nosmt"]);
     }
 
     #[test]

@@ -132,9 +132,6 @@ pub fn plan_for(found: &Found, default_user: &str, fetch: &dyn Fetch) -> Result<
     let (format, mut plan) = match cloud_config::classify(&found.user_data)? {
         UserData::Ignition(bytes) => {
             let ign = ignition::read(&bytes, fetch)?;
-            if !ign.plan.kernel_args.is_empty() {
-                return Err("kernelArguments: changing kernel arguments at provisioning is not supported yet; set them with the image's [kernel] args".into());
-            }
             (format!("ignition {}", ign.version), ign.plan)
         }
         UserData::CloudConfig(text) => ("cloud-config".to_owned(), cloud_config::read(&text, default_user)?),
@@ -277,7 +274,18 @@ pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path, stage: Stage) -> 
     if !boot_commands_replaced {
         run_boot_commands(host, &stored_boot, state_dir);
     }
-    result
+    match result? {
+        Next::Reboot => {
+            (host.say)("rebooting once to boot with the provisioned kernel arguments");
+            host.system
+                .run(&["systemctl".into(), "reboot".into()])
+                .map_err(|e| anyhow::anyhow!("rebooting for the kernel arguments: {e}"))
+        }
+        Next::Continue => {
+            start_pending_commands(host, state_dir);
+            Ok(())
+        }
+    }
 }
 
 /// Ask this stage's sources for a config and apply it if [`decide`] says
@@ -290,23 +298,24 @@ fn provision_from_sources(
     stage: Stage,
     previous: Option<&Record>,
     boot_commands_replaced: &mut bool,
-) -> Result<()> {
+) -> Result<Next> {
     if !stage.asks_sources(&host.cmdline, Path::new(NEEDS_NETWORK).exists()) {
-        return Ok(());
+        return Ok(Next::Continue);
     }
     let found = match source::find(&host.cmdline, host.fetch) {
         Ok(f) => f,
         Err(e) => {
             let message = format!("{e:#}");
             (host.say)(&format!("provisioning failed: {message}"));
-            return save_record(
+            save_record(
                 state_dir,
                 &Record {
                     error: Some(message),
                     at: now(),
                     ..Record::default()
                 },
-            );
+            )?;
+            return Ok(Next::Continue);
         }
     };
     let Some(found) = found else {
@@ -320,12 +329,12 @@ fn provision_from_sources(
                 },
             )?;
         }
-        return Ok(());
+        return Ok(Next::Continue);
     };
     let is_ignition = ignition::looks_like_ignition(&found.user_data);
     if let Decision::Skip(why) = decide(previous, &found, is_ignition) {
         tracing::info!(source = %found.source, "not provisioning again: {why}");
-        return Ok(());
+        return Ok(Next::Continue);
     }
     let mut record = Record {
         source: Some(found.source.clone()),
@@ -351,7 +360,7 @@ fn provision_from_sources(
         std::fs::create_dir_all(flag.parent().expect("has a parent"))
             .and_then(|()| std::fs::write(flag, b""))
             .with_context(|| format!("writing {NEEDS_NETWORK}"))?;
-        return Ok(());
+        return Ok(Next::Continue);
     }
     (host.say)(&format!("provisioning from {}", found.source));
     let (format, plan) = match planned {
@@ -362,7 +371,8 @@ fn provision_from_sources(
                 found.source
             ));
             record.error = Some(e);
-            return save_record(state_dir, &record);
+            save_record(state_dir, &record)?;
+            return Ok(Next::Continue);
         }
     };
     record.format = Some(format.clone());
@@ -390,19 +400,54 @@ fn provision_from_sources(
             (host.say)(&format!("provisioning failed after {} step(s): {e}", log.len()));
             record.applied = log;
             record.error = Some(e);
-            return save_record(state_dir, &record);
+            save_record(state_dir, &record)?;
+            return Ok(Next::Continue);
         }
     }
-    if !plan.run_commands.is_empty() {
-        save_commands(state_dir, PENDING_COMMANDS, &plan.run_commands)?;
-        let _ = host.system.run(&[
-            "systemctl".into(),
-            "start".into(),
-            "--no-block".into(),
-            FINAL_UNIT.into(),
-        ]);
+    save_commands(state_dir, PENDING_COMMANDS, &plan.run_commands)?;
+    // Kernel arguments last: the staged deployment takes this /etc, with
+    // everything the config wrote, when ostree finalizes it at shutdown.
+    let reboot = match apply::stage_kernel_args(&plan.kernel_args, &host.cmdline, &mut *host.system) {
+        Ok(None) => false,
+        Ok(Some(line)) => {
+            (host.say)(&line);
+            record.applied.push(line);
+            true
+        }
+        Err(e) => {
+            (host.say)(&format!("provisioning failed: {e}"));
+            record.error = Some(e);
+            false
+        }
+    };
+    save_record(state_dir, &record)?;
+    Ok(if reboot { Next::Reboot } else { Next::Continue })
+}
+
+/// What the boot does once provisioning has applied (or not) a config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Continue,
+    /// Kernel arguments were staged: boot again, once, with them.
+    Reboot,
+}
+
+/// Start `cairn-provision-final.service` (it waits for the network) when
+/// `runcmd`s or scripts are pending: after this boot's config, and at
+/// every boot until they have run, so a reboot (for kernel arguments, or a
+/// power cut) before the network came up does not lose them.
+fn start_pending_commands(host: &mut Host<'_>, state_dir: &Path) {
+    if !state_dir.join(PENDING_COMMANDS).exists() {
+        return;
     }
-    save_record(state_dir, &record)
+    if let Err(e) = host.system.run(&[
+        "systemctl".into(),
+        "start".into(),
+        "--no-block".into(),
+        FINAL_UNIT.into(),
+    ]) {
+        (host.say)(&format!("starting {FINAL_UNIT}: {e}"));
+    }
 }
 
 fn run_boot_commands(host: &mut Host<'_>, commands: &[Command], state_dir: &Path) {
