@@ -110,6 +110,32 @@ pub fn toml_files_of_listing(listing: &str) -> Vec<String> {
 /// finalize-staged` at shutdown.
 const STAGED_RECORD: &str = "/run/ostree/staged-deployment";
 
+/// When a new deployment's boot entry is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deploy {
+    /// At shutdown, by `ostree-finalize-staged.service` (updates: `/etc`
+    /// is merged as late as possible).
+    Staged,
+    /// Now, with `/etc` merged now (provisioning's kernel arguments, in a
+    /// boot that reboots before anything else changes `/etc`).
+    Now,
+}
+
+/// `ostree admin` arguments deploying `commit` with exactly `kargs`:
+/// `--karg-none` drops the booted ones, `--karg-append` keeps repeated
+/// keys (console=tty0 console=ttyS0).
+pub fn deploy_args(when: Deploy, commit: &str, kargs: &[String]) -> Vec<String> {
+    let mut args = vec!["deploy".to_owned()];
+    if when == Deploy::Staged {
+        args.push("--stage".to_owned());
+    }
+    args.push(format!("--os={OSNAME}"));
+    args.push("--karg-none".to_owned());
+    args.extend(kargs.iter().map(|k| format!("--karg-append={k}")));
+    args.push(commit.to_owned());
+    args
+}
+
 /// The sysroot of the running host.
 #[derive(Debug, Default)]
 pub struct HostSysroot;
@@ -118,6 +144,16 @@ pub struct HostSysroot;
 const REPO_PATH: &str = "/ostree/repo";
 
 impl HostSysroot {
+    /// Deploy `commit` with exactly `kargs` now: its boot entry and GRUB's
+    /// menu are written before this returns, and it is the next boot's
+    /// default.
+    pub fn deploy_now(&self, commit: &str, kargs: &[String]) -> Result<()> {
+        Self::admin()
+            .args(deploy_args(Deploy::Now, commit, kargs))
+            .run()
+            .with_context(|| format!("deploying {commit}"))
+    }
+
     fn repo() -> Cmd {
         Cmd::new("ostree").arg(format!("--repo={REPO_PATH}"))
     }
@@ -191,12 +227,8 @@ impl Sysroot for HostSysroot {
     }
 
     fn stage(&self, commit: &str, kargs: &[String]) -> Result<()> {
-        // --karg-none: exactly these arguments, not the booted ones;
-        // --karg-append keeps repeated keys (console=tty0 console=ttyS0).
         Self::admin()
-            .args(["deploy", "--stage", &format!("--os={OSNAME}"), "--karg-none"])
-            .args(kargs.iter().map(|k| format!("--karg-append={k}")))
-            .arg(commit)
+            .args(deploy_args(Deploy::Staged, commit, kargs))
             .run()
             .with_context(|| format!("staging {commit}"))
     }
@@ -344,6 +376,23 @@ mod tests {
         let err = parse_status("* cairn nochecksum\n").unwrap_err().to_string();
         assert!(err.contains("is not CHECKSUM.SERIAL"), "{err}");
         assert!(parse_status("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_deployment_is_made_with_exactly_the_arguments_given() {
+        let kargs = vec![
+            "root=LABEL=cairn-root".to_owned(),
+            "console=tty0".to_owned(),
+            "console=ttyS0".to_owned(),
+        ];
+        assert_eq!(
+            deploy_args(Deploy::Staged, "c0ffee", &kargs).join(" "),
+            "deploy --stage --os=cairn --karg-none --karg-append=root=LABEL=cairn-root --karg-append=console=tty0 --karg-append=console=ttyS0 c0ffee"
+        );
+        assert_eq!(
+            deploy_args(Deploy::Now, "c0ffee", &kargs[..1]).join(" "),
+            "deploy --os=cairn --karg-none --karg-append=root=LABEL=cairn-root c0ffee"
+        );
     }
 
     #[test]

@@ -247,7 +247,7 @@ fn prod_image_provisioned_by_ignition_over_fw_cfg_takes_ssh_logins_once_per_mach
             .as_array()
             .unwrap()
             .iter()
-            .any(|l| l.as_str().unwrap().starts_with("kernel arguments staged")),
+            .any(|l| l.as_str().unwrap().starts_with("kernel arguments of the next boot")),
         "{p:#}"
     );
     drop(vm);

@@ -21,9 +21,9 @@ pub trait System {
     fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> Result<(), String>;
     /// The kernel's host name, for this boot (`/etc/hostname` is written too).
     fn set_hostname(&mut self, name: &str) -> Result<(), String>;
-    /// Stage the booted release again, to boot next with exactly `args`
-    /// (the agent's own staging path; ostree finalizes it at shutdown).
-    fn stage_kernel_args(&mut self, args: &[String]) -> Result<(), String>;
+    /// Deploy the booted release again, to boot next with exactly `args`
+    /// (as the agent's updates do, with `--karg-none`).
+    fn deploy_kernel_args(&mut self, args: &[String]) -> Result<(), String>;
 }
 
 /// Where provisioned units, drop-ins and sudo rules go, relative to the root.
@@ -492,20 +492,17 @@ pub fn group_id(root: &Path, name: &str) -> Option<u32> {
     })
 }
 
-/// Stage the arguments `changes` asks for, given the booted `cmdline`.
+/// Deploy the arguments `changes` asks for, given the booted `cmdline`.
 /// `Ok(None)`: the booted arguments already are as asked, nothing to do;
-/// `Ok(Some(line))`: staged, the host must reboot once to boot with them.
-pub fn stage_kernel_args(changes: &KernelArgs, cmdline: &str, sys: &mut dyn System) -> Result<Option<String>, String> {
+/// `Ok(Some(line))`: deployed, the host must reboot once to boot with them.
+pub fn deploy_kernel_args(changes: &KernelArgs, cmdline: &str, sys: &mut dyn System) -> Result<Option<String>, String> {
     let booted = crate::kargs::host_args(cmdline);
     let Some(args) = crate::kargs::with_changes(&booted, &changes.should_exist, &changes.should_not_exist) else {
         return Ok(None);
     };
-    sys.stage_kernel_args(&args)
-        .map_err(|e| format!("kernelArguments: staging `{}`: {e}", args.join(" ")))?;
-    Ok(Some(format!(
-        "kernel arguments staged for the next boot: {}",
-        args.join(" ")
-    )))
+    sys.deploy_kernel_args(&args)
+        .map_err(|e| format!("kernelArguments: deploying `{}`: {e}", args.join(" ")))?;
+    Ok(Some(format!("kernel arguments of the next boot: {}", args.join(" "))))
 }
 
 /// Run `commands` (cloud-config `bootcmd`/`runcmd`, a user-data script) in
@@ -578,7 +575,7 @@ mod tests {
             self.hostname = Some(name.to_owned());
             Ok(())
         }
-        fn stage_kernel_args(&mut self, args: &[String]) -> Result<(), String> {
+        fn deploy_kernel_args(&mut self, args: &[String]) -> Result<(), String> {
             self.run(&[vec!["stage-kargs".to_owned()], args.to_vec()].concat())
         }
     }
@@ -840,21 +837,21 @@ mod tests {
             should_not_exist: drop.iter().map(|s| (*s).to_owned()).collect(),
         };
         assert_eq!(
-            stage_kernel_args(&change(&["rw"], &["nosmt"]), cmdline, &mut rec),
+            deploy_kernel_args(&change(&["rw"], &["nosmt"]), cmdline, &mut rec),
             Ok(None)
         );
         assert!(rec.ran.is_empty());
-        let line = stage_kernel_args(&change(&["nosmt"], &["quiet"]), cmdline, &mut rec).unwrap();
+        let line = deploy_kernel_args(&change(&["nosmt"], &["quiet"]), cmdline, &mut rec).unwrap();
         assert_eq!(
             line.as_deref(),
-            Some("kernel arguments staged for the next boot: root=LABEL=cairn-root rw nosmt")
+            Some("kernel arguments of the next boot: root=LABEL=cairn-root rw nosmt")
         );
         // What ostree and GRUB add is theirs to add again.
         assert_eq!(rec.ran, ["stage-kargs root=LABEL=cairn-root rw nosmt"]);
         rec.fail = Some("stage-kargs");
         assert_eq!(
-            stage_kernel_args(&change(&["nosmt"], &[]), cmdline, &mut rec).unwrap_err(),
-            "kernelArguments: staging `root=LABEL=cairn-root rw quiet nosmt`: exit status 1"
+            deploy_kernel_args(&change(&["nosmt"], &[]), cmdline, &mut rec).unwrap_err(),
+            "kernelArguments: deploying `root=LABEL=cairn-root rw quiet nosmt`: exit status 1"
         );
     }
 }

@@ -36,7 +36,7 @@ impl System for HostSystem {
         nix::unistd::sethostname(name).map_err(|e| format!("setting the host name {name}: {e}"))
     }
 
-    fn stage_kernel_args(&mut self, args: &[String]) -> Result<(), String> {
+    fn deploy_kernel_args(&mut self, args: &[String]) -> Result<(), String> {
         use crate::sysroot::{HostSysroot, Sysroot as _};
         let sysroot = HostSysroot;
         let deployments = sysroot.deployments().map_err(|e| format!("{e:#}"))?;
@@ -44,19 +44,14 @@ impl System for HostSystem {
             .iter()
             .find(|d| d.booted)
             .ok_or("ostree lists no booted deployment")?;
-        // ostree merges this deployment's /etc into the staged one at
-        // shutdown, reading the files on disk: the machine id systemd
-        // made for this first boot must be there by then, not only on
-        // its transient mount.
+        // The new deployment's /etc is merged from this one's files on
+        // disk now: the machine id systemd made for this first boot must
+        // be there, not only on its transient mount.
         self.run(&["systemd-machine-id-setup".into(), "--commit".into()])?;
-        // The unit whose stop finalizes a staged deployment; it starts
-        // later in a normal boot, and this boot reboots before then.
-        self.run(&[
-            "systemctl".into(),
-            "start".into(),
-            "ostree-finalize-staged.service".into(),
-        ])?;
-        sysroot.stage(&booted.commit, args).map_err(|e| format!("{e:#}"))
+        // Deployed now, not staged: this boot reboots before anything else
+        // changes /etc, and the reboot does not depend on the shutdown
+        // finalizing a staged deployment this early in the boot.
+        sysroot.deploy_now(&booted.commit, args).map_err(|e| format!("{e:#}"))
     }
 }
 

@@ -405,9 +405,12 @@ fn provision_from_sources(
         }
     }
     save_commands(state_dir, PENDING_COMMANDS, &plan.run_commands)?;
-    // Kernel arguments last: the staged deployment takes this /etc, with
-    // everything the config wrote, when ostree finalizes it at shutdown.
-    let reboot = match apply::stage_kernel_args(&plan.kernel_args, &host.cmdline, &mut *host.system) {
+    // Kernel arguments last: the new deployment takes this /etc, with
+    // everything the config wrote, when it is made.
+    if !plan.kernel_args.is_empty() {
+        (host.say)("kernelArguments: deploying the booted release again if they change its arguments");
+    }
+    let reboot = match apply::deploy_kernel_args(&plan.kernel_args, &host.cmdline, &mut *host.system) {
         Ok(None) => false,
         Ok(Some(line)) => {
             (host.say)(&line);
@@ -428,7 +431,7 @@ fn provision_from_sources(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
     Continue,
-    /// Kernel arguments were staged: boot again, once, with them.
+    /// Kernel arguments were deployed: boot again, once, with them.
     Reboot,
 }
 
