@@ -276,7 +276,7 @@ fn nocloud_seed_with_cloud_config_and_a_static_address_provisions_each_new_insta
             "#cloud-config\nhostname: {host}\nusers:\n  - default\n  - name: ops\n    groups: sudo\n    shell: /bin/bash\n    ssh_authorized_keys: [\"{key}\"]\n\
              ssh_authorized_keys:\n  - {key}\n\
              write_files:\n  - path: /etc/cairn-seed-test\n    content: {content}\n    permissions: '0640'\n\
-             runcmd:\n  - echo ran-$(cat /etc/cairn-seed-test) > /var/lib/cairn-runcmd\n\
+             runcmd:\n  - printf '[update]\\nstream = \"seeded\"\\n' > /etc/cairn/agent.d/70-seed.toml\n  - echo ran-$(cat /etc/cairn-seed-test) > /var/lib/cairn-runcmd\n\
              packages: [nginx]\n"
         )
     };
@@ -327,6 +327,21 @@ fn nocloud_seed_with_cloud_config_and_a_static_address_provisions_each_new_insta
         )
         .unwrap();
     assert_eq!(ran, "ran-one");
+    // The agent's drop-in written by runcmd, after the daemon started, is
+    // taken without a reboot: the daemon restarts and settles again.
+    let settled = ssh
+        .ok(
+            "ops",
+            "n() { sudo -n journalctl -b -u cairn-agent.service --output cat | grep -c 'boot settled'; }; \
+             for i in $(seq 60); do [ \"$(n)\" -ge 2 ] && break; sleep 1; done; n",
+        )
+        .unwrap();
+    assert!(
+        settled.parse::<u32>().unwrap() >= 2,
+        "the agent did not restart for its new settings (settled {settled} times)"
+    );
+    let status: Value = serde_json::from_str(&ssh.ok("ops", "sudo -n cairn-agent status --json").unwrap()).unwrap();
+    assert_eq!(status["stream"], "seeded");
 
     // The disk under a new instance id is provisioned again.
     let seed_img = scratch.path().join("seed.img");

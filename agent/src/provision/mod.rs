@@ -632,4 +632,32 @@ mod tests {
         save_commands(dir, PENDING_COMMANDS, &[]).unwrap();
         assert!(load_commands(dir, PENDING_COMMANDS).is_empty());
     }
+
+    /// The text of the first here-document `cat > {file} <<'END'` in `doc`.
+    fn here_document<'d>(doc: &'d str, file: &str) -> &'d str {
+        let start = format!("cat > {file} <<'END'\n");
+        let from = doc.find(&start).unwrap_or_else(|| panic!("no `{start}`")) + start.len();
+        let len = doc[from..].find("\nEND\n").expect("the document ends");
+        &doc[from..from + len]
+    }
+
+    #[test]
+    fn the_readme_s_provisioning_examples_are_read_as_they_say() {
+        let readme = include_str!("../../../README.md");
+        let ign = found(here_document(readme, "config.ign"), None);
+        let (format, plan) = plan_for(&ign, "cairn", &NoFetch).unwrap();
+        assert_eq!(format, "ignition 3.4.0");
+        assert_eq!(plan.users[0].name, "core");
+        assert_eq!(plan.users[0].groups, ["sudo"]);
+        assert_eq!(plan.files[0].path, Path::new("etc/hostname"));
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+
+        let cc = found(here_document(readme, "seed/user-data"), Some("i-1"));
+        let (format, plan) = plan_for(&cc, "cairn", &NoFetch).unwrap();
+        assert_eq!(format, "cloud-config");
+        assert_eq!(plan.hostname.as_deref(), Some("web-2"));
+        assert_eq!(plan.default_user_keys.len(), 1);
+        assert_eq!(plan.files[0].path, Path::new("etc/motd"));
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    }
 }
