@@ -13,6 +13,9 @@
 //!   daemon's next step.
 //! - [`status`]: the typed, versioned `status --json` document.
 //! - [`report`]: `status` and `history` for people.
+//! - [`platform`]: which platform the host runs on (DMI, `cairn.platform=`).
+//! - [`metadata`]: each cloud's metadata service as a sequence of requests
+//!   over a narrow HTTP interface, parsed and time-bounded.
 //!
 //! Doing, each behind a narrow interface:
 //! - [`boot_report`]: the boot's verdict on the console (kernel log).
@@ -38,6 +41,8 @@ pub mod grub_mkconfig;
 pub mod health;
 pub mod kargs;
 pub mod lifecycle;
+pub mod metadata;
+pub mod platform;
 pub mod provision;
 pub mod releases;
 pub mod report;

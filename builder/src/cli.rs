@@ -144,13 +144,20 @@ enum Command {
         #[arg(long, default_value = "/etc/apt")]
         apt_dir: PathBuf,
     },
-    /// Write a bootable GPT disk image (raw and qcow2) of the committed tree.
+    /// Write a bootable GPT disk image of the committed tree: raw, and
+    /// each of --format.
     Image {
         #[command(flatten)]
         target: Target,
         /// Folder the images are written to.
         #[arg(long)]
         output: PathBuf,
+        /// Formats to write, comma-separated: raw, qcow2, vhd (Azure: fixed,
+        /// whole MiB), vmdk (streamOptimized: vSphere, AWS import), gce
+        /// (disk.raw in an oldgnu tar.gz, whole GiB). The raw image is
+        /// always written.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,qcow2")]
+        format: Vec<crate::disk_formats::DiskFormat>,
     },
     /// A step of `compose`, run by it inside mmdebstrap: prune the kernel
     /// modules of the root tree ROOT to an allow-list and re-index them
@@ -264,7 +271,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Image { target, output } => {
+        Command::Image { target, output, format } => {
             let built = image::build_image(&image::ImageOptions {
                 manifest: target.image.manifest,
                 flavor: target.image.flavor,
@@ -272,6 +279,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 platform: target.image.platform,
                 repo: target.repo,
                 output,
+                formats: format,
             })?;
             println!("{}", serde_json::to_string_pretty(&built)?);
         }

@@ -38,9 +38,17 @@ pub struct DiskLayout {
 
 impl DiskLayout {
     pub fn new(esp_size: u64, root_size: u64) -> DiskLayout {
+        DiskLayout::with_size_unit(esp_size, root_size, MIB)
+    }
+
+    /// A layout whose whole size is a multiple of `unit` (a MiB multiple:
+    /// GCE imports only whole GiB); the slack lies after the root
+    /// partition, which grows into it on the first boot.
+    pub fn with_size_unit(esp_size: u64, root_size: u64, unit: u64) -> DiskLayout {
+        debug_assert!(unit.is_multiple_of(MIB), "a disk's size unit is a MiB multiple");
         let esp_offset = FIRST_PARTITION_OFFSET;
         let root_offset = align_up(esp_offset + esp_size, MIB);
-        let total_size = align_up(root_offset + root_size, MIB) + TAIL;
+        let total_size = align_up(align_up(root_offset + root_size, MIB) + TAIL, unit);
         DiskLayout {
             esp_offset,
             esp_size,
@@ -408,6 +416,17 @@ mod tests {
         assert_eq!(l.root_offset, 65 * MIB);
         assert_eq!(l.total_size, (65 + 2048 + 1) * MIB);
         assert!(l.total_size - (l.root_offset + l.root_size) >= 33 * SECTOR);
+    }
+
+    #[test]
+    fn a_layout_for_gce_is_a_whole_number_of_gib_with_the_same_partitions() {
+        let mib = DiskLayout::new(64 * MIB, 2048 * MIB);
+        let gib = DiskLayout::with_size_unit(64 * MIB, 2048 * MIB, 1024 * MIB);
+        assert_eq!(gib.total_size, 3 * 1024 * MIB);
+        assert_eq!(
+            (gib.esp_offset, gib.root_offset, gib.root_size),
+            (mib.esp_offset, mib.root_offset, mib.root_size)
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `cairn-build image`: commit → bootable GPT disk image (raw and qcow2).
+//! `cairn-build image`: commit → bootable GPT disk image (raw, and the
+//! formats of [`crate::disk_formats`]).
 //!
 //! The ostree sysroot is assembled in a plain folder with ostree's own
 //! `admin` commands, the GRUB menu is generated from its boot entries with
@@ -8,6 +9,7 @@
 //! offset). No mounts, no loop devices.
 //! Outputs are written under temporary names and renamed when complete.
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compose::{image_ref, EFI_TREE_PATH};
 use crate::disk::{self, DiskLayout, EspFile};
+use crate::disk_formats::{self, DiskFormat};
 use crate::manifest::{ImageSpec, Manifest};
 use crate::ostree;
 
@@ -35,6 +38,8 @@ pub struct ImageOptions {
     pub platform: Platform,
     pub repo: PathBuf,
     pub output: PathBuf,
+    /// What to write besides the raw image (which is always written).
+    pub formats: Vec<DiskFormat>,
 }
 
 /// What `image` made; written next to the images as `image.json`.
@@ -49,7 +54,8 @@ pub struct BuiltImage {
     #[serde(rename = "ref")]
     pub ostree_ref: String,
     pub raw: PathBuf,
-    pub qcow2: PathBuf,
+    /// Every format written, the raw image included.
+    pub formats: BTreeMap<DiskFormat, PathBuf>,
     pub disk_size: u64,
     pub esp_size: u64,
     pub root_size: u64,
@@ -70,8 +76,8 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
     let version = ostree::unquote(&ostree::metadata(&opts.repo, &commit, meta::VERSION)?);
     fs::create_dir_all(&opts.output).with_context(|| format!("creating {}", opts.output.display()))?;
     let stem = format!("{}-{}-{}-{}", spec.name, version, spec.arch, spec.variant());
-    let raw = opts.output.join(format!("{stem}.raw"));
-    let qcow2 = opts.output.join(format!("{stem}.qcow2"));
+    crate::disk_formats::check_formats(&opts.formats)?;
+    let raw = opts.output.join(DiskFormat::Raw.file_name(&stem));
 
     let work = Workdir::new(&opts.output)?;
     let kargs = release_kargs(&opts.repo, &commit, &work.path.join("kargs"))?;
@@ -80,7 +86,7 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
     let os_bytes = allocated_bytes(&sysroot)?;
     check_fits(os_bytes, &spec)?;
 
-    let layout = DiskLayout::new(spec.esp_size, spec.root_size);
+    let layout = DiskLayout::with_size_unit(spec.esp_size, spec.root_size, disk_formats::size_unit(&opts.formats));
     let raw_partial = Partial::new(&raw);
     let esp_id = disk::esp_volume_id(&commit);
     write_disk(
@@ -92,15 +98,14 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
         esp_id,
         &work.path,
     )?;
-    let qcow2_partial = Partial::new(&qcow2);
-    Cmd::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(raw_partial.path())
-        .arg(qcow2_partial.path())
-        .run()
-        .context("converting the image to qcow2")?;
     raw_partial.commit()?;
-    qcow2_partial.commit()?;
+    let mut formats = BTreeMap::from([(DiskFormat::Raw, raw.clone())]);
+    for (format, path) in disk_formats::outputs(&opts.output, &stem, &opts.formats) {
+        if format != DiskFormat::Raw {
+            disk_formats::write_format(&raw, format, &path)?;
+            formats.insert(format, path);
+        }
+    }
 
     let built = BuiltImage {
         name: spec.name.clone(),
@@ -111,7 +116,7 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
         commit,
         ostree_ref,
         raw,
-        qcow2,
+        formats,
         disk_size: layout.total_size,
         esp_size: layout.esp_size,
         root_size: layout.root_size,
@@ -373,14 +378,14 @@ fn remove_tree(path: &Path) -> Result<()> {
 
 /// An output file written under `<name>.partial` and renamed only when
 /// complete; removed if dropped before that.
-struct Partial {
+pub(crate) struct Partial {
     final_path: PathBuf,
     partial: PathBuf,
     done: bool,
 }
 
 impl Partial {
-    fn new(final_path: &Path) -> Partial {
+    pub(crate) fn new(final_path: &Path) -> Partial {
         let mut name = final_path.file_name().expect("file name").to_owned();
         name.push(".partial");
         let _ = fs::remove_file(final_path);
@@ -391,11 +396,11 @@ impl Partial {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.partial
     }
 
-    fn commit(mut self) -> Result<()> {
+    pub(crate) fn commit(mut self) -> Result<()> {
         fs::rename(&self.partial, &self.final_path)
             .with_context(|| format!("renaming {} into place", self.partial.display()))?;
         self.done = true;

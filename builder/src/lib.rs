@@ -5,6 +5,7 @@ pub mod archive;
 pub mod cli;
 pub mod compose;
 pub mod disk;
+pub mod disk_formats;
 pub mod image;
 pub mod initramfs;
 pub mod kernel_check;

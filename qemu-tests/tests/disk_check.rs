@@ -311,3 +311,118 @@ fn dev_image_partitions_pass_their_checkers() {
 
     assert_e2fsck_silent(&image.raw, layout.root_offset);
 }
+
+/// `qemu-img info --output=json` of `path` read as `format`.
+fn qemu_img_info(path: &Path, format: &str) -> serde_json::Value {
+    let out = Cmd::new("qemu-img")
+        .args(["info", "--output=json", "-f", format])
+        .arg(path)
+        .output()
+        .unwrap();
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+#[test]
+#[ignore = "needs qemu-img, gdisk, dosfstools and mtools; run by cargo xtask test"]
+fn every_cloud_format_holds_the_same_disk_and_passes_qemu_img() {
+    use cairn_builder::disk_formats::{self, DiskFormat};
+    let dir = tempfile::tempdir().unwrap();
+    // A disk as `image --format …,gce` lays it out: a whole number of GiB.
+    let unit = disk_formats::size_unit(&DiskFormat::ALL);
+    let layout = DiskLayout::with_size_unit(64 * MIB, 8 * MIB, unit);
+    assert_eq!(layout.total_size % (1 << 30), 0);
+    let raw = dir.path().join("cairn.raw");
+    let mut disk_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&raw)
+        .unwrap();
+    disk_file.set_len(layout.total_size).unwrap();
+    disk::write_partition_table(&mut disk_file, &layout, Arch::X86_64).unwrap();
+    disk::write_esp(
+        &mut disk_file,
+        &layout,
+        disk::esp_volume_id("c0ffee"),
+        &EspContents::new().files(),
+        dir.path(),
+    )
+    .unwrap();
+    drop(disk_file);
+    assert_sgdisk_silent(&raw);
+
+    for (format, path) in disk_formats::outputs(dir.path(), "cairn", &DiskFormat::ALL) {
+        if format == DiskFormat::Raw {
+            continue;
+        }
+        disk_formats::write_format(&raw, format, &path).unwrap();
+        assert!(!path.with_extension("partial").exists());
+        // What each format holds, as its readers read it, is the raw disk.
+        if format == DiskFormat::Gce {
+            // disk.raw, sparse, in an oldgnu tar: as Google's import reads it.
+            let listing = Cmd::new("tar").args(["-tvzf"]).arg(&path).output().unwrap().stdout;
+            assert!(listing.trim().ends_with(" disk.raw"), "{listing}");
+            assert_eq!(listing.lines().count(), 1, "{listing}");
+            // GNU's old format: "ustar  \0" at byte 257 of the header.
+            let magic = Cmd::new("sh")
+                .arg("-c")
+                .arg(format!("gzip -dc '{}' | head -c 265 | tail -c 8", path.display()))
+                .output()
+                .unwrap()
+                .stdout;
+            assert_eq!(magic, "ustar  \0", "{format} is not an oldgnu tar");
+            Cmd::new("tar")
+                .args(["-xzf"])
+                .arg(&path)
+                .arg("-C")
+                .arg(dir.path())
+                .run()
+                .unwrap();
+            Cmd::new("cmp")
+                .arg(&raw)
+                .arg(dir.path().join("disk.raw"))
+                .run()
+                .unwrap();
+            std::fs::remove_file(dir.path().join("disk.raw")).unwrap();
+        } else {
+            let name = format.qemu_img_name();
+            let info = qemu_img_info(&path, name);
+            assert_eq!(info["virtual-size"], layout.total_size, "{format}: {info:#}");
+            if format != DiskFormat::Vhd {
+                // qemu-img checks qcow2 and vmdk (a VHD has nothing to check).
+                let out = Cmd::new("qemu-img")
+                    .args(["check", "-f", name])
+                    .arg(&path)
+                    .output()
+                    .unwrap();
+                assert!(out.stdout.contains("No errors were found"), "{format}: {}", out.stdout);
+            }
+            let same = Cmd::new("qemu-img")
+                .args(["compare", "-f", "raw", "-F", name])
+                .arg(&raw)
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                same.stdout.contains("Images are identical"),
+                "{format}: {}",
+                same.stdout
+            );
+        }
+    }
+    // A fixed VHD is the raw disk and a 512-byte footer (Azure's form:
+    // "conectix", disk type 2 = fixed), its size a whole MiB before it.
+    let mut vhd = File::open(dir.path().join("cairn.vhd")).unwrap();
+    assert_eq!(vhd.metadata().unwrap().len(), layout.total_size + 512);
+    let mut footer = [0u8; 512];
+    vhd.seek(SeekFrom::End(-512)).unwrap();
+    vhd.read_exact(&mut footer).unwrap();
+    assert_eq!(&footer[..8], b"conectix");
+    assert_eq!(u32::from_be_bytes(footer[60..64].try_into().unwrap()), 2);
+    // The VMDK is streamOptimized (vSphere, AWS VM import).
+    let vmdk = qemu_img_info(&dir.path().join("cairn.vmdk"), "vmdk");
+    assert_eq!(
+        vmdk["format-specific"]["data"]["create-type"], "streamOptimized",
+        "{vmdk:#}"
+    );
+}

@@ -135,7 +135,13 @@ pub fn bench(target: &crate::Target) -> Result<()> {
         warm_rebuild_secs: warm.as_secs_f64(),
         raw_virtual_bytes: raw_meta.len(),
         raw_allocated_bytes: raw_meta.blocks() * 512,
-        qcow2_bytes: std::fs::metadata(&built.qcow2)?.len(),
+        qcow2_bytes: std::fs::metadata(
+            built
+                .formats
+                .get(&cairn_builder::disk_formats::DiskFormat::Qcow2)
+                .context("the build wrote no qcow2 image")?,
+        )?
+        .len(),
         zstd_raw_bytes: zstd_size(&built.raw)?,
         os_bytes: built.os_bytes,
         boot_ratio_to_baseline: boot.total_secs / baseline.boot.total_secs,
