@@ -93,6 +93,20 @@ pub fn status_text(s: &Status) -> String {
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "   error: {} at {}: {}", e.operation, when(e.at), e.message);
     }
+    if let Some(p) = &s.platform {
+        let d = &p.detected;
+        let mut line = format!("platform: {} (by {})", d.platform, d.by);
+        if let Some(m) = &p.metadata {
+            line.push_str(&format!(
+                ", instance {} from {}, {} SSH key(s)",
+                m.instance_id, m.origin, m.ssh_keys
+            ));
+        }
+        if let Some(e) = p.error.as_ref().or(d.error.as_ref()) {
+            line.push_str(&format!(", error: {e}"));
+        }
+        let _ = writeln!(out, "{line}");
+    }
     if let Some(p) = &s.provisioning {
         let from = p.source.as_ref().map_or("no config".to_owned(), |s| s.to_string());
         let what = match (&p.format, &p.error) {

@@ -75,6 +75,9 @@ pub struct Status {
     /// What first-boot provisioning did (`None` before it ever ran).
     #[serde(default)]
     pub provisioning: Option<crate::provision::Record>,
+    /// The platform this boot detected, and what its metadata gave.
+    #[serde(default)]
+    pub platform: Option<crate::provision::PlatformRecord>,
 }
 
 impl Status {
@@ -119,6 +122,7 @@ pub fn build(
     boot_tries_left: Option<u32>,
     config: &crate::config::Config,
     provisioning: Option<crate::provision::Record>,
+    platform: Option<crate::provision::PlatformRecord>,
     now_secs: u64,
 ) -> Status {
     let booted = deployments.iter().find(|d| d.booted);
@@ -147,5 +151,6 @@ pub fn build(
         stream: config.stream.clone(),
         url: config.url.clone(),
         provisioning,
+        platform,
     }
 }

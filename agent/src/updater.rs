@@ -510,12 +510,14 @@ impl Agent {
         let deployments = self.sysroot.deployments()?;
         let tries = self.counter.read().ok().and_then(|env| boot_counter::tries_left(&env));
         let provisioning = crate::provision::load_record(std::path::Path::new(crate::provision::DIR));
+        let platform = crate::provision::load_platform_record(std::path::Path::new("/"));
         Ok(crate::status::build(
             &deployments,
             state,
             tries,
             &self.config,
             provisioning,
+            platform,
             self.clock.now(),
         ))
     }
@@ -797,7 +799,7 @@ mod tests {
                 ..
             }
         ));
-        let status = crate::status::build(&w.deployments, w.state.clone(), None, &agent.config, None, 0);
+        let status = crate::status::build(&w.deployments, w.state.clone(), None, &agent.config, None, None, 0);
         assert_eq!(status.waiting, Some(crate::status::Waiting::Operator));
     }
 

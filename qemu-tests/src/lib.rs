@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod boot_timing;
 pub mod console;
 pub mod http;
+pub mod metadata_server;
 pub mod oci;
 pub mod power_cut;
 pub mod qemu;

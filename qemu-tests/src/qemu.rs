@@ -116,6 +116,13 @@ pub struct QemuConfig {
     /// QEMU fw_cfg files (`name`, host file), e.g. Ignition's
     /// `opt/com.coreos/config`.
     pub fw_cfg: Vec<(String, PathBuf)>,
+    /// SMBIOS entries (`type=1,manufacturer=Amazon EC2`): the DMI strings a
+    /// cloud's firmware would show.
+    pub smbios: Vec<String>,
+    /// The user network's address range (`net=`) when not QEMU's
+    /// 10.0.2.0/24: a cloud's metadata address must lie inside it to be
+    /// forwarded.
+    pub net: Option<String>,
     /// Serial console on a terminal, with QEMU's monitor keys (Ctrl-a x).
     pub interactive: bool,
 }
@@ -197,7 +204,15 @@ impl QemuConfig {
             a.push(format!("scsi-cd,drive=cd{i},bus=cdbus.0"));
         }
         // Guest networking never reaches past this machine.
+        for entry in &self.smbios {
+            a.push("-smbios".into());
+            a.push(entry.clone());
+        }
         let mut netdev = "user,id=net0,restrict=on".to_owned();
+        if let Some(net) = &self.net {
+            netdev.push_str(",net=");
+            netdev.push_str(net);
+        }
         for f in &self.forwards {
             netdev.push(',');
             netdev.push_str(f);
@@ -361,6 +376,8 @@ mod tests {
             disk_interface: iface,
             extra_disks: vec![("/d/oci.tar".into(), "cairn-oci".into())],
             cdroms: vec![],
+            smbios: vec![],
+            net: None,
             vars: "/d/vars.fd".into(),
             memory_mib: 2048,
             cpus: 2,
@@ -381,6 +398,25 @@ mod tests {
         assert!(args
             .windows(2)
             .any(|w| w == ["-fw_cfg", "name=opt/com.coreos/config,file=/tmp/c.ign"]));
+    }
+
+    #[test]
+    fn a_cloud_stand_in_has_the_cloud_s_dmi_strings_and_address_range() {
+        let args = QemuConfig {
+            smbios: vec!["type=1,manufacturer=Amazon EC2".into()],
+            net: Some("169.254.169.0/24".into()),
+            forwards: vec!["guestfwd=tcp:169.254.169.254:80-cmd:relay 8080".into()],
+            ..config(DiskInterface::VirtioBlk)
+        }
+        .args();
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["-smbios", "type=1,manufacturer=Amazon EC2"]));
+        let netdev = &args[args.iter().position(|a| a == "-netdev").unwrap() + 1];
+        assert_eq!(
+            netdev,
+            "user,id=net0,restrict=on,net=169.254.169.0/24,guestfwd=tcp:169.254.169.254:80-cmd:relay 8080"
+        );
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct VmOptions {
     pub forwards: Vec<String>,
     /// QEMU fw_cfg files (`name`, host file).
     pub fw_cfg: Vec<(String, PathBuf)>,
+    /// SMBIOS entries, as a cloud's firmware shows them.
+    pub smbios: Vec<String>,
+    /// The user network's range (`net=`), when not 10.0.2.0/24.
+    pub net: Option<String>,
 }
 
 impl VmOptions {
@@ -47,6 +51,8 @@ impl VmOptions {
             memory_mib: 2048,
             forwards: Vec::new(),
             fw_cfg: Vec::new(),
+            smbios: Vec::new(),
+            net: None,
         }
     }
 
@@ -62,8 +68,15 @@ impl VmOptions {
     /// http://10.0.2.100/ (the address Cairn's test images update from).
     /// `relay` is the `cairn-test-relay` binary, run by QEMU per connection.
     pub fn forward_update_server(&mut self, relay: &Path, port: u16) {
+        self.forward_to_loopback(relay, "10.0.2.100:80", port);
+    }
+
+    /// Guest connections to `guest_addr` (`ip:port`, inside the user
+    /// network) reach 127.0.0.1:`port` on this machine, each through the
+    /// relay.
+    pub fn forward_to_loopback(&mut self, relay: &Path, guest_addr: &str, port: u16) {
         self.forwards
-            .push(format!("guestfwd=tcp:10.0.2.100:80-cmd:{} {port}", relay.display()));
+            .push(format!("guestfwd=tcp:{guest_addr}-cmd:{} {port}", relay.display()));
     }
 }
 
@@ -139,6 +152,8 @@ impl Vm {
             cpus: 2,
             forwards: opts.forwards.clone(),
             fw_cfg: opts.fw_cfg.clone(),
+            smbios: opts.smbios.clone(),
+            net: opts.net.clone(),
             interactive: false,
         };
         let (child, console) = launch(&config, &dir.path().join("serial.log"))?;

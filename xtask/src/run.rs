@@ -59,6 +59,8 @@ pub fn run(t: &ImageTarget, opts: &RunOptions) -> Result<()> {
         // Loopback only: nothing beyond this machine reaches the guest.
         forwards: vec![format!("hostfwd=tcp:127.0.0.1:{}-:22", opts.ssh_port)],
         fw_cfg,
+        smbios: Vec::new(),
+        net: None,
         interactive: true,
     };
     eprintln!(

@@ -150,6 +150,7 @@ pub fn read(svc: &Service, http: &dyn Http, budget: &Budget) -> Result<Metadata,
     }
     let user_data = get_optional(http, &request("user-data"), budget)?.filter(|b| !b.is_empty());
     Ok(Metadata {
+        origin: format!("the metadata service {}", svc.base),
         platform: Some(svc.platform),
         instance_id,
         hostname,

@@ -65,6 +65,7 @@ pub fn read(http: &dyn Http, budget: &Budget) -> Result<Metadata, Error> {
     let ssh_keys = lines.iter().flat_map(|l| keys_of(l)).collect();
     let user_data = get_optional(http, &request("instance/attributes/user-data"), budget)?.filter(|b| !b.is_empty());
     Ok(Metadata {
+        origin: format!("the metadata service {BASE}"),
         platform: Some(Platform::Gce),
         instance_id,
         hostname,

@@ -11,6 +11,7 @@
 
 pub mod ec2;
 pub mod gce;
+pub mod host;
 pub mod openstack;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metadata {
     pub platform: Option<Platform>,
+    /// Where it was read: `the metadata service`, `config drive /dev/sr0`.
+    pub origin: String,
     pub instance_id: String,
     pub hostname: Option<String>,
     /// OpenSSH public keys for the image's default user.

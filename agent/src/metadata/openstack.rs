@@ -48,6 +48,7 @@ pub fn parse(
         attributes.insert("instance_name".to_owned(), n.clone());
     }
     Ok(Metadata {
+        origin: origin.to_owned(),
         platform: Some(platform),
         instance_id: m.uuid,
         hostname: m.hostname.or(m.name).filter(|h| !h.is_empty()),
@@ -67,7 +68,9 @@ pub fn read(platform: Platform, http: &dyn Http, budget: &Budget) -> Result<Meta
     let meta_url = format!("{BASE}/meta_data.json");
     let meta = get_text(http, &Request::get(&meta_url), budget)?;
     let user_data = get_optional(http, &Request::get(format!("{BASE}/user_data")), budget)?;
-    parse(platform, meta.as_bytes(), user_data, &meta_url)
+    let mut m = parse(platform, meta.as_bytes(), user_data, &meta_url)?;
+    m.origin = format!("the metadata service {BASE}");
+    Ok(m)
 }
 
 #[cfg(test)]

@@ -420,16 +420,30 @@ impl Applier<'_> {
     }
 }
 
-/// The host's configured name: `/etc/hostname` (its first line that is
-/// not a comment), else os-release's `DEFAULT_HOSTNAME`.
-pub fn configured_hostname(etc_hostname: Option<&str>, os_release: Option<&str>) -> Option<String> {
+/// The host's name: `/etc/hostname`'s (set by a config or an operator),
+/// else the one the platform's metadata gives (every boot, as Afterburn
+/// does), else os-release's `DEFAULT_HOSTNAME`. A platform name that is not
+/// a valid host name gives its first label.
+pub fn configured_hostname(
+    etc_hostname: Option<&str>,
+    platform: Option<&str>,
+    os_release: Option<&str>,
+) -> Option<String> {
     let from_file = etc_hostname.and_then(|t| {
         t.lines()
             .map(str::trim)
             .find(|l| !l.is_empty() && !l.starts_with('#'))
             .map(str::to_owned)
     });
-    from_file.or_else(|| {
+    let from_platform = || {
+        let name = platform?.trim();
+        if super::plan::check_hostname(name).is_ok() {
+            return Some(name.to_owned());
+        }
+        let first = name.split('.').next()?;
+        super::plan::check_hostname(first).is_ok().then(|| first.to_owned())
+    };
+    from_file.or_else(from_platform).or_else(|| {
         os_release?.lines().find_map(|l| {
             l.strip_prefix("DEFAULT_HOSTNAME=")
                 .map(|v| v.trim().trim_matches('"').to_owned())
@@ -438,17 +452,46 @@ pub fn configured_hostname(etc_hostname: Option<&str>, os_release: Option<&str>)
     })
 }
 
+/// Where the platform's metadata names the host for this boot (written
+/// by provisioning's network stage, read by the next naming).
+pub const PLATFORM_HOSTNAME: &str = "run/cairn/platform-hostname";
+
 /// Give the kernel the host's configured name. systemd names the host in
 /// the initramfs (whose files do not have this host's name) and does not
 /// name it again after switching to the real root, so provisioning does,
-/// every boot and after writing `/etc/hostname`.
+/// every boot, after writing `/etc/hostname` and after reading the
+/// platform's metadata.
 pub fn sync_hostname(root: &Path, sys: &mut dyn System) -> Result<(), String> {
     let file = fs::read_to_string(root.join("etc/hostname")).ok();
+    let platform = fs::read_to_string(root.join(PLATFORM_HOSTNAME)).ok();
     let os_release = fs::read_to_string(root.join("usr/lib/os-release")).ok();
-    match configured_hostname(file.as_deref(), os_release.as_deref()) {
+    match configured_hostname(file.as_deref(), platform.as_deref(), os_release.as_deref()) {
         Some(name) => sys.set_hostname(&name),
         None => Ok(()),
     }
+}
+
+/// The file of a user's SSH keys that the platform's metadata gives,
+/// replaced whole at every boot (keys removed from the metadata go too),
+/// next to the keys the user keeps in `authorized_keys`; sshd reads both.
+pub const METADATA_KEYS: &str = ".ssh/authorized_keys.d/cairn-metadata";
+
+/// Write `keys` as `user`'s metadata keys ([`METADATA_KEYS`]).
+pub fn write_metadata_keys(root: &Path, user: &str, keys: &[String], sys: &mut dyn System) -> Result<(), String> {
+    let entry = passwd_entry(root, user).ok_or_else(|| format!("{user}: no such user for the platform's SSH keys"))?;
+    let home = root.join(host_path(&entry.home).map_err(|e| format!("the home of {user}: {e}"))?);
+    let file = home.join(METADATA_KEYS);
+    let mut dir = home.clone();
+    for part in [".ssh", "authorized_keys.d"] {
+        dir.push(part);
+        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        set_mode(&dir, 0o700)?;
+        sys.chown(&dir, entry.uid, entry.gid)?;
+    }
+    let text: String = keys.iter().map(|k| format!("{}\n", k.trim())).collect();
+    write_atomic(&file, text.as_bytes()).map_err(|e| format!("{}: {e:#}", file.display()))?;
+    set_mode(&file, 0o600)?;
+    sys.chown(&file, entry.uid, entry.gid)
 }
 
 fn inline<'c>(c: &'c Content, shown: &str) -> Result<&'c [u8], String> {
@@ -728,14 +771,27 @@ mod tests {
     #[test]
     fn the_host_is_named_by_etc_hostname_else_os_releases_default() {
         assert_eq!(
-            configured_hostname(Some("# comment\n\nweb-1\n"), Some("DEFAULT_HOSTNAME=cairn\n")).as_deref(),
+            configured_hostname(
+                Some("# comment\n\nweb-1\n"),
+                Some("ip-10-0-0-1.ec2.internal"),
+                Some("DEFAULT_HOSTNAME=cairn\n")
+            )
+            .as_deref(),
             Some("web-1")
         );
         assert_eq!(
-            configured_hostname(None, Some("ID=cairn\nDEFAULT_HOSTNAME=\"cairn\"\n")).as_deref(),
+            configured_hostname(None, None, Some("ID=cairn\nDEFAULT_HOSTNAME=\"cairn\"\n")).as_deref(),
             Some("cairn")
         );
-        assert_eq!(configured_hostname(Some("\n"), None), None);
+        assert_eq!(configured_hostname(Some("\n"), None, None), None);
+        // The platform's name, when no file names the host; a name too
+        // long for the kernel gives its first label.
+        assert_eq!(
+            configured_hostname(None, Some("ip-10-0-0-1.ec2.internal\n"), Some("DEFAULT_HOSTNAME=cairn")).as_deref(),
+            Some("ip-10-0-0-1.ec2.internal")
+        );
+        let long = format!("{}.{}.example", "a".repeat(40), "b".repeat(40));
+        assert_eq!(configured_hostname(None, Some(&long), None), Some("a".repeat(40)));
         // An Ignition config names the host by writing the file.
         let (dir, mut rec) = host();
         fs::remove_file(dir.path().join("etc/hostname")).unwrap();
@@ -853,5 +909,35 @@ mod tests {
             deploy_kernel_args(&change(&["nosmt"], &[]), cmdline, &mut rec).unwrap_err(),
             "kernelArguments: deploying `root=LABEL=cairn-root rw quiet nosmt`: exit status 1"
         );
+    }
+
+    #[test]
+    fn the_platform_s_keys_replace_their_own_file_only() {
+        let (dir, mut rec) = host();
+        let root = dir.path();
+        fs::create_dir_all(root.join("var/home/cairn/.ssh")).unwrap();
+        fs::write(
+            root.join("var/home/cairn/.ssh/authorized_keys"),
+            "ssh-ed25519 AAAAown me\n",
+        )
+        .unwrap();
+        let keys = |k: &[&str]| k.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        write_metadata_keys(
+            root,
+            "cairn",
+            &keys(&["ssh-rsa AAAAold", "ssh-ed25519 AAAAnew "]),
+            &mut rec,
+        )
+        .unwrap();
+        write_metadata_keys(root, "cairn", &keys(&["ssh-ed25519 AAAAnew"]), &mut rec).unwrap();
+        let file = root.join("var/home/cairn").join(METADATA_KEYS);
+        assert_eq!(fs::read_to_string(&file).unwrap(), "ssh-ed25519 AAAAnew\n");
+        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::read_to_string(root.join("var/home/cairn/.ssh/authorized_keys")).unwrap(),
+            "ssh-ed25519 AAAAown me\n"
+        );
+        assert!(rec.chowned.iter().any(|(p, _, _)| p.ends_with("authorized_keys.d")));
+        assert!(write_metadata_keys(root, "nobody", &[], &mut rec).is_err());
     }
 }

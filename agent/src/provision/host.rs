@@ -55,6 +55,9 @@ impl System for HostSystem {
     }
 }
 
+/// The firmware's DMI strings.
+const DMI: &str = "/sys/class/dmi/id";
+
 /// Print a line on the console (the unit's standard output goes to the
 /// journal and the console) with the provisioner's prefix.
 fn say(line: &str) {
@@ -68,12 +71,16 @@ pub fn provision(stage: Stage, final_stage: bool) -> Result<()> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
     let fetch = HttpFetch::default();
     let mut system = HostSystem;
+    let platform = crate::platform::detect(&cmdline, &crate::platform::Dmi::read(Path::new(DMI)));
     let mut host = Host {
         cmdline,
         default_user: config.default_user,
         fetch: &fetch,
         system: &mut system,
         say: &say,
+        platform,
+        config_drive: &super::source::read_config_drive,
+        metadata_service: &crate::metadata::host::read_service,
     };
     if final_stage {
         return super::run_final(&mut host, Path::new(DIR));

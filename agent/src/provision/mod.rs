@@ -34,6 +34,8 @@ use self::cloud_config::UserData;
 use self::ignition::Fetch;
 use self::plan::{Command, Content, Plan};
 use self::source::{Found, Source, Stage};
+use crate::metadata::Metadata;
+use crate::platform::{Detected, Platform};
 
 /// Where provisioning keeps what it did.
 pub const DIR: &str = "/var/lib/cairn/provision";
@@ -43,7 +45,8 @@ const BOOT_COMMANDS: &str = "bootcmd.json";
 const PENDING_COMMANDS: &str = "pending-run.json";
 /// Written by the local stage when the config it found fetches over the
 /// network: `cairn-provision-network.service` runs when it exists.
-pub const NEEDS_NETWORK: &str = "/run/cairn/provision/needs-network";
+/// Relative to the root (`/run/cairn/provision/needs-network` on a host).
+pub const NEEDS_NETWORK: &str = "run/cairn/provision/needs-network";
 /// Part of the error [`Offline`] gives, telling "needs the network" apart.
 const OFFLINE: &str = "not fetched before networking";
 
@@ -178,6 +181,146 @@ pub struct Host<'a> {
     pub system: &'a mut dyn apply::System,
     /// Lines for the console (and the journal).
     pub say: &'a dyn Fn(&str),
+    /// The platform the host is on, and how that was decided.
+    pub platform: Detected,
+    /// The platform's config drive, if one is attached.
+    pub config_drive: &'a dyn Fn(Platform) -> Result<Option<Metadata>>,
+    /// The platform's metadata service (time-bounded).
+    pub metadata_service: &'a dyn Fn(Platform) -> Result<Metadata, String>,
+}
+
+/// What this boot learnt of its platform, for `status`
+/// (`/run/cairn/platform.json`, written at each stage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformRecord {
+    pub detected: Detected,
+    /// Where the metadata came from, and what it gave.
+    pub metadata: Option<MetadataSummary>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataSummary {
+    pub origin: String,
+    pub instance_id: String,
+    pub hostname: Option<String>,
+    pub ssh_keys: usize,
+    pub user_data: bool,
+}
+
+/// Where [`PlatformRecord`] is kept, relative to the root.
+pub const PLATFORM_RECORD: &str = "run/cairn/platform.json";
+/// The metadata's attributes for units (`EnvironmentFile=`), relative to the root.
+pub const METADATA_ENV: &str = "run/cairn/metadata.env";
+
+pub fn load_platform_record(root: &Path) -> Option<PlatformRecord> {
+    serde_json::from_str(&std::fs::read_to_string(root.join(PLATFORM_RECORD)).ok()?).ok()
+}
+
+fn save_platform_record(root: &Path, r: &PlatformRecord) {
+    let path = root.join(PLATFORM_RECORD);
+    let _ = std::fs::create_dir_all(path.parent().expect("has a folder"));
+    if let Err(e) = write_atomic(&path, &serde_json::to_vec_pretty(r).unwrap_or_default()) {
+        tracing::warn!(error = %format!("{e:#}"), "recording the platform");
+    }
+}
+
+/// The platform's metadata for this stage: from its config drive, else
+/// (once the network is up) its metadata service; applied — the
+/// attributes for units, the default user's keys (replaced every boot),
+/// the host's name when no config names it — and recorded. `None`: not a
+/// cloud, nothing there yet (the local stage then asks for the network
+/// stage), or it failed (said and recorded; the boot goes on).
+fn platform_metadata(host: &mut Host<'_>, root: &Path, stage: Stage) -> Option<Metadata> {
+    let platform = host.platform.platform;
+    let mut record = PlatformRecord {
+        detected: host.platform.clone(),
+        metadata: None,
+        error: None,
+    };
+    if let Some(e) = &host.platform.error {
+        (host.say)(e);
+    }
+    if !platform.is_cloud() {
+        save_platform_record(root, &record);
+        return None;
+    }
+    let drive = if source::has_config_drive(platform) {
+        (host.config_drive)(platform).map_err(|e| format!("{e:#}"))
+    } else {
+        Ok(None)
+    };
+    let read = match drive {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) if stage == Stage::Local => {
+            (host.say)(&format!(
+                "{platform}: its metadata service is read once networkd has started"
+            ));
+            if let Err(e) = flag_network_stage(root) {
+                (host.say)(&format!("{e:#}"));
+            }
+            save_platform_record(root, &record);
+            return None;
+        }
+        Ok(None) => (host.metadata_service)(platform),
+        Err(e) => Err(e),
+    };
+    let m = match read {
+        Ok(m) => m,
+        Err(e) => {
+            (host.say)(&format!("{platform} metadata: {e}; booting on without it"));
+            record.error = Some(e);
+            save_platform_record(root, &record);
+            return None;
+        }
+    };
+    if let Err(e) = apply_metadata(host, root, &m) {
+        (host.say)(&format!("{platform} metadata: {e}"));
+        record.error = Some(e);
+    }
+    (host.say)(&format!(
+        "{platform} metadata ({}): instance {}, {} SSH key(s) for {}{}",
+        m.origin,
+        m.instance_id,
+        m.ssh_keys.len(),
+        host.default_user,
+        if m.user_data.is_some() { ", user data" } else { "" }
+    ));
+    record.metadata = Some(MetadataSummary {
+        origin: m.origin.clone(),
+        instance_id: m.instance_id.clone(),
+        hostname: m.hostname.clone(),
+        ssh_keys: m.ssh_keys.len(),
+        user_data: m.user_data.is_some(),
+    });
+    save_platform_record(root, &record);
+    Some(m)
+}
+
+/// What the metadata gives every boot, whatever the user data says.
+fn apply_metadata(host: &mut Host<'_>, root: &Path, m: &Metadata) -> Result<(), String> {
+    let env = root.join(METADATA_ENV);
+    std::fs::create_dir_all(env.parent().expect("has a folder")).map_err(|e| format!("{}: {e}", env.display()))?;
+    write_atomic(&env, m.env_file().as_bytes()).map_err(|e| format!("{}: {e:#}", env.display()))?;
+    apply::write_metadata_keys(root, &host.default_user, &m.ssh_keys, &mut *host.system)?;
+    let named = root.join(apply::PLATFORM_HOSTNAME);
+    match &m.hostname {
+        Some(h) => {
+            write_atomic(&named, format!("{h}\n").as_bytes()).map_err(|e| format!("{}: {e:#}", named.display()))?
+        }
+        None => {
+            let _ = std::fs::remove_file(&named);
+        }
+    }
+    apply::sync_hostname(root, &mut *host.system)
+}
+
+/// Ask for `cairn-provision-network.service` (its condition).
+fn flag_network_stage(root: &Path) -> Result<()> {
+    let flag = root.join(NEEDS_NETWORK);
+    std::fs::create_dir_all(flag.parent().expect("has a parent"))
+        .and_then(|()| std::fs::write(&flag, b""))
+        .with_context(|| format!("writing {}", flag.display()))
 }
 
 fn now() -> u64 {
@@ -263,12 +406,14 @@ pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path, stage: Stage) -> 
     // The stored `bootcmd`s run at every boot, unless a new config's own
     // replaced them in this one.
     let mut boot_commands_replaced = false;
+    let platform = platform_metadata(host, root, stage);
     let result = provision_from_sources(
         host,
         state_dir,
         root,
         stage,
         previous.as_ref(),
+        platform.as_ref(),
         &mut boot_commands_replaced,
     );
     if !boot_commands_replaced {
@@ -297,12 +442,13 @@ fn provision_from_sources(
     root: &Path,
     stage: Stage,
     previous: Option<&Record>,
+    platform: Option<&Metadata>,
     boot_commands_replaced: &mut bool,
 ) -> Result<Next> {
-    if !stage.asks_sources(&host.cmdline, Path::new(NEEDS_NETWORK).exists()) {
+    if !stage.asks_sources(&host.cmdline, root.join(NEEDS_NETWORK).exists()) {
         return Ok(Next::Continue);
     }
-    let found = match source::find(&host.cmdline, host.fetch) {
+    let found = match source::find(&host.cmdline, host.fetch, platform) {
         Ok(f) => f,
         Err(e) => {
             let message = format!("{e:#}");
@@ -319,6 +465,10 @@ fn provision_from_sources(
         }
     };
     let Some(found) = found else {
+        if stage == Stage::Local && root.join(NEEDS_NETWORK).exists() {
+            // The platform's metadata, read by the network stage, decides.
+            return Ok(Next::Continue);
+        }
         if previous.is_none() {
             (host.say)("no provisioning config (kernel argument, fw_cfg, NoCloud seed): booting unprovisioned");
             save_record(
@@ -356,10 +506,7 @@ fn provision_from_sources(
             "the config from {} fetches over the network: provisioning after networkd starts",
             found.source
         ));
-        let flag = Path::new(NEEDS_NETWORK);
-        std::fs::create_dir_all(flag.parent().expect("has a parent"))
-            .and_then(|()| std::fs::write(flag, b""))
-            .with_context(|| format!("writing {NEEDS_NETWORK}"))?;
+        flag_network_stage(root)?;
         return Ok(Next::Continue);
     }
     (host.say)(&format!("provisioning from {}", found.source));
@@ -659,5 +806,140 @@ mod tests {
         assert_eq!(plan.default_user_keys.len(), 1);
         assert_eq!(plan.files[0].path, Path::new("etc/motd"));
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    }
+
+    /// Does what the applier asks on the files, records the rest.
+    #[derive(Default)]
+    struct FakeSystem {
+        hostname: Option<String>,
+        ran: Vec<String>,
+    }
+
+    impl apply::System for FakeSystem {
+        fn run(&mut self, argv: &[String]) -> Result<(), String> {
+            self.ran.push(argv.join(" "));
+            Ok(())
+        }
+        fn output(&mut self, argv: &[String]) -> Result<String, String> {
+            self.run(argv).map(|()| String::new())
+        }
+        fn chown(&mut self, _: &Path, _: u32, _: u32) -> Result<(), String> {
+            Ok(())
+        }
+        fn set_hostname(&mut self, name: &str) -> Result<(), String> {
+            self.hostname = Some(name.to_owned());
+            Ok(())
+        }
+        fn deploy_kernel_args(&mut self, _: &[String]) -> Result<(), String> {
+            Err("not here".into())
+        }
+    }
+
+    fn ec2_metadata() -> Metadata {
+        Metadata {
+            platform: Some(Platform::Ec2),
+            origin: "the metadata service http://169.254.169.254".into(),
+            instance_id: "i-0abc".into(),
+            hostname: Some("ip-10-0-1-5.ec2.internal".into()),
+            ssh_keys: vec!["ssh-ed25519 AAAAmeta ops".into()],
+            user_data: Some(b"#cloud-config\nwrite_files:\n  - path: /etc/from-metadata\n    content: hi\n".to_vec()),
+            attributes: [("region".to_owned(), "us-east-1".to_owned())].into(),
+        }
+    }
+
+    #[test]
+    fn a_cloud_s_metadata_is_read_once_the_network_is_up_and_its_user_data_provisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "cairn:x:1000:1000::/home/cairn:/bin/bash\n").unwrap();
+        std::fs::write(root.join("etc/group"), "cairn:x:1000:\n").unwrap();
+        let said = std::cell::RefCell::new(Vec::<String>::new());
+        let say = |l: &str| said.borrow_mut().push(l.to_owned());
+        let asked = std::cell::Cell::new(0);
+        let service = |p: Platform| {
+            asked.set(asked.get() + 1);
+            assert_eq!(p, Platform::Ec2);
+            Ok(ec2_metadata())
+        };
+        let no_drive = |_: Platform| -> Result<Option<Metadata>> { panic!("EC2 has no config drive") };
+        let mut sys = FakeSystem::default();
+        let mut host = Host {
+            cmdline: "root=LABEL=cairn-root".into(),
+            default_user: "cairn".into(),
+            fetch: &NoFetch,
+            system: &mut sys,
+            say: &say,
+            platform: Detected {
+                platform: Platform::Ec2,
+                by: "dmi".into(),
+                error: None,
+            },
+            config_drive: &no_drive,
+            metadata_service: &service,
+        };
+        // Before networking: nothing asked, the network stage flagged.
+        assert_eq!(platform_metadata(&mut host, root, Stage::Local), None);
+        assert_eq!(asked.get(), 0);
+        assert!(root.join(NEEDS_NETWORK).exists());
+        // Once it is up: the metadata, applied, and its user data found.
+        let m = platform_metadata(&mut host, root, Stage::Network).unwrap();
+        assert_eq!(asked.get(), 1);
+        let found = source::from_metadata(&m).unwrap();
+        assert_eq!(found.instance_id.as_deref(), Some("i-0abc"));
+        assert_eq!(
+            found.source.to_string(),
+            "ec2 metadata (the metadata service http://169.254.169.254)"
+        );
+        let (format, plan) = plan_for(&found, "cairn", &NoFetch).unwrap();
+        assert_eq!(format, "cloud-config");
+        assert_eq!(plan.hostname.as_deref(), Some("ip-10-0-1-5.ec2.internal"));
+        assert_eq!(
+            std::fs::read_to_string(root.join(METADATA_ENV)).unwrap(),
+            "CAIRN_HOSTNAME=\"ip-10-0-1-5.ec2.internal\"\nCAIRN_INSTANCE_ID=\"i-0abc\"\nCAIRN_PLATFORM=\"ec2\"\nCAIRN_REGION=\"us-east-1\"\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("var/home/cairn").join(apply::METADATA_KEYS)).unwrap(),
+            "ssh-ed25519 AAAAmeta ops\n"
+        );
+        drop(host);
+        assert_eq!(sys.hostname.as_deref(), Some("ip-10-0-1-5.ec2.internal"));
+        let record = load_platform_record(root).unwrap();
+        assert_eq!(record.metadata.unwrap().ssh_keys, 1);
+        assert!(said
+            .borrow()
+            .iter()
+            .any(|l| l.contains("instance i-0abc, 1 SSH key(s) for cairn, user data")));
+    }
+
+    #[test]
+    fn a_metadata_service_that_fails_is_said_and_recorded_and_the_boot_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let said = std::cell::RefCell::new(Vec::<String>::new());
+        let say = |l: &str| said.borrow_mut().push(l.to_owned());
+        let service =
+            |_: Platform| Err("http://100.100.100.200/latest/api/token: no answer within 60 s (timed out)".to_owned());
+        let drive = |_: Platform| -> Result<Option<Metadata>> { Ok(None) };
+        let mut sys = FakeSystem::default();
+        let mut host = Host {
+            cmdline: String::new(),
+            default_user: "cairn".into(),
+            fetch: &NoFetch,
+            system: &mut sys,
+            say: &say,
+            platform: Detected {
+                platform: Platform::Aliyun,
+                by: "kernel argument".into(),
+                error: None,
+            },
+            config_drive: &drive,
+            metadata_service: &service,
+        };
+        assert_eq!(platform_metadata(&mut host, root, Stage::Network), None);
+        let record = load_platform_record(root).unwrap();
+        assert!(record.error.unwrap().contains("no answer within 60 s"));
+        assert!(said.borrow()[0].starts_with("aliyun metadata: http://100.100.100.200/latest/api/token: no answer"));
+        assert!(!root.join(METADATA_ENV).exists());
     }
 }

@@ -12,6 +12,8 @@ use cairn_common::process::Cmd;
 use serde::{Deserialize, Serialize};
 
 use super::ignition::Fetch;
+use crate::metadata::{self, Metadata};
+use crate::platform::Platform;
 
 /// The kernel argument naming a config URL.
 pub const URL_KARG: &str = "cairn.config.url";
@@ -25,9 +27,18 @@ const SEED_MOUNT: &str = "/run/cairn/provision/seed";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Source {
-    KernelArgument { url: String },
+    KernelArgument {
+        url: String,
+    },
     FwCfg,
-    NoCloud { device: String },
+    NoCloud {
+        device: String,
+    },
+    /// The platform's metadata: its service, or its config drive.
+    Platform {
+        platform: Platform,
+        origin: String,
+    },
 }
 
 impl std::fmt::Display for Source {
@@ -36,6 +47,7 @@ impl std::fmt::Display for Source {
             Source::KernelArgument { url } => write!(f, "{URL_KARG}={url}"),
             Source::FwCfg => write!(f, "QEMU fw_cfg {FW_CFG_NAME}"),
             Source::NoCloud { device } => write!(f, "NoCloud seed {device}"),
+            Source::Platform { platform, origin } => write!(f, "{platform} metadata ({origin})"),
         }
     }
 }
@@ -103,9 +115,31 @@ impl Stage {
     }
 }
 
-/// Look for a config on this host, in order. `Ok(None)`: no source has
-/// one. A source that is present but unreadable is an error naming it.
-pub fn find(cmdline: &str, fetch: &dyn Fetch) -> Result<Option<Found>> {
+/// Look for a config on this host, in order: the kernel argument's URL,
+/// fw_cfg, a NoCloud seed, then the user data of the platform's metadata.
+/// `Ok(None)`: no source has one. A source that is present but unreadable
+/// is an error naming it.
+pub fn find(cmdline: &str, fetch: &dyn Fetch, platform: Option<&Metadata>) -> Result<Option<Found>> {
+    let local = find_local(cmdline, fetch)?;
+    Ok(local.or_else(|| platform.and_then(from_metadata)))
+}
+
+/// The config in a platform's metadata, if it has user data.
+pub fn from_metadata(m: &Metadata) -> Option<Found> {
+    let user_data = m.user_data.clone()?;
+    Some(Found {
+        source: Source::Platform {
+            platform: m.platform?,
+            origin: m.origin.clone(),
+        },
+        user_data,
+        instance_id: Some(m.instance_id.clone()),
+        local_hostname: m.hostname.clone(),
+        network_config: None,
+    })
+}
+
+fn find_local(cmdline: &str, fetch: &dyn Fetch) -> Result<Option<Found>> {
     if let Some(url) = config_url(cmdline) {
         let user_data = fetch.fetch(&url, &[]).map_err(|e| anyhow::anyhow!("{URL_KARG}: {e}"))?;
         return Ok(Some(Found {
@@ -157,41 +191,74 @@ fn device_labelled(label: &str) -> Option<String> {
     (!dev.is_empty()).then(|| dev.to_owned())
 }
 
-fn read_nocloud() -> Result<Option<Found>> {
-    // Devices the kernel found late (a CD-ROM's driver is a module) show up
-    // once udev has handled the coldplug events.
-    let _ = Cmd::new("udevadm").args(["settle", "--timeout=30"]).output();
-    let Some(device) = device_labelled("cidata").or_else(|| device_labelled("CIDATA")) else {
-        return Ok(None);
-    };
+/// Mount the volume `device` read-only at a private place, run `read` on
+/// its folder, unmount.
+fn with_volume<T>(device: &str, read: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let mount = PathBuf::from(SEED_MOUNT);
     std::fs::create_dir_all(&mount).with_context(|| format!("creating {}", mount.display()))?;
     Cmd::new("mount")
-        .args(["-o", "ro,nosuid,nodev,noexec", &device])
+        .args(["-o", "ro,nosuid,nodev,noexec", device])
         .arg(&mount)
         .run()
-        .with_context(|| format!("mounting the NoCloud seed {device}"))?;
-    let read = (|| -> Result<Found> {
-        let meta = std::fs::read_to_string(mount.join("meta-data"))
+        .with_context(|| format!("mounting {device}"))?;
+    let result = read(&mount);
+    let _ = Cmd::new("umount").arg(&mount).run();
+    result
+}
+
+/// The first volume with one of `labels`, once udev has seen the devices
+/// the kernel found late (a CD-ROM's driver is a module).
+fn volume_labelled(labels: &[&str]) -> Option<String> {
+    let _ = Cmd::new("udevadm").args(["settle", "--timeout=30"]).output();
+    labels.iter().find_map(|l| device_labelled(l))
+}
+
+fn read_nocloud() -> Result<Option<Found>> {
+    let Some(device) = volume_labelled(&["cidata", "CIDATA"]) else {
+        return Ok(None);
+    };
+    with_volume(&device, |dir| {
+        let meta = std::fs::read_to_string(dir.join("meta-data"))
             .with_context(|| format!("the NoCloud seed {device} has no meta-data"))?;
         let (instance_id, local_hostname) =
             meta_data(&meta).map_err(|e| anyhow::anyhow!("the NoCloud seed {device}: {e}"))?;
-        let user_data = match std::fs::read(mount.join("user-data")) {
+        let user_data = match std::fs::read(dir.join("user-data")) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => bail!("the NoCloud seed {device}: reading user-data: {e}"),
         };
-        let network_config = std::fs::read_to_string(mount.join("network-config")).ok();
-        Ok(Found {
+        let network_config = std::fs::read_to_string(dir.join("network-config")).ok();
+        Ok(Some(Found {
             source: Source::NoCloud { device: device.clone() },
             user_data,
             instance_id: Some(instance_id),
             local_hostname,
             network_config,
-        })
-    })();
-    let _ = Cmd::new("umount").arg(&mount).run();
-    read.map(Some)
+        }))
+    })
+}
+
+/// The platforms whose metadata may come on a config drive (a volume
+/// labelled `config-2` in OpenStack's layout).
+pub fn has_config_drive(platform: Platform) -> bool {
+    matches!(platform, Platform::Openstack | Platform::Huawei | Platform::Tencent)
+}
+
+/// The platform's config drive, if it has one attached.
+pub fn read_config_drive(platform: Platform) -> Result<Option<Metadata>> {
+    let Some(device) = volume_labelled(&["config-2", "CONFIG-2"]) else {
+        return Ok(None);
+    };
+    with_volume(&device, |dir| {
+        let latest = dir.join("openstack/latest");
+        let meta = std::fs::read(latest.join("meta_data.json"))
+            .with_context(|| format!("the config drive {device} has no openstack/latest/meta_data.json"))?;
+        let user_data = std::fs::read(latest.join("user_data")).ok();
+        let origin = format!("config drive {device}");
+        let mut m = metadata::openstack::parse(platform, &meta, user_data, &origin)?;
+        m.origin = origin;
+        Ok(Some(m))
+    })
 }
 
 /// HTTP(S) with a timeout per attempt and bounded retries: a server that

@@ -1,0 +1,81 @@
+//! The running host's side of [`super::Http`]: reqwest on a one-thread
+//! runtime, the wall clock, and the provider for each platform.
+
+use std::time::{Duration, Instant};
+
+use super::{Budget, Http, Metadata, Method, Request, Response, BUDGET};
+use crate::platform::Platform;
+
+pub struct HostHttp {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    started: Instant,
+}
+
+impl HostHttp {
+    pub fn new() -> Result<HostHttp, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the HTTP client: {e}"))?;
+        // Metadata services are link-local: never through a proxy.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("starting the HTTP client: {e}"))?;
+        Ok(HostHttp {
+            runtime,
+            client,
+            started: Instant::now(),
+        })
+    }
+}
+
+impl Http for HostHttp {
+    fn send(&self, r: &Request, timeout: Duration) -> Result<Response, String> {
+        let method = match r.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Put => reqwest::Method::PUT,
+            Method::Post => reqwest::Method::POST,
+        };
+        let mut req = self.client.request(method, &r.url).timeout(timeout);
+        for (k, v) in &r.headers {
+            req = req.header(k, v);
+        }
+        if r.method != Method::Get {
+            req = req.body(r.body.clone());
+        }
+        self.runtime.block_on(async {
+            let resp = req.send().await.map_err(|e| format!("{e}"))?;
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.map_err(|e| format!("{e}"))?.to_vec();
+            Ok(Response { status, body })
+        })
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+/// Read `platform`'s metadata service, within [`BUDGET`].
+pub fn read_service(platform: Platform) -> Result<Metadata, String> {
+    let http = HostHttp::new()?;
+    let budget = Budget::starting_now(&http, BUDGET);
+    let read = match platform {
+        Platform::Ec2 => super::ec2::read(&super::ec2::EC2, &http, &budget),
+        Platform::Aliyun => super::ec2::read(&super::ec2::ALIYUN, &http, &budget),
+        Platform::Tencent => super::ec2::read(&super::ec2::TENCENT, &http, &budget),
+        Platform::Gce => super::gce::read(&http, &budget),
+        Platform::Openstack | Platform::Huawei => super::openstack::read(platform, &http, &budget),
+        Platform::Azure => {
+            return Err("Azure's metadata (IMDS and the WireServer's ready report) is not read yet".into())
+        }
+        Platform::Qemu | Platform::Metal => return Err(format!("{platform} has no metadata service")),
+    };
+    read.map_err(|e| e.to_string())
+}

@@ -1,0 +1,129 @@
+//! A cloud metadata service stand-in on 127.0.0.1: a handler decides each
+//! answer from the method, path and headers (so a test implements a
+//! provider's documented behaviour: EC2's session tokens, GCE's
+//! `Metadata-Flavor`), and every request is logged with its answer.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// One request, as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+type Handler = dyn Fn(&Asked) -> (u16, Vec<u8>) + Send + Sync;
+
+struct Shared {
+    handler: Box<Handler>,
+    log: Mutex<Vec<(Asked, u16)>>,
+    stop: AtomicBool,
+}
+
+/// The server; stops when dropped.
+pub struct MetadataServer {
+    pub port: u16,
+    shared: Arc<Shared>,
+}
+
+impl MetadataServer {
+    pub fn start(handler: impl Fn(&Asked) -> (u16, Vec<u8>) + Send + Sync + 'static) -> Result<MetadataServer> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding the metadata stand-in")?;
+        let port = listener.local_addr()?.port();
+        let shared = Arc::new(Shared {
+            handler: Box::new(handler),
+            log: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let s = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let s = Arc::clone(&s);
+                    std::thread::spawn(move || {
+                        let _ = serve(conn, &s);
+                    });
+                }
+            }
+        });
+        Ok(MetadataServer { port, shared })
+    }
+
+    /// Every request so far, with the status it was answered.
+    pub fn requests(&self) -> Vec<(Asked, u16)> {
+        self.shared.log.lock().expect("log lock").clone()
+    }
+}
+
+impl Drop for MetadataServer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(conn: TcpStream, s: &Shared) -> Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut conn = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut words = line.split_whitespace();
+        let method = words.next().unwrap_or_default().to_owned();
+        let path = words.next().unwrap_or_default().to_owned();
+        let mut headers = BTreeMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            }
+        }
+        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body)?;
+        let close = headers
+            .get("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let asked = Asked {
+            method,
+            path,
+            headers,
+            body,
+        };
+        let (status, answer) = (s.handler)(&asked);
+        s.log.lock().expect("log lock").push((asked, status));
+        write!(
+            conn,
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n",
+            answer.len()
+        )?;
+        conn.write_all(&answer)?;
+        conn.flush()?;
+        if close {
+            return Ok(());
+        }
+    }
+}
