@@ -157,6 +157,7 @@ pub fn read(svc: &Service, http: &dyn Http, budget: &Budget) -> Result<Metadata,
         ssh_keys,
         user_data,
         attributes,
+        warnings: Vec::new(),
     })
 }
 

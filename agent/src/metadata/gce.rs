@@ -72,6 +72,7 @@ pub fn read(http: &dyn Http, budget: &Budget) -> Result<Metadata, Error> {
         ssh_keys,
         user_data,
         attributes,
+        warnings: Vec::new(),
     })
 }
 

@@ -72,9 +72,22 @@ pub fn read_service(platform: Platform) -> Result<Metadata, String> {
         Platform::Tencent => super::ec2::read(&super::ec2::TENCENT, &http, &budget),
         Platform::Gce => super::gce::read(&http, &budget),
         Platform::Openstack | Platform::Huawei => super::openstack::read(platform, &http, &budget),
-        Platform::Azure => {
-            return Err("Azure's metadata (IMDS and the WireServer's ready report) is not read yet".into())
-        }
+        Platform::Azure => super::azure::read(&http, &budget).map(|mut m| {
+            if m.user_data.is_none() {
+                match crate::provision::source::read_azure_custom_data() {
+                    Ok(data) => m.user_data = data,
+                    Err(e) => m.warnings.push(format!("{e:#}")),
+                }
+            }
+            // Without the ready report Azure marks a new VM failed.
+            match super::azure::report_ready(&http, &budget) {
+                Ok(g) => tracing::info!(incarnation = %g.incarnation, "reported ready to Azure's WireServer"),
+                Err(e) => m
+                    .warnings
+                    .push(format!("the ready report to Azure's WireServer failed: {e}")),
+            }
+            m
+        }),
         Platform::Qemu | Platform::Metal => return Err(format!("{platform} has no metadata service")),
     };
     read.map_err(|e| e.to_string())

@@ -9,6 +9,7 @@
 //! retries back off, and a service that never answers costs the boot at
 //! most the budget ([`BUDGET`]), then is reported.
 
+pub mod azure;
 pub mod ec2;
 pub mod gce;
 pub mod host;
@@ -43,6 +44,9 @@ pub struct Metadata {
     /// `CAIRN_*` attributes for `/run/cairn/metadata.env` (region, zone,
     /// instance type, addresses), without the prefix.
     pub attributes: BTreeMap<String, String>,
+    /// What went wrong beside the metadata (Azure's ready report).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl Metadata {

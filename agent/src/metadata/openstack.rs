@@ -60,6 +60,7 @@ pub fn parse(
             .collect(),
         user_data: user_data.filter(|u| !u.is_empty()),
         attributes,
+        warnings: Vec::new(),
     })
 }
 

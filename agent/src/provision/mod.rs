@@ -197,6 +197,8 @@ pub struct PlatformRecord {
     /// Where the metadata came from, and what it gave.
     pub metadata: Option<MetadataSummary>,
     pub error: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +239,7 @@ fn platform_metadata(host: &mut Host<'_>, root: &Path, stage: Stage) -> Option<M
         detected: host.platform.clone(),
         metadata: None,
         error: None,
+        warnings: Vec::new(),
     };
     if let Some(e) = &host.platform.error {
         (host.say)(e);
@@ -278,6 +281,10 @@ fn platform_metadata(host: &mut Host<'_>, root: &Path, stage: Stage) -> Option<M
         (host.say)(&format!("{platform} metadata: {e}"));
         record.error = Some(e);
     }
+    for w in &m.warnings {
+        (host.say)(&format!("{platform}: {w}"));
+    }
+    record.warnings = m.warnings.clone();
     (host.say)(&format!(
         "{platform} metadata ({}): instance {}, {} SSH key(s) for {}{}",
         m.origin,
@@ -844,6 +851,7 @@ mod tests {
             ssh_keys: vec!["ssh-ed25519 AAAAmeta ops".into()],
             user_data: Some(b"#cloud-config\nwrite_files:\n  - path: /etc/from-metadata\n    content: hi\n".to_vec()),
             attributes: [("region".to_owned(), "us-east-1".to_owned())].into(),
+            warnings: Vec::new(),
         }
     }
 

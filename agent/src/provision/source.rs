@@ -238,6 +238,32 @@ fn read_nocloud() -> Result<Option<Found>> {
     })
 }
 
+/// Azure's custom data from the provisioning media: the CD-ROM holding
+/// `ovf-env.xml` (UDF, no fixed label), for when IMDS has no user data.
+pub fn read_azure_custom_data() -> Result<Option<Vec<u8>>> {
+    let _ = Cmd::new("udevadm").args(["settle", "--timeout=30"]).output();
+    for n in 0..4 {
+        let device = format!("/dev/sr{n}");
+        if !Path::new(&device).exists() {
+            continue;
+        }
+        let found = with_volume(&device, |dir| match std::fs::read_to_string(dir.join("ovf-env.xml")) {
+            Ok(xml) => metadata::azure::custom_data_of_ovf_env(&xml)
+                .map(|d| Some(d.unwrap_or_default()))
+                .map_err(|e| anyhow::anyhow!("{device}: {e}")),
+            Err(_) => Ok(None),
+        });
+        match found {
+            Ok(Some(data)) => return Ok((!data.is_empty()).then_some(data)),
+            // An empty drive, or one without ovf-env.xml: the next.
+            Ok(None) => {}
+            Err(e) if format!("{e:#}").contains("ovf-env.xml") => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(None)
+}
+
 /// The platforms whose metadata may come on a config drive (a volume
 /// labelled `config-2` in OpenStack's layout).
 pub fn has_config_drive(platform: Platform) -> bool {
