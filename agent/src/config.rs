@@ -81,6 +81,9 @@ pub struct Config {
     pub download_stall_timeout: Duration,
     /// The image's default user (provisioning gives it SSH keys).
     pub default_user: String,
+    /// NTP servers by cloud platform (`[platform.ec2] ntp = [...]`), used
+    /// on a host that platform detection puts there.
+    pub ntp: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for Config {
@@ -99,6 +102,7 @@ impl Default for Config {
             download_retries: 5,
             download_stall_timeout: Duration::from_secs(60),
             default_user: "cairn".into(),
+            ntp: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -116,6 +120,15 @@ struct FileConfig {
     boot: BootSection,
     #[serde(default)]
     provision: ProvisionSection,
+    /// Facts of each cloud platform, by its name.
+    #[serde(default)]
+    platform: std::collections::BTreeMap<String, toml::Spanned<PlatformSection>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct PlatformSection {
+    ntp: Option<Vec<toml::Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -296,6 +309,29 @@ impl ConfigBuilder {
             self.config.default_user = name.clone();
         }
 
+        for (name, section) in parsed.platform {
+            if !cairn_common::layout::CLOUD_PLATFORMS.contains(&name.as_str()) {
+                return Err(err(
+                    section.span(),
+                    format!(
+                        "[platform.{name}]: not a cloud platform (one of: {})",
+                        cairn_common::layout::CLOUD_PLATFORMS.join(", ")
+                    ),
+                ));
+            }
+            if let Some(servers) = &section.get_ref().ntp {
+                let mut list = Vec::new();
+                for v in servers {
+                    let host = v.get_ref();
+                    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)) {
+                        return Err(err(v.span(), format!("ntp: `{host}` is not a host name or address")));
+                    }
+                    list.push(host.clone());
+                }
+                self.config.ntp.insert(name, list);
+            }
+        }
+
         if let Some(v) = parsed.boot.tries {
             let n = *v.get_ref();
             if !(1..=cairn_common::bootcfg::MAX_TRIES).contains(&n) {
@@ -443,6 +479,25 @@ mod tests {
         assert_eq!(e.at.map(|a| a.0), Some(1), "{e}");
         let e = merged(&[("e.toml", "[update]\nurl = \"ftp://x\"\n")]).unwrap_err();
         assert!(e.to_string().contains("not an http:// or https:// URL"), "{e}");
+    }
+
+    #[test]
+    fn each_cloud_s_ntp_servers_are_a_fact_of_the_image_a_host_may_override() {
+        let c = merged(&[
+            ("00-image.toml", "[platform.ec2]\nntp = [\"169.254.169.123\"]\n\n[platform.aliyun]\nntp = [\"ntp.cloud.aliyuncs.com\"]\n"),
+            ("50-site.toml", "[platform.ec2]\nntp = [\"time.example.net\"]\n"),
+        ])
+        .unwrap();
+        assert_eq!(c.ntp["ec2"], ["time.example.net"]);
+        assert_eq!(c.ntp["aliyun"], ["ntp.cloud.aliyuncs.com"]);
+        let e = merged(&[("f.toml", "[platform.aws]\nntp = [\"x\"]\n")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("f.toml:1:1: [platform.aws]: not a cloud platform (one of: ec2, gce,"),
+            "{e}"
+        );
+        let e = merged(&[("g.toml", "[platform.gce]\nntp = [\"a b\"]\n")]).unwrap_err();
+        assert_eq!(e.to_string(), "g.toml:2:8: ntp: `a b` is not a host name or address");
     }
 
     #[test]

@@ -258,4 +258,14 @@ mod tests {
         assert_eq!(d.sys_vendor, "Amazon EC2");
         assert_eq!(d.chassis_asset_tag, "");
     }
+
+    #[test]
+    fn the_cloud_names_are_the_ones_manifests_and_settings_use() {
+        let clouds: Vec<&str> = Platform::ALL
+            .iter()
+            .filter(|p| p.is_cloud())
+            .map(|p| p.name())
+            .collect();
+        assert_eq!(clouds, cairn_common::layout::CLOUD_PLATFORMS);
+    }
 }

@@ -461,10 +461,15 @@ pub fn image_kargs(spec: &ImageSpec) -> String {
 
 /// The agent's configuration that comes from the manifest.
 pub fn agent_dropin(spec: &ImageSpec) -> String {
-    format!(
+    let mut out = format!(
         "# Written by cairn-build from the image manifest. Override in /etc/cairn/agent.d/.\n[update]\nurl = {:?}\nstream = {:?}\n\n[provision]\ndefault-user = {:?}\n",
         spec.update_url, spec.stream, spec.default_user
-    )
+    );
+    for (cloud, ntp) in &spec.cloud_ntp {
+        let list: Vec<String> = ntp.iter().map(|n| format!("{n:?}")).collect();
+        out.push_str(&format!("\n[platform.{cloud}]\nntp = [{}]\n", list.join(", ")));
+    }
+    out
 }
 
 pub fn os_release(spec: &ImageSpec) -> String {

@@ -51,6 +51,18 @@ struct RawManifest {
     /// Platforms by name; a manifest without any builds only `generic`.
     #[serde(default)]
     platforms: BTreeMap<String, Spanned<RawPlatform>>,
+    /// Facts of each cloud an image may boot on, by the agent's platform
+    /// name (`ec2`, `gce`, …).
+    #[serde(default)]
+    clouds: BTreeMap<String, Spanned<RawCloud>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawCloud {
+    /// The cloud's own time servers.
+    #[serde(default)]
+    ntp: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +213,8 @@ pub struct ImageSpec {
     pub stream: String,
     /// The image's default user (provisioning gives it SSH keys; `sudo`).
     pub default_user: String,
+    /// Each cloud's NTP servers (`[clouds.<name>] ntp`), by platform name.
+    pub cloud_ntp: BTreeMap<String, Vec<String>>,
     pub flavor: String,
     pub arch: Arch,
     pub platform: Platform,
@@ -512,12 +526,35 @@ impl Manifest {
             }
         };
 
+        let mut cloud_ntp = BTreeMap::new();
+        for (cloud, facts) in &raw.clouds {
+            if !cairn_common::layout::CLOUD_PLATFORMS.contains(&cloud.as_str()) {
+                return Err(self.err(
+                    facts.span(),
+                    format!(
+                        "[clouds.{cloud}]: not a cloud Cairn reads (one of: {})",
+                        cairn_common::layout::CLOUD_PLATFORMS.join(", ")
+                    ),
+                ));
+            }
+            let mut servers = Vec::new();
+            for v in &facts.get_ref().ntp {
+                let host = v.get_ref();
+                if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)) {
+                    return Err(self.err(v.span(), format!("ntp: `{host}` is not a host name or address")));
+                }
+                servers.push(host.clone());
+            }
+            cloud_ntp.insert(cloud.clone(), servers);
+        }
+
         Ok(ImageSpec {
             manifest_path: self.path.clone(),
             name,
             version,
             stream,
             default_user,
+            cloud_ntp,
             flavor: flavor.to_owned(),
             arch,
             platform,
@@ -790,6 +827,26 @@ package-sets = ["base"]
             .unwrap();
         assert_eq!(prod.package_names(), ["linux-image-cloud-arm64", "systemd", "udev"]);
         assert_eq!(prod.kernel_args.last().unwrap(), "console=ttyAMA0,115200");
+    }
+
+    #[test]
+    fn each_cloud_s_time_servers_reach_the_agent_s_settings() {
+        let (_d, path) = fixture();
+        let text = format!("{GOOD}\n[clouds.ec2]\nntp = [\"169.254.169.123\"]\n");
+        let spec = Manifest::parse(&path, &text)
+            .unwrap()
+            .resolve("dev", Arch::X86_64, Platform::Generic)
+            .unwrap();
+        assert_eq!(spec.cloud_ntp["ec2"], ["169.254.169.123"]);
+        assert!(crate::compose::agent_dropin(&spec).ends_with("\n[platform.ec2]\nntp = [\"169.254.169.123\"]\n"));
+        let e = parse_err(&format!("{GOOD}\n[clouds.aws]\nntp = [\"x\"]\n"));
+        assert!(
+            e.message
+                .starts_with("[clouds.aws]: not a cloud Cairn reads (one of: ec2,"),
+            "{e}"
+        );
+        let e = parse_err(&format!("{GOOD}\n[clouds.gce]\nntp = [\"a b\"]\n"));
+        assert_eq!(e.message, "ntp: `a b` is not a host name or address");
     }
 
     #[test]

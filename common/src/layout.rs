@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 /// Name of the ostree "OS" (stateroot) every Cairn deployment lives in.
 pub const OSNAME: &str = "cairn";
+/// The clouds whose metadata the agent reads (`cairn.platform=` names,
+/// `[clouds.<name>]` in the image manifest, `[platform.<name>]` in the
+/// agent's settings).
+pub const CLOUD_PLATFORMS: [&str; 7] = ["ec2", "gce", "azure", "openstack", "tencent", "aliyun", "huawei"];
 /// Name of the ostree remote that updates come from.
 pub const REMOTE: &str = "cairn";
 /// GPT partition name and FAT volume label of the EFI System Partition.

@@ -111,6 +111,11 @@ fn ec2_then_alibaba_metadata_with_session_tokens_provision_the_host() {
         env.contains("CAIRN_ZONE=\"us-east-1a\"") && env.contains("CAIRN_PLATFORM=\"ec2\""),
         "{env}"
     );
+    // The image's fact for EC2: its own time server.
+    let ntp = c
+        .run_ok("cat /run/systemd/timesyncd.conf.d/50-cairn-platform.conf", COMMAND)
+        .unwrap();
+    assert!(ntp.contains("NTP=169.254.169.123"), "{ntp}");
     // The key from the metadata logs the default user in.
     ssh.wait_ready("cairn", BOOT).unwrap();
     assert_eq!(ssh.ok("cairn", "id -un").unwrap(), "cairn");

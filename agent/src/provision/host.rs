@@ -72,6 +72,7 @@ pub fn provision(stage: Stage, final_stage: bool) -> Result<()> {
     let fetch = HttpFetch::default();
     let mut system = HostSystem;
     let platform = crate::platform::detect(&cmdline, &crate::platform::Dmi::read(Path::new(DMI)));
+    let ntp = config.ntp.get(platform.platform.name()).cloned().unwrap_or_default();
     let mut host = Host {
         cmdline,
         default_user: config.default_user,
@@ -81,6 +82,7 @@ pub fn provision(stage: Stage, final_stage: bool) -> Result<()> {
         platform,
         config_drive: &super::source::read_config_drive,
         metadata_service: &crate::metadata::host::read_service,
+        ntp,
     };
     if final_stage {
         return super::run_final(&mut host, Path::new(DIR));

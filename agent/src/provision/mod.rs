@@ -187,6 +187,8 @@ pub struct Host<'a> {
     pub config_drive: &'a dyn Fn(Platform) -> Result<Option<Metadata>>,
     /// The platform's metadata service (time-bounded).
     pub metadata_service: &'a dyn Fn(Platform) -> Result<Metadata, String>,
+    /// The NTP servers the image names for the detected platform.
+    pub ntp: Vec<String>,
 }
 
 /// What this boot learnt of its platform, for `status`
@@ -248,6 +250,11 @@ fn platform_metadata(host: &mut Host<'_>, root: &Path, stage: Stage) -> Option<M
         save_platform_record(root, &record);
         return None;
     }
+    if stage == Stage::Local && !host.ntp.is_empty() {
+        if let Err(e) = use_platform_ntp(host, root) {
+            (host.say)(&format!("{platform}: NTP: {e}"));
+        }
+    }
     let drive = if source::has_config_drive(platform) {
         (host.config_drive)(platform).map_err(|e| format!("{e:#}"))
     } else {
@@ -302,6 +309,28 @@ fn platform_metadata(host: &mut Host<'_>, root: &Path, stage: Stage) -> Option<M
     });
     save_platform_record(root, &record);
     Some(m)
+}
+
+/// Where the platform's NTP servers are given to systemd-timesyncd,
+/// relative to the root.
+pub const TIMESYNCD_DROPIN: &str = "run/systemd/timesyncd.conf.d/50-cairn-platform.conf";
+
+/// The platform's own time servers (the image's `[clouds.<name>] ntp`),
+/// for this boot.
+fn use_platform_ntp(host: &mut Host<'_>, root: &Path) -> Result<(), String> {
+    let file = root.join(TIMESYNCD_DROPIN);
+    std::fs::create_dir_all(file.parent().expect("has a folder")).map_err(|e| format!("{}: {e}", file.display()))?;
+    let text = format!(
+        "# The platform's time servers (cairn-provision).\n[Time]\nNTP={}\n",
+        host.ntp.join(" ")
+    );
+    write_atomic(&file, text.as_bytes()).map_err(|e| format!("{}: {e:#}", file.display()))?;
+    // Started already or not: either way it reads the servers.
+    host.system.run(&[
+        "systemctl".into(),
+        "try-restart".into(),
+        "systemd-timesyncd.service".into(),
+    ])
 }
 
 /// What the metadata gives every boot, whatever the user data says.
@@ -885,11 +914,16 @@ mod tests {
             },
             config_drive: &no_drive,
             metadata_service: &service,
+            ntp: vec!["169.254.169.123".into()],
         };
         // Before networking: nothing asked, the network stage flagged.
         assert_eq!(platform_metadata(&mut host, root, Stage::Local), None);
         assert_eq!(asked.get(), 0);
         assert!(root.join(NEEDS_NETWORK).exists());
+        assert_eq!(
+            std::fs::read_to_string(root.join(TIMESYNCD_DROPIN)).unwrap(),
+            "# The platform's time servers (cairn-provision).\n[Time]\nNTP=169.254.169.123\n"
+        );
         // Once it is up: the metadata, applied, and its user data found.
         let m = platform_metadata(&mut host, root, Stage::Network).unwrap();
         assert_eq!(asked.get(), 1);
@@ -943,6 +977,7 @@ mod tests {
             },
             config_drive: &drive,
             metadata_service: &service,
+            ntp: Vec::new(),
         };
         assert_eq!(platform_metadata(&mut host, root, Stage::Network), None);
         let record = load_platform_record(root).unwrap();
