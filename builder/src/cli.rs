@@ -158,6 +158,10 @@ enum Command {
         /// always written.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,qcow2")]
         format: Vec<crate::disk_formats::DiskFormat>,
+        /// Make the image for this cloud (`[clouds.<name>]` of the manifest:
+        /// its kernel arguments; its name ends the file names).
+        #[arg(long)]
+        cloud: Option<String>,
     },
     /// A step of `compose`, run by it inside mmdebstrap: prune the kernel
     /// modules of the root tree ROOT to an allow-list and re-index them
@@ -271,7 +275,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Image { target, output, format } => {
+        Command::Image {
+            target,
+            output,
+            format,
+            cloud,
+        } => {
             let built = image::build_image(&image::ImageOptions {
                 manifest: target.image.manifest,
                 flavor: target.image.flavor,
@@ -280,6 +289,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 repo: target.repo,
                 output,
                 formats: format,
+                cloud,
             })?;
             println!("{}", serde_json::to_string_pretty(&built)?);
         }

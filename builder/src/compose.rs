@@ -465,7 +465,7 @@ pub fn agent_dropin(spec: &ImageSpec) -> String {
         "# Written by cairn-build from the image manifest. Override in /etc/cairn/agent.d/.\n[update]\nurl = {:?}\nstream = {:?}\n\n[provision]\ndefault-user = {:?}\n",
         spec.update_url, spec.stream, spec.default_user
     );
-    for (cloud, ntp) in &spec.cloud_ntp {
+    for (cloud, ntp) in spec.cloud_ntp.iter().filter(|(_, n)| !n.is_empty()) {
         let list: Vec<String> = ntp.iter().map(|n| format!("{n:?}")).collect();
         out.push_str(&format!("\n[platform.{cloud}]\nntp = [{}]\n", list.join(", ")));
     }

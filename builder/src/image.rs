@@ -40,6 +40,9 @@ pub struct ImageOptions {
     pub output: PathBuf,
     /// What to write besides the raw image (which is always written).
     pub formats: Vec<DiskFormat>,
+    /// The cloud the image is made for (`[clouds.<name>]`): its kernel
+    /// arguments are added, and its name ends the file names.
+    pub cloud: Option<String>,
 }
 
 /// What `image` made; written next to the images as `image.json`.
@@ -54,6 +57,9 @@ pub struct BuiltImage {
     #[serde(rename = "ref")]
     pub ostree_ref: String,
     pub raw: PathBuf,
+    /// The cloud it was made for, if one.
+    #[serde(default)]
+    pub cloud: Option<String>,
     /// Every format written, the raw image included.
     pub formats: BTreeMap<DiskFormat, PathBuf>,
     pub disk_size: u64,
@@ -75,12 +81,29 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
     })?;
     let version = ostree::unquote(&ostree::metadata(&opts.repo, &commit, meta::VERSION)?);
     fs::create_dir_all(&opts.output).with_context(|| format!("creating {}", opts.output.display()))?;
-    let stem = format!("{}-{}-{}-{}", spec.name, version, spec.arch, spec.variant());
+    let cloud_kargs = match &opts.cloud {
+        None => Vec::new(),
+        Some(c) => spec
+            .cloud_kernel_args
+            .get(c)
+            .cloned()
+            .with_context(|| format!("--cloud {c}: the manifest has no [clouds.{c}]"))?,
+    };
+    let stem = match &opts.cloud {
+        None => format!("{}-{}-{}-{}", spec.name, version, spec.arch, spec.variant()),
+        Some(c) => format!("{}-{}-{}-{}-{c}", spec.name, version, spec.arch, spec.variant()),
+    };
     crate::disk_formats::check_formats(&opts.formats)?;
     let raw = opts.output.join(DiskFormat::Raw.file_name(&stem));
 
     let work = Workdir::new(&opts.output)?;
-    let kargs = release_kargs(&opts.repo, &commit, &work.path.join("kargs"))?;
+    // The cloud's arguments are the host's own, as an operator's would
+    // be: the agent keeps them across updates (`agent::kargs`).
+    let kargs = [
+        release_kargs(&opts.repo, &commit, &work.path.join("kargs"))?,
+        cloud_kargs,
+    ]
+    .concat();
     let sysroot = work.path.join("sysroot");
     let deployment = deploy(&sysroot, &opts.repo, &ostree_ref, &spec, &kargs)?;
     let os_bytes = allocated_bytes(&sysroot)?;
@@ -116,6 +139,7 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
         commit,
         ostree_ref,
         raw,
+        cloud: opts.cloud.clone(),
         formats,
         disk_size: layout.total_size,
         esp_size: layout.esp_size,

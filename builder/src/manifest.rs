@@ -63,6 +63,9 @@ struct RawCloud {
     /// The cloud's own time servers.
     #[serde(default)]
     ntp: Vec<Spanned<String>>,
+    /// Kernel arguments of an image made for this cloud (`image --cloud`).
+    #[serde(default)]
+    kernel_args: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +218,9 @@ pub struct ImageSpec {
     pub default_user: String,
     /// Each cloud's NTP servers (`[clouds.<name>] ntp`), by platform name.
     pub cloud_ntp: BTreeMap<String, Vec<String>>,
+    /// Each cloud's kernel arguments (`[clouds.<name>] kernel-args`), added
+    /// to an image made for it (`image --cloud <name>`).
+    pub cloud_kernel_args: BTreeMap<String, Vec<String>>,
     pub flavor: String,
     pub arch: Arch,
     pub platform: Platform,
@@ -527,6 +533,7 @@ impl Manifest {
         };
 
         let mut cloud_ntp = BTreeMap::new();
+        let mut cloud_kernel_args = BTreeMap::new();
         for (cloud, facts) in &raw.clouds {
             if !cairn_common::layout::CLOUD_PLATFORMS.contains(&cloud.as_str()) {
                 return Err(self.err(
@@ -546,6 +553,15 @@ impl Manifest {
                 servers.push(host.clone());
             }
             cloud_ntp.insert(cloud.clone(), servers);
+            let mut args = Vec::new();
+            for v in &facts.get_ref().kernel_args {
+                let a = v.get_ref();
+                if a.is_empty() || a.chars().any(char::is_whitespace) {
+                    return Err(self.err(v.span(), format!("kernel-args: `{a}` is not one argument")));
+                }
+                args.push(a.clone());
+            }
+            cloud_kernel_args.insert(cloud.clone(), args);
         }
 
         Ok(ImageSpec {
@@ -555,6 +571,7 @@ impl Manifest {
             stream,
             default_user,
             cloud_ntp,
+            cloud_kernel_args,
             flavor: flavor.to_owned(),
             arch,
             platform,
@@ -832,12 +849,16 @@ package-sets = ["base"]
     #[test]
     fn each_cloud_s_time_servers_reach_the_agent_s_settings() {
         let (_d, path) = fixture();
-        let text = format!("{GOOD}\n[clouds.ec2]\nntp = [\"169.254.169.123\"]\n");
+        let text = format!("{GOOD}\n[clouds.ec2]\nntp = [\"169.254.169.123\"]\n\n[clouds.gce]\nkernel-args = [\"console=ttyS0,38400n8\"]\n");
         let spec = Manifest::parse(&path, &text)
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
         assert_eq!(spec.cloud_ntp["ec2"], ["169.254.169.123"]);
+        assert!(spec.cloud_kernel_args["ec2"].is_empty());
+        assert_eq!(spec.cloud_kernel_args["gce"], ["console=ttyS0,38400n8"]);
+        let e = parse_err(&format!("{GOOD}\n[clouds.azure]\nkernel-args = [\"a b\"]\n"));
+        assert_eq!(e.message, "kernel-args: `a b` is not one argument");
         assert!(crate::compose::agent_dropin(&spec).ends_with("\n[platform.ec2]\nntp = [\"169.254.169.123\"]\n"));
         let e = parse_err(&format!("{GOOD}\n[clouds.aws]\nntp = [\"x\"]\n"));
         assert!(
