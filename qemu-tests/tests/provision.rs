@@ -252,8 +252,19 @@ fn prod_image_provisioned_by_ignition_over_fw_cfg_takes_ssh_logins_once_per_mach
     );
     drop(vm);
 
-    // A second machine from the same image and config: its own identity.
-    let vm2 = Vm::start_until(&opts, |vm| {
+    // A second machine from the same image: its own identity. Its config
+    // has only the login (no remote file, unit or kernel arguments), so it
+    // boots once.
+    let login_only = json!({
+        "ignition": {"version": "3.4.0"},
+        "passwd": {"users": [config["passwd"]["users"][0].clone()]}
+    });
+    let login_file = scratch.path().join("login.ign");
+    std::fs::write(&login_file, serde_json::to_vec(&login_only).unwrap()).unwrap();
+    let mut opts2 = VmOptions::of(prod);
+    opts2.fw_cfg.push((FW_CFG.into(), login_file));
+    opts2.forwards.push(ssh.forward(None));
+    let vm2 = Vm::start_until(&opts2, |vm| {
         vm.console.wait_for("cairn-provision: provisioned", BOOT).map(drop)
     })
     .unwrap();
