@@ -54,20 +54,14 @@ impl Server {
             root: Mutex::new(root.to_owned()),
             ..Default::default()
         });
-        let s = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Ok(conn) = conn {
-                    let s = Arc::clone(&s);
-                    std::thread::spawn(move || {
-                        let _ = serve(conn, &s);
-                    });
-                }
-            }
-        });
+        let (flag, s) = (Arc::clone(&shared), Arc::clone(&shared));
+        accept_until_stopped(
+            listener,
+            move || flag.stop.load(Ordering::Relaxed),
+            move |conn| {
+                let _ = serve(conn, &s);
+            },
+        );
         Ok(Server { port, shared })
     }
 
@@ -103,9 +97,34 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        wake(self.port);
     }
+}
+
+/// Serve each connection `listener` accepts on a thread of its own, until
+/// `stopped` says so (checked at each connection: see [`wake`]).
+pub(crate) fn accept_until_stopped(
+    listener: TcpListener,
+    stopped: impl Fn() -> bool + Send + 'static,
+    serve: impl Fn(TcpStream) + Send + Sync + 'static,
+) {
+    let serve = Arc::new(serve);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stopped() {
+                break;
+            }
+            if let Ok(conn) = conn {
+                let serve = Arc::clone(&serve);
+                std::thread::spawn(move || serve(conn));
+            }
+        }
+    });
+}
+
+/// Wake a server's accept loop so it sees that it was stopped.
+pub(crate) fn wake(port: u16) {
+    let _ = TcpStream::connect(("127.0.0.1", port));
 }
 
 /// The file a request path names under `root`, refusing `..`.

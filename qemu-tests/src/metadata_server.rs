@@ -45,20 +45,14 @@ impl MetadataServer {
             log: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
-        let s = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Ok(conn) = conn {
-                    let s = Arc::clone(&s);
-                    std::thread::spawn(move || {
-                        let _ = serve(conn, &s);
-                    });
-                }
-            }
-        });
+        let (flag, s) = (Arc::clone(&shared), Arc::clone(&shared));
+        crate::http::accept_until_stopped(
+            listener,
+            move || flag.stop.load(Ordering::Relaxed),
+            move |conn| {
+                let _ = serve(conn, &s);
+            },
+        );
         Ok(MetadataServer { port, shared })
     }
 
@@ -71,7 +65,7 @@ impl MetadataServer {
 impl Drop for MetadataServer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        crate::http::wake(self.port);
     }
 }
 
