@@ -269,7 +269,12 @@ fn daemon() -> Result<()> {
                 }
             }
             DaemonStep::Reboot => updater::reboot("update staged; the reboot strategy allows it now")?,
-            DaemonStep::Sleep(d) => std::thread::sleep(d),
+            // A stop signal ends the wait (the loop's top then ends the
+            // daemon): the boot report's `systemctl` child would otherwise
+            // keep the signal from ending it until systemd's stop timeout.
+            DaemonStep::Sleep(d) => {
+                cairn_common::process::sleep_unless_stopped(d);
+            }
         }
     }
 }
