@@ -141,31 +141,54 @@ pub fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     Some(out)
 }
 
+/// A request's first line and headers (names in lower case).
+pub(crate) struct RequestHead {
+    pub method: String,
+    pub path: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl RequestHead {
+    /// Whether the client asked to close the connection after the answer.
+    pub fn closes(&self) -> bool {
+        self.headers
+            .get("connection")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("close"))
+    }
+}
+
+/// Read the next request's head; `None` when the client closed.
+pub(crate) fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<RequestHead>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut words = line.split_whitespace();
+    let method = words.next().unwrap_or_default().to_owned();
+    let path = words.next().unwrap_or("/").to_owned();
+    let mut headers = std::collections::BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 {
+            return Ok(None);
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            return Ok(Some(RequestHead { method, path, headers }));
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+}
+
 fn serve(conn: TcpStream, s: &Shared) -> Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut conn = conn;
-    loop {
-        let mut request = String::new();
-        if reader.read_line(&mut request)? == 0 {
-            return Ok(());
-        }
-        let mut close = false;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h)? == 0 {
-                return Ok(());
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if h.to_ascii_lowercase().starts_with("connection:") && h.to_ascii_lowercase().contains("close") {
-                close = true;
-            }
-        }
-        let mut parts = request.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/").to_owned());
+    while let Some(head) = read_head(&mut reader)? {
+        let close = head.closes();
+        let (method, path) = (head.method, head.path);
         let fault = {
             let mut faults = s.faults.lock().expect("faults lock");
             let hit = faults
@@ -226,6 +249,7 @@ fn serve(conn: TcpStream, s: &Shared) -> Result<()> {
             return Ok(());
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
