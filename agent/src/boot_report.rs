@@ -39,8 +39,10 @@ pub fn pretty_name(os_release: &str) -> Option<String> {
 
 /// Wait until the boot has finished, then write the verdict to the kernel log.
 pub fn report_when_booted() -> Result<()> {
+    // An observer: a stop of the daemon does not wait for it.
     let out = Cmd::new("systemctl")
         .args(["is-system-running", "--wait"])
+        .unawaited()
         .status_output()?
         .1;
     let state = out.stdout.trim().to_owned();

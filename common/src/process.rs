@@ -61,6 +61,8 @@ struct Children {
 struct Running {
     pid: i32,
     group: bool,
+    /// Whether a stop waits for it to clean up (see [`Cmd::unawaited`]).
+    awaited: bool,
 }
 
 impl Running {
@@ -123,11 +125,19 @@ pub fn failure_exit_code() -> u8 {
     interrupted().map_or(1, |s| 128 + s as u8)
 }
 
+/// Whether a stop signal ends the program at once (pure): when it is the
+/// second one, or when no running command is one the program's work waits
+/// on (an observer such as `systemctl is-system-running --wait` is only
+/// killed). Otherwise the awaited commands get the signal and clean up.
+fn stops_at_once(running: &[Running], again: bool) -> bool {
+    again || running.iter().all(|r| !r.awaited)
+}
+
 fn on_stop_signal(sig: Signal) {
     let mut c = children();
     let again = c.stopped_by.is_some();
     c.stopped_by.get_or_insert(sig);
-    if c.running.is_empty() || again {
+    if stops_at_once(&c.running, again) {
         for r in &c.running {
             let _ = signal::kill(r.target(), Signal::SIGKILL);
         }
@@ -147,7 +157,7 @@ fn on_stop_signal(sig: Signal) {
 
 /// Start `command` unless the program was told to stop, and register it
 /// for signal forwarding (in one step, so a signal cannot fall between).
-fn spawn_registered(command: &mut Command, shown: &str, group: bool) -> Result<Child> {
+fn spawn_registered(command: &mut Command, shown: &str, group: bool, awaited: bool) -> Result<Child> {
     let mut c = children();
     if let Some(sig) = c.stopped_by {
         return Err(anyhow::Error::new(Interrupted(sig)).context(format!("not starting `{shown}`")));
@@ -159,6 +169,7 @@ fn spawn_registered(command: &mut Command, shown: &str, group: bool) -> Result<C
         c.running.push(Running {
             pid: child.id() as i32,
             group,
+            awaited,
         });
     }
     Ok(child)
@@ -188,6 +199,7 @@ pub struct Cmd {
     echo: Echo,
     timeout: Option<Duration>,
     stall: Option<StallWatch>,
+    awaited: bool,
 }
 
 /// A child that must keep making progress: `progress(pid)` is sampled every
@@ -250,7 +262,17 @@ impl Cmd {
             echo: Echo::Quiet,
             timeout: None,
             stall: None,
+            awaited: true,
         }
+    }
+
+    /// A command the program does not wait on when told to stop: an
+    /// observer running beside the work (`systemctl is-system-running
+    /// --wait`). A stop kills it, and it does not keep the program from
+    /// ending at once as it would with nothing running.
+    pub fn unawaited(mut self) -> Self {
+        self.awaited = false;
+        self
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -376,7 +398,7 @@ impl Cmd {
     pub fn status_inherited(mut self) -> Result<ExitStatus> {
         let shown = self.display();
         tracing::info!(command = %shown, "running with inherited stdio");
-        let mut child = spawn_registered(&mut self.command, &shown, false)?;
+        let mut child = spawn_registered(&mut self.command, &shown, false, self.awaited)?;
         let status = child.wait().with_context(|| format!("running `{shown}`"));
         if let Some(sig) = unregister(child.id()) {
             return Err(anyhow::Error::new(Interrupted(sig)).context(format!("`{shown}` did not finish")));
@@ -434,7 +456,7 @@ impl Cmd {
             std::os::unix::process::CommandExt::process_group(&mut self.command, 0);
         }
         self.ensure_found(&shown)?;
-        let mut child = spawn_registered(&mut self.command, &shown, true)?;
+        let mut child = spawn_registered(&mut self.command, &shown, true, self.awaited)?;
         let watchdog = watched.then(|| {
             let (done, finished) = std::sync::mpsc::channel::<()>();
             let pid = child.id();
@@ -674,5 +696,21 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(out.stdout, "quick\n");
+    }
+
+    #[test]
+    fn a_stop_waits_only_for_commands_the_work_waits_on() {
+        let run = |pid, awaited| Running {
+            pid,
+            group: true,
+            awaited,
+        };
+        // Nothing running, or only an observer: the program ends at once.
+        assert!(stops_at_once(&[], false));
+        assert!(stops_at_once(&[run(7, false)], false));
+        // An ostree pull beside the observer: it is signalled and waited for.
+        assert!(!stops_at_once(&[run(7, false), run(8, true)], false));
+        // A second signal ends it at once whatever runs.
+        assert!(stops_at_once(&[run(8, true)], true));
     }
 }
