@@ -269,12 +269,9 @@ fn daemon() -> Result<()> {
                 }
             }
             DaemonStep::Reboot => updater::reboot("update staged; the reboot strategy allows it now")?,
-            // A stop signal ends the wait (the loop's top then ends the
-            // daemon): the boot report's `systemctl` child would otherwise
-            // keep the signal from ending it until systemd's stop timeout.
-            DaemonStep::Sleep(d) => {
-                cairn_common::process::sleep_unless_stopped(d);
-            }
+            // A stop signal while it waits ends the program at once: no
+            // command the work waits on runs (`process::stops_at_once`).
+            DaemonStep::Sleep(d) => std::thread::sleep(d),
         }
     }
 }

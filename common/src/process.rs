@@ -101,24 +101,6 @@ pub fn interrupted() -> Option<Signal> {
     children().stopped_by
 }
 
-/// Sleep for `d`, or less when a stop signal arrives meanwhile (checked
-/// every quarter of a second); `false` when it did. A program that waits
-/// between steps ends promptly when told to stop, even while another
-/// thread's command keeps the signal from ending it at once.
-pub fn sleep_unless_stopped(d: Duration) -> bool {
-    let end = Instant::now() + d;
-    loop {
-        if interrupted().is_some() {
-            return false;
-        }
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        thread::sleep(left.min(Duration::from_millis(250)));
-    }
-}
-
 /// The exit code of a program that failed: 128 + the signal when it was
 /// told to stop (what a shell reports for a program killed by it), else 1.
 pub fn failure_exit_code() -> u8 {
