@@ -310,23 +310,14 @@ impl ConfigBuilder {
         }
 
         for (name, section) in parsed.platform {
-            if !cairn_common::layout::CLOUD_PLATFORMS.contains(&name.as_str()) {
-                return Err(err(
-                    section.span(),
-                    format!(
-                        "[platform.{name}]: not a cloud platform (one of: {})",
-                        cairn_common::layout::CLOUD_PLATFORMS.join(", ")
-                    ),
-                ));
-            }
+            cairn_common::layout::check_cloud_platform(&name)
+                .map_err(|e| err(section.span(), format!("[platform.{name}]: {e}")))?;
             if let Some(servers) = &section.get_ref().ntp {
                 let mut list = Vec::new();
                 for v in servers {
-                    let host = v.get_ref();
-                    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)) {
-                        return Err(err(v.span(), format!("ntp: `{host}` is not a host name or address")));
-                    }
-                    list.push(host.clone());
+                    cairn_common::layout::check_ntp_server(v.get_ref())
+                        .map_err(|e| err(v.span(), format!("ntp: {e}")))?;
+                    list.push(v.get_ref().clone());
                 }
                 self.config.ntp.insert(name, list);
             }

@@ -320,6 +320,19 @@ impl Manifest {
         self.raw.flavors.keys().cloned().collect()
     }
 
+    /// One kernel argument of the manifest (`[kernel] args`, a platform's,
+    /// a flavor's or a cloud's): one word, without quotes or `$`.
+    fn kernel_arg(&self, arg: &Spanned<String>) -> Result<String, ManifestError> {
+        let a = arg.get_ref();
+        if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "\"'$\\;{}".contains(c)) {
+            return Err(self.err(
+                arg.span(),
+                format!("kernel argument {a:?} must be one word without quotes or `$`"),
+            ));
+        }
+        Ok(a.clone())
+    }
+
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> ManifestError {
         locate(&self.path, &self.text, span, message.into())
     }
@@ -449,14 +462,7 @@ impl Manifest {
             .chain(platform_args)
             .chain(&flav.get_ref().kernel_args)
         {
-            let a = arg.get_ref();
-            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "\"'$\\;{}".contains(c)) {
-                return Err(self.err(
-                    arg.span(),
-                    format!("kernel argument {a:?} must be one word without quotes or `$`"),
-                ));
-            }
-            kernel_args.push(a.clone());
+            kernel_args.push(self.kernel_arg(arg)?);
         }
         // Last, so the serial port is /dev/console (status, emergency shell).
         kernel_args.push(arch.serial_console().to_owned());
@@ -535,32 +541,21 @@ impl Manifest {
         let mut cloud_ntp = BTreeMap::new();
         let mut cloud_kernel_args = BTreeMap::new();
         for (cloud, facts) in &raw.clouds {
-            if !cairn_common::layout::CLOUD_PLATFORMS.contains(&cloud.as_str()) {
-                return Err(self.err(
-                    facts.span(),
-                    format!(
-                        "[clouds.{cloud}]: not a cloud Cairn reads (one of: {})",
-                        cairn_common::layout::CLOUD_PLATFORMS.join(", ")
-                    ),
-                ));
-            }
+            cairn_common::layout::check_cloud_platform(cloud)
+                .map_err(|e| self.err(facts.span(), format!("[clouds.{cloud}]: {e}")))?;
             let mut servers = Vec::new();
             for v in &facts.get_ref().ntp {
-                let host = v.get_ref();
-                if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)) {
-                    return Err(self.err(v.span(), format!("ntp: `{host}` is not a host name or address")));
-                }
-                servers.push(host.clone());
+                cairn_common::layout::check_ntp_server(v.get_ref())
+                    .map_err(|e| self.err(v.span(), format!("ntp: {e}")))?;
+                servers.push(v.get_ref().clone());
             }
             cloud_ntp.insert(cloud.clone(), servers);
-            let mut args = Vec::new();
-            for v in &facts.get_ref().kernel_args {
-                let a = v.get_ref();
-                if a.is_empty() || a.chars().any(char::is_whitespace) {
-                    return Err(self.err(v.span(), format!("kernel-args: `{a}` is not one argument")));
-                }
-                args.push(a.clone());
-            }
+            let args = facts
+                .get_ref()
+                .kernel_args
+                .iter()
+                .map(|v| self.kernel_arg(v))
+                .collect::<Result<Vec<_>, _>>()?;
             cloud_kernel_args.insert(cloud.clone(), args);
         }
 
@@ -858,12 +853,15 @@ package-sets = ["base"]
         assert!(spec.cloud_kernel_args["ec2"].is_empty());
         assert_eq!(spec.cloud_kernel_args["gce"], ["console=ttyS0,38400n8"]);
         let e = parse_err(&format!("{GOOD}\n[clouds.azure]\nkernel-args = [\"a b\"]\n"));
-        assert_eq!(e.message, "kernel-args: `a b` is not one argument");
+        assert_eq!(
+            e.message,
+            "kernel argument \"a b\" must be one word without quotes or `$`"
+        );
         assert!(crate::compose::agent_dropin(&spec).ends_with("\n[platform.ec2]\nntp = [\"169.254.169.123\"]\n"));
         let e = parse_err(&format!("{GOOD}\n[clouds.aws]\nntp = [\"x\"]\n"));
         assert!(
             e.message
-                .starts_with("[clouds.aws]: not a cloud Cairn reads (one of: ec2,"),
+                .starts_with("[clouds.aws]: not a cloud platform (one of: ec2,"),
             "{e}"
         );
         let e = parse_err(&format!("{GOOD}\n[clouds.gce]\nntp = [\"a b\"]\n"));

@@ -11,6 +11,24 @@ pub const OSNAME: &str = "cairn";
 /// `[clouds.<name>]` in the image manifest, `[platform.<name>]` in the
 /// agent's settings).
 pub const CLOUD_PLATFORMS: [&str; 7] = ["ec2", "gce", "azure", "openstack", "tencent", "aliyun", "huawei"];
+
+/// Check a name of [`CLOUD_PLATFORMS`].
+pub fn check_cloud_platform(name: &str) -> Result<(), String> {
+    if CLOUD_PLATFORMS.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!("not a cloud platform (one of: {})", CLOUD_PLATFORMS.join(", ")))
+    }
+}
+
+/// Check an NTP server: a host name or an IPv4/IPv6 address.
+pub fn check_ntp_server(host: &str) -> Result<(), String> {
+    if !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)) {
+        Ok(())
+    } else {
+        Err(format!("`{host}` is not a host name or address"))
+    }
+}
 /// Name of the ostree remote that updates come from.
 pub const REMOTE: &str = "cairn";
 /// GPT partition name and FAT volume label of the EFI System Partition.
