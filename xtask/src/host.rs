@@ -111,6 +111,11 @@ pub fn setup(task: Task, arch: Arch, host: Option<Arch>) -> Setup {
         add(&mut s.packages, &firmware);
         add(&mut s.backports, &emulators);
     }
+    // `cairn-build image` writes qcow2, VHD and VMDK with qemu-img (from
+    // backports, as QEMU: see the module's documentation).
+    if task != Task::KernelCheck && !s.backports.iter().any(|p| p == "qemu-utils") {
+        s.backports.push("qemu-utils".to_owned());
+    }
     s
 }
 
@@ -345,6 +350,11 @@ mod tests {
         assert_eq!(check.foreign_dpkg_arch, None, "kernel-check builds no agent");
         let build = setup(Task::Build, Arch::Aarch64, Some(Arch::X86_64));
         assert_eq!(build.foreign_dpkg_arch, Some("arm64"));
+        for task in [Task::Build, Task::Vm] {
+            let s = setup(task, Arch::X86_64, Some(Arch::X86_64));
+            let qemu_img = s.backports.iter().filter(|p| *p == "qemu-utils").count();
+            assert_eq!(qemu_img, 1, "image formats need qemu-img: {task:?}: {s:?}");
+        }
         assert!(
             build.packages.contains(&"libstd-rust-web-dev:arm64".to_owned()),
             "{build:?}"
