@@ -10,6 +10,7 @@ pub mod agent_status;
 pub mod artifacts;
 pub mod boot_timing;
 pub mod console;
+pub mod guest_checks;
 pub mod http;
 pub mod metadata_server;
 pub mod oci;

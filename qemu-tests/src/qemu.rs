@@ -1,5 +1,6 @@
 //! QEMU command lines for Cairn images.
 
+use cairn_builder::disk_formats::DiskFormat;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -327,16 +328,22 @@ fn probe_kvm(arch: Arch) -> Result<bool> {
     Ok(ok)
 }
 
+/// QEMU's name for the format of a disk file, by its extension: the
+/// builder's raw image, or a cloud format `cairn-build image --format`
+/// wrote (VHD is QEMU's `vpc`), which QEMU then reads through its own
+/// driver for that format.
+pub fn backing_format(disk: &Path) -> &'static str {
+    disk.extension()
+        .and_then(|e| e.to_str())
+        .and_then(|e| DiskFormat::ALL.into_iter().find(|f| f.name() == e))
+        .map_or("raw", DiskFormat::qemu_img_name)
+}
+
 /// Create a copy-on-write overlay of `base` of `size_bytes` in `dir`.
 pub fn overlay_disk(base: &Path, dir: &Path, size_bytes: u64) -> Result<PathBuf> {
     let disk = dir.join("disk.qcow2");
-    let format = if base.extension().is_some_and(|e| e == "qcow2") {
-        "qcow2"
-    } else {
-        "raw"
-    };
     Cmd::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .args(["create", "-q", "-f", "qcow2", "-F", backing_format(base), "-b"])
         .arg(base)
         .arg(&disk)
         .arg(size_bytes.to_string())

@@ -46,21 +46,7 @@ impl Seed {
         }
         let _ = std::fs::remove_file(image);
         match volume {
-            SeedVolume::Iso9660 => Cmd::new("xorriso")
-                .args([
-                    "-as",
-                    "mkisofs",
-                    "-quiet",
-                    "-volid",
-                    "CIDATA",
-                    "-joliet",
-                    "-rational-rock",
-                    "-output",
-                ])
-                .arg(image)
-                .args(names.iter().map(|n| dir.path().join(n)))
-                .run()
-                .with_context(|| format!("making the seed image {}", image.display())),
+            SeedVolume::Iso9660 => iso9660(image, "CIDATA", dir.path()),
             SeedVolume::Vfat => {
                 // 2 MiB, FAT12: room for any config, and a size QEMU takes as a disk.
                 Cmd::new("mkfs.fat")
@@ -95,4 +81,26 @@ impl Seed {
                 .map(|b| String::from_utf8_lossy(&b).into_owned()),
         })
     }
+}
+
+/// An ISO 9660 image (Joliet and Rock Ridge names) labelled `label`
+/// holding the tree under `root`, as clouds make their CD-ROM media
+/// (NoCloud seeds, OpenStack config drives, Azure's provisioning media).
+pub fn iso9660(image: &Path, label: &str, root: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(image);
+    Cmd::new("xorriso")
+        .args([
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-volid",
+            label,
+            "-joliet",
+            "-rational-rock",
+            "-output",
+        ])
+        .arg(image)
+        .arg(root)
+        .run()
+        .with_context(|| format!("making the ISO 9660 image {}", image.display()))
 }

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use cairn_common::layout::{Platform, REMOTE};
+use cairn_qemu_tests::guest_checks::{assert_booted, assert_running_without_failures, root_fs_bytes};
 use cairn_qemu_tests::oci;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
-use cairn_qemu_tests::{Artifacts, DiskInterface};
+use cairn_qemu_tests::Artifacts;
 
 /// First boot under TCG emulation on a busy 2-core machine.
 const BOOT: Duration = Duration::from_secs(600);
@@ -19,45 +20,6 @@ fn unique() -> String {
         .unwrap()
         .as_nanos();
     format!("{:x}{:x}", nanos, std::process::id())
-}
-
-/// The system reached its default target with no failed unit.
-fn assert_running_without_failures(vm: &Vm) {
-    let state = vm.console.run("systemctl is-system-running --wait", BOOT).unwrap();
-    if state.output.trim() != "running" {
-        let failed = vm
-            .console
-            .run(
-                "systemctl --failed --no-legend --plain; journalctl -b -p err --no-pager | tail -n 40",
-                COMMAND,
-            )
-            .unwrap();
-        panic!("system state is {:?}, not running:\n{}", state.output, failed.output);
-    }
-}
-
-/// `ostree admin status` marks the built commit as the booted deployment.
-fn assert_booted(vm: &Vm, image: &cairn_builder::image::BuiltImage) {
-    let status = vm.console.run_ok("ostree admin status", COMMAND).unwrap();
-    let booted = status
-        .lines()
-        .find(|l| l.starts_with("* "))
-        .unwrap_or_else(|| panic!("no booted deployment in:\n{status}"));
-    assert!(
-        booted.contains(&format!("{}.0", image.commit)),
-        "booted {booted:?}, built {}:\n{status}",
-        image.commit
-    );
-    assert!(status.contains(&format!("Version: {}", image.version)), "{status}");
-}
-
-/// Bytes of the filesystem mounted at /sysroot.
-fn root_fs_bytes(vm: &Vm) -> u64 {
-    let out = vm
-        .console
-        .run_ok("df -B1 --output=size /sysroot | tail -n 1", COMMAND)
-        .unwrap();
-    out.trim().parse().unwrap_or_else(|_| panic!("df printed {out:?}"))
 }
 
 /// The machine is the one the platform stands for: the guest's CPU
@@ -197,32 +159,6 @@ fn dev_image_boots_with_read_only_usr_persistent_state_and_containers() {
     );
     assert_running_without_failures(&vm);
     assert_booted(&vm, &a.dev);
-}
-
-fn boots_from(interface: DiskInterface, expected_root: &str) {
-    let a = Artifacts::load().unwrap();
-    let mut opts = VmOptions::of(&a.dev);
-    opts.disk_interface = interface;
-    opts.disk_size = 5 * GIB;
-    let vm = Vm::boot(&opts, BOOT).unwrap();
-    assert_running_without_failures(&vm);
-    assert_booted(&vm, &a.dev);
-    let source = vm.console.run_ok("findmnt -no SOURCE /sysroot", COMMAND).unwrap();
-    assert_eq!(source.trim(), expected_root);
-    let fs = root_fs_bytes(&vm);
-    assert!(fs > 4 * GIB + GIB / 2, "root filesystem is {fs} bytes on a 5 GiB disk");
-}
-
-#[test]
-#[ignore = "boots a VM; run by `cargo xtask test`"]
-fn dev_image_boots_from_nvme() {
-    boots_from(DiskInterface::Nvme, "/dev/nvme0n1p2");
-}
-
-#[test]
-#[ignore = "boots a VM; run by `cargo xtask test`"]
-fn dev_image_boots_from_virtio_scsi() {
-    boots_from(DiskInterface::VirtioScsi, "/dev/sda2");
 }
 
 #[test]
