@@ -77,8 +77,15 @@ impl CutPoint {
     }
 }
 
-/// Thirteen moments covering check, download, stage, finalize, the trial
-/// boot, the commit, and the cleanup after a failed trial.
+/// Ten moments covering check, download, stage, finalize, the trial boot,
+/// the commit, and the cleanup after a failed trial: one for each state
+/// the disk can be left in. Moments that leave the same disk as one of
+/// these are not cut again here (the random cuts of `cargo xtask bench
+/// power-cut` reach them): the first object request of a download (a pull
+/// under way, as the stalled delta), the very start of the finalize (a
+/// deployment staged and not finalized, as the reboot request), and the
+/// kernel starting (GRUB has counted the trial, nothing since, as the
+/// initramfs mounting the root).
 pub fn standard_points() -> Vec<CutPoint> {
     use Moment::*;
     vec![
@@ -86,14 +93,6 @@ pub fn standard_points() -> Vec<CutPoint> {
             "check: TUF metadata requested",
             Request {
                 prefix: "/repo/tuf/",
-                stall: false,
-            },
-            0,
-        ),
-        CutPoint::new(
-            "download: commit object requested",
-            Request {
-                prefix: "/repo/ostree/objects/",
                 stall: false,
             },
             0,
@@ -109,13 +108,7 @@ pub fn standard_points() -> Vec<CutPoint> {
         CutPoint::new("stage: trial recorded, counter being armed", Console(&["staging"]), 0),
         CutPoint::new("stage: ostree deploy --stage running", Console(&["staging"]), 4000),
         CutPoint::new("staged: reboot requested", Console(&["rebooting"]), 0),
-        CutPoint::new(
-            "shutdown: finalizing the staged deployment",
-            Console(&[FINALIZE_STARTS]),
-            0,
-        ),
         CutPoint::new("shutdown: finalize under way", Console(&[FINALIZE_STARTS]), 1500),
-        CutPoint::new("trial boot: kernel starting", Console(&["Linux version"]), 0),
         CutPoint::new(
             "trial boot: initramfs mounting the root partition",
             Console(&["Linux version", INITRD_STARTS]),

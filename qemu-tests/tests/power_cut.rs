@@ -1,4 +1,4 @@
-//! Power cuts at thirteen moments of an update (check, download, stage,
+//! Power cuts at ten moments of an update (check, download, stage,
 //! finalize, trial boot, commit, and the cleanup after a failed trial):
 //! after each, the host boots by itself into the old or the new release,
 //! healthy, with `ostree fsck` clean. Needs

@@ -9,6 +9,7 @@ use cairn_builder::image::BuiltImage;
 use cairn_common::layout::Arch;
 
 use cairn_qemu_tests::agent_status::{self, booted_version, is_bad, versions, ExclusionReason, Status, UpdateState};
+use cairn_qemu_tests::guest_checks::assert_running_without_failures;
 use cairn_qemu_tests::http::{Fault, Server};
 use cairn_qemu_tests::releases::TestReleases;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
@@ -304,11 +305,19 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     let s = status(&vm);
     assert!(s.excluded.is_empty(), "a refusal excludes nothing: {s:#?}");
 
-    // v3's health check fails: the trial boot reboots, GRUB's counter runs
-    // out, and the host comes back on v2 unattended, with v3 marked bad.
-    releases.compose("0.3.0", &[fixture("failing-health")]).unwrap();
+    // v3's boot never finishes: the health gate times out, the trial boot
+    // reboots, GRUB's counter runs out, and the host comes back on v2
+    // unattended, with v3 marked bad and its deployment gone. (A health
+    // check that fails outright is the shorter test below, the power-cut
+    // rig's fall-back cut, and the previous-Debian test's.)
+    c.run_ok(
+        "printf '[health]\\ntimeout = \"1m\"\\n' > /etc/cairn/agent.d/60-test-health.toml",
+        COMMAND,
+    )
+    .unwrap();
+    releases.compose("0.3.0", &[fixture("hanging-boot")]).unwrap();
     releases.publish().unwrap();
-    let s = update_and_fall_back(&vm, "0.3.0", &[]); // its health gate fails
+    let s = update_and_fall_back(&vm, "0.3.0", &[]); // it hangs; the health gate times out
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     assert!(
         !versions(&s).contains(&"0.3.0".to_owned()),
@@ -322,36 +331,24 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     let again = c.run_ok("cairn-agent update --no-reboot 2>&1", COMMAND).unwrap();
     assert!(again.contains("up to date"), "{again}");
 
-    // v4's boot never finishes: the health gate times out, the trial boot
-    // reboots, and the host is back on v2.
-    c.run_ok(
-        "printf '[health]\\ntimeout = \"1m\"\\n' > /etc/cairn/agent.d/60-test-health.toml",
-        COMMAND,
-    )
-    .unwrap();
-    releases.compose("0.4.0", &[fixture("hanging-boot")]).unwrap();
-    releases.publish().unwrap();
-    let s = update_and_fall_back(&vm, "0.4.0", &[]); // it hangs; the health gate times out
-    assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
-
-    // v5's kernel cannot mount its root (its initramfs is empty): the kernel
+    // v4's kernel cannot mount its root (its initramfs is empty): the kernel
     // panics, panic=10 reboots, and GRUB's counter brings back v2.
     releases
-        .compose("0.5.0", &[empty_initramfs_overlay(&releases, scratch.path())])
+        .compose("0.4.0", &[empty_initramfs_overlay(&releases, scratch.path())])
         .unwrap();
     releases.publish().unwrap();
     // panic=10 reboots; GRUB falls back.
-    let s = update_and_fall_back(&vm, "0.5.0", &["Unable to mount root fs"]);
+    let s = update_and_fall_back(&vm, "0.4.0", &["Unable to mount root fs"]);
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
 
-    // v6 hangs userspace hard (PID 1 starved): nothing in userspace can act,
+    // v5 hangs userspace hard (PID 1 starved): nothing in userspace can act,
     // systemd stops feeding the watchdog, the watchdog reboots, and GRUB's
     // counter brings back v2.
-    releases.compose("0.6.0", &[fixture("userspace-hang")]).unwrap();
+    releases.compose("0.5.0", &[fixture("userspace-hang")]).unwrap();
     releases.publish().unwrap();
     let s = update_and_fall_back(
         &vm,
-        "0.6.0",
+        "0.5.0",
         &[
             "hanging userspace (watchdog active, fair server off)",
             "softdog: Initiating system reboot",
@@ -359,7 +356,7 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     );
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     let history = c.run_ok("cairn-agent history", COMMAND).unwrap();
-    for v in ["0.3.0", "0.4.0", "0.5.0", "0.6.0"] {
+    for v in ["0.3.0", "0.4.0", "0.5.0"] {
         assert!(
             history.lines().any(|l| l.contains(v) && l.contains("fell-back")),
             "no fall-back of {v} in:\n{history}"
@@ -467,12 +464,6 @@ fn empty_initramfs_overlay(releases: &TestReleases, scratch: &Path) -> PathBuf {
     cpio.resize(512, 0);
     std::fs::write(dir.join("initramfs.img"), cpio).unwrap();
     overlay
-}
-
-/// The system reached its default target with no failed unit.
-fn assert_running_without_failures(vm: &Vm) {
-    let state = vm.console.run("systemctl is-system-running --wait", BOOT).unwrap();
-    assert_eq!(state.output.trim(), "running", "{}", vm.console.tail(3000));
 }
 
 /// The core of the test above, short enough for an emulated foreign
