@@ -2,8 +2,9 @@
 //! for the instance, its keys and user data, and the WireServer's ready
 //! report, without which Azure marks a new VM as failed to provision:
 //! `GET /?comp=versions`, the goal state, then `POST
-//! /machine/?comp=health` with `Ready` for the goal state's incarnation,
-//! container and role instance. Custom data may also come in the
+//! /machine/?comp=health` with `Ready` (or `NotReady`, `ProvisioningFailed`
+//! and why) for the goal state's incarnation, container and role instance,
+//! once provisioning has run. Custom data may also come in the
 //! provisioning media's `ovf-env.xml` ([`custom_data_of_ovf_env`]).
 
 use std::collections::BTreeMap;
@@ -208,24 +209,44 @@ pub struct GoalState {
     pub instance_id: String,
 }
 
-/// The health report saying the role instance is `Ready`.
-pub fn ready_report(g: &GoalState) -> String {
+/// What the health report tells the WireServer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Provisioned: Azure marks the VM's provisioning succeeded.
+    Ready,
+    /// Provisioning failed, and why: Azure marks it failed at once (with
+    /// the reason in the VM's status) rather than when its wait runs out.
+    ProvisioningFailed(String),
+}
+
+/// The health report for the goal state `g`: `Ready`, or `NotReady` with
+/// the `ProvisioningFailed` substatus and its description (as Azure's
+/// Linux agent and cloud-init report a failed provisioning).
+pub fn health_report(g: &GoalState, health: &Health) -> String {
     let esc = |s: &str| quick_xml::escape::escape(s).into_owned();
+    let state = match health {
+        Health::Ready => "<State>Ready</State>".to_owned(),
+        Health::ProvisioningFailed(why) => format!(
+            "<State>NotReady</State><Details><SubStatus>ProvisioningFailed</SubStatus><Description>{}</Description></Details>",
+            esc(why)
+        ),
+    };
     format!(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
          <Health xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xmlns:xsd=\"http://www.w3.org/2001/XMLSchema\">\
          <GoalStateIncarnation>{}</GoalStateIncarnation>\
          <Container><ContainerId>{}</ContainerId>\
          <RoleInstanceList><Role><InstanceId>{}</InstanceId>\
-         <Health><State>Ready</State></Health></Role></RoleInstanceList></Container></Health>",
+         <Health>{state}</Health></Role></RoleInstanceList></Container></Health>",
         esc(&g.incarnation),
         esc(&g.container_id),
         esc(&g.instance_id)
     )
 }
 
-/// Tell the WireServer this VM is ready; returns the goal state reported.
-pub fn report_ready(http: &dyn Http, budget: &Budget) -> Result<GoalState, Error> {
+/// Tell the WireServer how provisioning went; returns the goal state
+/// reported on.
+pub fn report_health(http: &dyn Http, budget: &Budget, health: &Health) -> Result<GoalState, Error> {
     let versions = Request::get(format!("{WIRESERVER}/?comp=versions"));
     let text = get_text(http, &versions, budget)?;
     let known = element_texts(&text, "Version").map_err(|why| Error::Bad {
@@ -248,10 +269,13 @@ pub fn report_ready(http: &dyn Http, budget: &Budget) -> Result<GoalState, Error
         container_id: first(&xml, "ContainerId", &req.url)?,
         instance_id: first(&xml, "InstanceId", &req.url)?,
     };
-    let post = Request::post(format!("{WIRESERVER}/machine/?comp=health"), ready_report(&goal))
-        .header("x-ms-version", WIRE_VERSION)
-        .header("x-ms-agent-name", "cairn")
-        .header("Content-Type", "text/xml;charset=utf-8");
+    let post = Request::post(
+        format!("{WIRESERVER}/machine/?comp=health"),
+        health_report(&goal, health),
+    )
+    .header("x-ms-version", WIRE_VERSION)
+    .header("x-ms-agent-name", "cairn")
+    .header("Content-Type", "text/xml;charset=utf-8");
     let r = send(http, &post, budget)?;
     if !(200..300).contains(&r.status) {
         return Err(Error::Bad {
@@ -343,7 +367,7 @@ mod tests {
     #[test]
     fn the_ready_report_names_the_goal_state_s_incarnation_container_and_instance() {
         let svc = azure();
-        let g = report_ready(&svc, &Budget::starting_now(&svc, BUDGET)).unwrap();
+        let g = report_health(&svc, &Budget::starting_now(&svc, BUDGET), &Health::Ready).unwrap();
         assert_eq!(g.incarnation, "1");
         assert_eq!(g.container_id, "56b6bb28-9a5a-4f56-8a19-b0e8ab8c49cf");
         assert_eq!(g.instance_id, "e4b29cf4-5c5b-4c2e-a7a4-2e0f3b6e5a43.vm-1");
@@ -355,10 +379,30 @@ mod tests {
                 "POST http://168.63.129.16/machine/?comp=health"
             ]
         );
-        let report = ready_report(&g);
+        let report = health_report(&g, &Health::Ready);
         assert_eq!(element_texts(&report, "State").unwrap(), ["Ready"]);
         assert_eq!(element_texts(&report, "GoalStateIncarnation").unwrap(), ["1"]);
         assert_eq!(element_texts(&report, "InstanceId").unwrap(), [g.instance_id.as_str()]);
+        assert!(element_texts(&report, "SubStatus").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_provisioning_is_reported_not_ready_with_its_reason_escaped() {
+        let g = GoalState {
+            incarnation: "3".into(),
+            container_id: "c".into(),
+            instance_id: "i".into(),
+        };
+        let report = health_report(
+            &g,
+            &Health::ProvisioningFailed("user data: line 2: expected <key>: & found".into()),
+        );
+        assert_eq!(element_texts(&report, "State").unwrap(), ["NotReady"]);
+        assert_eq!(element_texts(&report, "SubStatus").unwrap(), ["ProvisioningFailed"]);
+        assert_eq!(
+            element_texts(&report, "Description").unwrap(),
+            ["user data: line 2: expected <key>: & found"]
+        );
     }
 
     #[test]
@@ -369,7 +413,7 @@ mod tests {
             200,
             "<Versions><Supported><Version>2099-01-01</Version></Supported></Versions>",
         );
-        let e = report_ready(&svc, &Budget::starting_now(&svc, BUDGET)).unwrap_err();
+        let e = report_health(&svc, &Budget::starting_now(&svc, BUDGET), &Health::Ready).unwrap_err();
         assert_eq!(
             e.to_string(),
             "http://168.63.129.16/?comp=versions: the WireServer does not speak 2012-11-30 (it lists 2099-01-01)"

@@ -79,16 +79,36 @@ pub fn read_service(platform: Platform) -> Result<Metadata, String> {
                     Err(e) => m.warnings.push(format!("{e:#}")),
                 }
             }
-            // Without the ready report Azure marks a new VM failed.
-            match super::azure::report_ready(&http, &budget) {
-                Ok(g) => tracing::info!(incarnation = %g.incarnation, "reported ready to Azure's WireServer"),
-                Err(e) => m
-                    .warnings
-                    .push(format!("the ready report to Azure's WireServer failed: {e}")),
-            }
             m
         }),
         Platform::Qemu | Platform::Metal => return Err(format!("{platform} has no metadata service")),
     };
     read.map_err(|e| e.to_string())
+}
+
+/// Tell the platform how this boot's provisioning went, where it wants to
+/// be told: Azure's WireServer health report (without it Azure marks a new
+/// VM failed). `failure` is why provisioning failed, if it did. Returns
+/// what was reported, to be said; `None` where the platform wants nothing.
+pub fn report_provisioning(platform: Platform, failure: Option<&str>) -> Result<Option<String>, String> {
+    if platform != Platform::Azure {
+        return Ok(None);
+    }
+    let http = HostHttp::new()?;
+    let budget = Budget::starting_now(&http, BUDGET);
+    let health = match failure {
+        None => super::azure::Health::Ready,
+        Some(why) => super::azure::Health::ProvisioningFailed(why.to_owned()),
+    };
+    let g = super::azure::report_health(&http, &budget, &health)
+        .map_err(|e| format!("the health report to Azure's WireServer: {e}"))?;
+    Ok(Some(format!(
+        "reported {} to Azure's WireServer (goal state incarnation {})",
+        if failure.is_none() {
+            "ready"
+        } else {
+            "the failed provisioning"
+        },
+        g.incarnation
+    )))
 }

@@ -83,6 +83,7 @@ pub fn provision(stage: Stage, final_stage: bool) -> Result<()> {
         config_drive: &super::source::read_config_drive,
         metadata_service: &crate::metadata::host::read_service,
         ntp,
+        report_to_platform: &crate::metadata::host::report_provisioning,
     };
     if final_stage {
         return super::run_final(&mut host, Path::new(DIR));

@@ -173,6 +173,10 @@ pub fn resolve(plan: &mut Plan, fetch: &dyn Fetch) -> Result<(), String> {
     Ok(())
 }
 
+/// Tells `platform` how provisioning went: `None` if it succeeded, else
+/// why not; returns what was reported (`None`: the platform wants nothing).
+pub type ReportToPlatform<'a> = dyn Fn(Platform, Option<&str>) -> Result<Option<String>, String> + 'a;
+
 /// What the running host offers provisioning.
 pub struct Host<'a> {
     pub cmdline: String,
@@ -189,6 +193,9 @@ pub struct Host<'a> {
     pub metadata_service: &'a dyn Fn(Platform) -> Result<Metadata, String>,
     /// The NTP servers the image names for the detected platform.
     pub ntp: Vec<String>,
+    /// Tell the platform how provisioning went (`None`: it succeeded; else
+    /// why not), where it wants to know; returns what to say.
+    pub report_to_platform: &'a ReportToPlatform<'a>,
 }
 
 /// What this boot learnt of its platform, for `status`
@@ -454,6 +461,18 @@ pub fn run(host: &mut Host<'_>, state_dir: &Path, root: &Path, stage: Stage) -> 
     );
     if !boot_commands_replaced {
         run_boot_commands(host, &stored_boot, state_dir);
+    }
+    // The platform hears how provisioning went in the stage that read its
+    // metadata, once it has run (a reboot for kernel arguments first: the
+    // boot after it reports).
+    if let (Some(m), Ok(Next::Continue)) = (&platform, &result) {
+        let failure = load_record(state_dir).and_then(|r| r.error);
+        let p = m.platform.unwrap_or(host.platform.platform);
+        match (host.report_to_platform)(p, failure.as_deref()) {
+            Ok(Some(line)) => (host.say)(&format!("{p}: {line}")),
+            Ok(None) => {}
+            Err(e) => (host.say)(&format!("{p}: {e}")),
+        }
     }
     match result? {
         Next::Reboot => {
@@ -884,6 +903,72 @@ mod tests {
         }
     }
 
+    fn no_report(_: Platform, _: Option<&str>) -> Result<Option<String>, String> {
+        Ok(None)
+    }
+
+    #[test]
+    fn the_platform_hears_how_provisioning_went_once_it_has_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, state) = (dir.path().join("root"), dir.path().join("state"));
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(root.join("etc/passwd"), "cairn:x:1000:1000::/home/cairn:/bin/bash\n").unwrap();
+        std::fs::write(root.join("etc/group"), "cairn:x:1000:\n").unwrap();
+        let metadata = std::cell::RefCell::new(Metadata {
+            platform: Some(Platform::Azure),
+            origin: "the instance metadata service".into(),
+            ..ec2_metadata()
+        });
+        let service = |_: Platform| Ok(metadata.borrow().clone());
+        let no_drive = |_: Platform| -> Result<Option<Metadata>> { Ok(None) };
+        let reports = std::cell::RefCell::new(Vec::<(Platform, Option<String>)>::new());
+        let report = |p: Platform, failure: Option<&str>| {
+            reports.borrow_mut().push((p, failure.map(str::to_owned)));
+            Ok(Some("reported".to_owned()))
+        };
+        let mut sys = FakeSystem::default();
+        let mut host = Host {
+            cmdline: String::new(),
+            default_user: "cairn".into(),
+            fetch: &NoFetch,
+            system: &mut sys,
+            say: &|_: &str| {},
+            platform: Detected {
+                platform: Platform::Azure,
+                by: "dmi".into(),
+                error: None,
+            },
+            config_drive: &no_drive,
+            metadata_service: &service,
+            ntp: Vec::new(),
+            report_to_platform: &report,
+        };
+        // The local stage reads nothing (Azure's metadata needs the
+        // network) and reports nothing.
+        run(&mut host, &state, &root, Stage::Local).unwrap();
+        assert!(reports.borrow().is_empty());
+        // The network stage provisions, then reports it ready.
+        run(&mut host, &state, &root, Stage::Network).unwrap();
+        assert!(root.join("etc/from-metadata").exists());
+        assert_eq!(*reports.borrow(), [(Platform::Azure, None)]);
+        // A new instance whose user data is broken: reported failed, why named.
+        {
+            let mut m = metadata.borrow_mut();
+            m.instance_id = "i-0def".into();
+            m.user_data = Some(b"#cloud-config\nwrite_files: [unclosed\n".to_vec());
+        }
+        run(&mut host, &state, &root, Stage::Network).unwrap();
+        let last = reports.borrow().last().cloned().unwrap();
+        assert_eq!(last.0, Platform::Azure);
+        assert!(
+            last.1
+                .as_deref()
+                .is_some_and(|why| why.contains("YAML") || why.contains("yaml")),
+            "{last:?}"
+        );
+    }
+
     #[test]
     fn a_cloud_s_metadata_is_read_once_the_network_is_up_and_its_user_data_provisions() {
         let dir = tempfile::tempdir().unwrap();
@@ -915,6 +1000,7 @@ mod tests {
             config_drive: &no_drive,
             metadata_service: &service,
             ntp: vec!["169.254.169.123".into()],
+            report_to_platform: &no_report,
         };
         // Before networking: nothing asked, the network stage flagged.
         assert_eq!(platform_metadata(&mut host, root, Stage::Local), None);
@@ -978,6 +1064,7 @@ mod tests {
             config_drive: &drive,
             metadata_service: &service,
             ntp: Vec::new(),
+            report_to_platform: &no_report,
         };
         assert_eq!(platform_metadata(&mut host, root, Stage::Network), None);
         let record = load_platform_record(root).unwrap();
