@@ -9,6 +9,7 @@
 pub mod agent_status;
 pub mod artifacts;
 pub mod boot_timing;
+pub mod cloud_stand_ins;
 pub mod console;
 pub mod guest_checks;
 pub mod http;

@@ -3,7 +3,8 @@
 //!
 //! - cold build: compose + image with an empty cache (packages downloaded);
 //! - warm rebuild: the same after changing one overlay file;
-//! - sizes: raw image allocated, qcow2, zstd-compressed raw, OS on disk;
+//! - sizes: raw image allocated, qcow2, zstd-compressed raw, OS on disk
+//!   (each cloud format's: `bench cloud`);
 //! - boot: QEMU start → `systemctl is-system-running --wait` returns on the
 //!   dev image's console, on the platform's stand-in QEMU machine and CPU;
 //!   then the same for a plain Debian image of the same release, packages

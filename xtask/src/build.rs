@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use cairn_builder::disk_formats::DiskFormat;
 use cairn_builder::image::BuiltImage;
 use cairn_common::layout::{Arch, Platform};
 use cairn_common::process::Cmd;
@@ -55,23 +56,8 @@ pub fn builder() -> std::path::PathBuf {
 pub fn image_with(t: &ImageTarget, manifest: &Path, cache: &Path, agent_dir: &Path) -> Result<BuiltImage> {
     let builder = builder();
     let keys = paths::keys();
-    let repo = paths::repo(t.arch);
     Cmd::new(&builder).arg("keygen").arg("--keys").arg(&keys).run()?;
-    let target = |cmd: Cmd| {
-        cmd.arg("--manifest")
-            .arg(manifest)
-            .args([
-                "--flavor",
-                &t.flavor,
-                "--arch",
-                t.arch.as_str(),
-                "--platform",
-                t.platform.as_str(),
-            ])
-            .arg("--repo")
-            .arg(&repo)
-    };
-    target(Cmd::new(&builder).arg("compose"))
+    builder_for(t, manifest, "compose")
         .arg("--cache")
         .arg(cache)
         .arg("--keys")
@@ -81,12 +67,36 @@ pub fn image_with(t: &ImageTarget, manifest: &Path, cache: &Path, agent_dir: &Pa
         .progress()
         .run()
         .context("composing")?;
-    let out = target(Cmd::new(&builder).arg("image"))
-        .arg("--output")
-        .arg(paths::images(t.arch))
-        .progress()
-        .output()
-        .context("writing the disk image")?;
+    disk_image(t, manifest, &paths::images(t.arch), &[])
+}
+
+/// `cairn-build <subcommand>` for the image target `t`.
+fn builder_for(t: &ImageTarget, manifest: &Path, subcommand: &str) -> Cmd {
+    Cmd::new(builder())
+        .arg(subcommand)
+        .arg("--manifest")
+        .arg(manifest)
+        .args([
+            "--flavor",
+            &t.flavor,
+            "--arch",
+            t.arch.as_str(),
+            "--platform",
+            t.platform.as_str(),
+        ])
+        .arg("--repo")
+        .arg(paths::repo(t.arch))
+}
+
+/// Write the disk image of `t`'s last composed commit into `output`, in
+/// `formats` besides raw (the builder's default when empty).
+pub fn disk_image(t: &ImageTarget, manifest: &Path, output: &Path, formats: &[DiskFormat]) -> Result<BuiltImage> {
+    let mut cmd = builder_for(t, manifest, "image").arg("--output").arg(output);
+    if !formats.is_empty() {
+        let names: Vec<&str> = formats.iter().map(|f| f.name()).collect();
+        cmd = cmd.arg("--format").arg(names.join(","));
+    }
+    let out = cmd.progress().output().context("writing the disk image")?;
     serde_json::from_str(&out.stdout).context("reading what cairn-build image wrote")
 }
 

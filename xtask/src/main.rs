@@ -7,10 +7,12 @@
 //! - `kernel-check`: the package layer's kernel against the kernel-config fragments.
 //! - `setup`: install the host tools the other commands need (each does it first too).
 //! - `bench`: build and boot figures, as a table and JSON;
-//!   `bench power-cut`: a campaign of power cuts at random moments.
+//!   `bench power-cut`: a campaign of power cuts at random moments;
+//!   `bench cloud`: each cloud format's size, boot to SSH on each cloud.
 
 mod baseline;
 mod bench;
+mod bench_cloud;
 mod bench_power_cut;
 mod bench_provision;
 mod bench_update;
@@ -119,6 +121,10 @@ enum BenchCampaign {
     /// The prod image provisioned by an Ignition config (fw_cfg): time to
     /// the first SSH login, the provisioner's peak memory and binary size.
     Provision,
+    /// The prod image as each cloud sees it: its commit in every disk
+    /// format (sizes), and a new instance on each cloud's metadata stand-in
+    /// booted from that cloud's format (time to the first SSH login).
+    Cloud,
     /// Cut the power at random moments of updates; report how many cuts the
     /// host survived.
     PowerCut {
@@ -161,6 +167,10 @@ fn main() -> std::process::ExitCode {
             target,
             campaign: Some(BenchCampaign::Provision),
         } => bench_provision::provision(&target),
+        Command::Bench {
+            target,
+            campaign: Some(BenchCampaign::Cloud),
+        } => bench_cloud::cloud(&target),
         Command::Bench {
             target,
             campaign: Some(BenchCampaign::PowerCut { points, seed }),
