@@ -155,8 +155,9 @@ enum Command {
         /// Formats to write, comma-separated: raw, qcow2, vhd (Azure: fixed,
         /// whole MiB), vmdk (streamOptimized: vSphere, AWS import), gce
         /// (disk.raw in an oldgnu tar.gz, whole GiB). The raw image is
-        /// always written.
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,qcow2")]
+        /// always written. Default: with --cloud, the formats its import
+        /// takes (`[clouds.<name>] formats`); else raw,qcow2.
+        #[arg(long, value_enum, value_delimiter = ',')]
         format: Vec<crate::disk_formats::DiskFormat>,
         /// Make the image for this cloud (`[clouds.<name>]` of the manifest:
         /// its kernel arguments; its name ends the file names).

@@ -108,14 +108,26 @@ pub fn size_unit(formats: &[DiskFormat]) -> u64 {
     formats.iter().map(|f| f.size_unit()).max().unwrap_or(MIB)
 }
 
+/// What `image` writes besides the raw image: the formats asked for;
+/// else, for an image made for a cloud, the formats its import takes (the
+/// manifest's `[clouds.<name>] formats`); else qcow2.
+pub fn chosen(asked: &[DiskFormat], cloud: Option<&[DiskFormat]>) -> Vec<DiskFormat> {
+    let formats = match cloud {
+        _ if !asked.is_empty() => asked,
+        Some(c) if !c.is_empty() => c,
+        _ => &[DiskFormat::Raw, DiskFormat::Qcow2],
+    };
+    formats.to_vec()
+}
+
 /// Check a list of formats: not empty, each once.
 pub fn check_formats(formats: &[DiskFormat]) -> Result<()> {
     if formats.is_empty() {
-        bail!("--format: name at least one of raw, qcow2, vhd, vmdk, gce");
+        bail!("name at least one of raw, qcow2, vhd, vmdk, gce");
     }
     for (i, f) in formats.iter().enumerate() {
         if formats[..i].contains(f) {
-            bail!("--format: `{f}` is named twice");
+            bail!("`{f}` is named twice");
         }
     }
     Ok(())
@@ -218,7 +230,7 @@ mod tests {
             check_formats(&[DiskFormat::Vhd, DiskFormat::Vhd])
                 .unwrap_err()
                 .to_string(),
-            "--format: `vhd` is named twice"
+            "`vhd` is named twice"
         );
         assert!(check_formats(&[]).is_err());
     }
@@ -235,5 +247,14 @@ mod tests {
             "{e}"
         );
         assert!(!out.exists() && !dir.path().join("x.gce.tar.gz.partial").exists());
+    }
+
+    #[test]
+    fn the_formats_asked_for_else_the_cloud_s_else_qcow2() {
+        use DiskFormat::*;
+        assert_eq!(chosen(&[Vmdk], Some(&[Vhd])), [Vmdk]);
+        assert_eq!(chosen(&[], Some(&[Vhd])), [Vhd]);
+        assert_eq!(chosen(&[], Some(&[])), [Raw, Qcow2]);
+        assert_eq!(chosen(&[], None), [Raw, Qcow2]);
     }
 }

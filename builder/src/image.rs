@@ -38,7 +38,9 @@ pub struct ImageOptions {
     pub platform: Platform,
     pub repo: PathBuf,
     pub output: PathBuf,
-    /// What to write besides the raw image (which is always written).
+    /// What to write besides the raw image (which is always written);
+    /// empty: the cloud's import formats, else qcow2 (see
+    /// [`disk_formats::chosen`]).
     pub formats: Vec<DiskFormat>,
     /// The cloud the image is made for (`[clouds.<name>]`): its kernel
     /// arguments are added, and its name ends the file names.
@@ -93,7 +95,14 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
         None => format!("{}-{}-{}-{}", spec.name, version, spec.arch, spec.variant()),
         Some(c) => format!("{}-{}-{}-{}-{c}", spec.name, version, spec.arch, spec.variant()),
     };
-    crate::disk_formats::check_formats(&opts.formats)?;
+    let chosen = disk_formats::chosen(
+        &opts.formats,
+        opts.cloud
+            .as_ref()
+            .and_then(|c| spec.cloud_formats.get(c))
+            .map(Vec::as_slice),
+    );
+    disk_formats::check_formats(&chosen).context("--format")?;
     let raw = opts.output.join(DiskFormat::Raw.file_name(&stem));
 
     let work = Workdir::new(&opts.output)?;
@@ -109,7 +118,7 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
     let os_bytes = allocated_bytes(&sysroot)?;
     check_fits(os_bytes, &spec)?;
 
-    let layout = DiskLayout::with_size_unit(spec.esp_size, spec.root_size, disk_formats::size_unit(&opts.formats));
+    let layout = DiskLayout::with_size_unit(spec.esp_size, spec.root_size, disk_formats::size_unit(&chosen));
     let raw_partial = Partial::new(&raw);
     let esp_id = disk::esp_volume_id(&commit);
     write_disk(
@@ -123,7 +132,7 @@ pub fn build_image(opts: &ImageOptions) -> Result<BuiltImage> {
     )?;
     raw_partial.commit()?;
     let mut formats = BTreeMap::from([(DiskFormat::Raw, raw.clone())]);
-    for (format, path) in disk_formats::outputs(&opts.output, &stem, &opts.formats) {
+    for (format, path) in disk_formats::outputs(&opts.output, &stem, &chosen) {
         if format != DiskFormat::Raw {
             disk_formats::write_format(&raw, format, &path)?;
             formats.insert(format, path);

@@ -66,6 +66,10 @@ struct RawCloud {
     /// Kernel arguments of an image made for this cloud (`image --cloud`).
     #[serde(default)]
     kernel_args: Vec<Spanned<String>>,
+    /// The disk formats its image import takes: what `image --cloud`
+    /// writes when no `--format` is given.
+    #[serde(default)]
+    formats: Vec<crate::disk_formats::DiskFormat>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +225,8 @@ pub struct ImageSpec {
     /// Each cloud's kernel arguments (`[clouds.<name>] kernel-args`), added
     /// to an image made for it (`image --cloud <name>`).
     pub cloud_kernel_args: BTreeMap<String, Vec<String>>,
+    /// Each cloud's import formats (`[clouds.<name>] formats`).
+    pub cloud_formats: BTreeMap<String, Vec<crate::disk_formats::DiskFormat>>,
     pub flavor: String,
     pub arch: Arch,
     pub platform: Platform,
@@ -540,6 +546,7 @@ impl Manifest {
 
         let mut cloud_ntp = BTreeMap::new();
         let mut cloud_kernel_args = BTreeMap::new();
+        let mut cloud_formats = BTreeMap::new();
         for (cloud, facts) in &raw.clouds {
             cairn_common::layout::check_cloud_platform(cloud)
                 .map_err(|e| self.err(facts.span(), format!("[clouds.{cloud}]: {e}")))?;
@@ -557,6 +564,12 @@ impl Manifest {
                 .map(|v| self.kernel_arg(v))
                 .collect::<Result<Vec<_>, _>>()?;
             cloud_kernel_args.insert(cloud.clone(), args);
+            let formats = facts.get_ref().formats.clone();
+            if !formats.is_empty() {
+                crate::disk_formats::check_formats(&formats)
+                    .map_err(|e| self.err(facts.span(), format!("[clouds.{cloud}] formats: {e:#}")))?;
+            }
+            cloud_formats.insert(cloud.clone(), formats);
         }
 
         Ok(ImageSpec {
@@ -567,6 +580,7 @@ impl Manifest {
             default_user,
             cloud_ntp,
             cloud_kernel_args,
+            cloud_formats,
             flavor: flavor.to_owned(),
             arch,
             platform,
@@ -866,6 +880,25 @@ package-sets = ["base"]
         );
         let e = parse_err(&format!("{GOOD}\n[clouds.gce]\nntp = [\"a b\"]\n"));
         assert_eq!(e.message, "ntp: `a b` is not a host name or address");
+    }
+
+    #[test]
+    fn each_cloud_names_the_formats_its_import_takes() {
+        use crate::disk_formats::DiskFormat;
+        let (_d, path) = fixture();
+        let text =
+            format!("{GOOD}\n[clouds.azure]\nformats = [\"vhd\"]\n\n[clouds.gce]\nntp = [\"169.254.169.254\"]\n");
+        let spec = Manifest::parse(&path, &text)
+            .unwrap()
+            .resolve("dev", Arch::X86_64, Platform::Generic)
+            .unwrap();
+        assert_eq!(spec.cloud_formats["azure"], [DiskFormat::Vhd]);
+        assert!(spec.cloud_formats["gce"].is_empty());
+        let e = parse_err(&format!("{GOOD}\n[clouds.azure]\nformats = [\"vhdx\"]\n"));
+        assert!(e.message.contains("unknown variant `vhdx`"), "{e}");
+        assert!(e.to_string().contains("image.toml:"), "{e}");
+        let e = parse_err(&format!("{GOOD}\n[clouds.azure]\nformats = [\"vhd\", \"vhd\"]\n"));
+        assert_eq!(e.message, "[clouds.azure] formats: `vhd` is named twice");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! services (each implementing the provider's documented behaviour: EC2's
 //! and Alibaba's session tokens, GCE's `Metadata-Flavor`, Azure's IMDS
 //! header and WireServer protocol), the media it attaches (OpenStack's
-//! `config-2` drive, Azure's `ovf-env.xml` CD-ROM), and the disk format
-//! and bus its VMs boot from. Shared by the cloud VM tests and `cargo
-//! xtask bench cloud`.
+//! `config-2` drive, Azure's `ovf-env.xml` CD-ROM), and the bus its VMs'
+//! disks are on (the disk format is the manifest's fact:
+//! [`Cloud::boot_format`]). Shared by the cloud VM tests and `cargo xtask
+//! bench cloud`.
 
 use std::path::{Path, PathBuf};
 
@@ -115,22 +116,21 @@ impl Cloud {
         }
     }
 
-    /// The disk format the cloud's image import takes (the GCE tarball
-    /// holds a raw disk; Alibaba and Tencent import qcow2).
-    pub fn disk_format(self) -> DiskFormat {
-        match self {
-            Cloud::Ec2 => DiskFormat::Vmdk,
-            Cloud::Azure => DiskFormat::Vhd,
-            Cloud::Gce => DiskFormat::Raw,
-            Cloud::Aliyun | Cloud::Openstack | Cloud::Tencent => DiskFormat::Qcow2,
+    /// The disk format a VM of this cloud boots from: the first its image
+    /// import takes (`import`: the manifest's `[clouds.<name>] formats`),
+    /// GCE's tarball being the raw disk it holds.
+    pub fn boot_format(import: &[DiskFormat]) -> DiskFormat {
+        match import.first() {
+            Some(DiskFormat::Gce) | None => DiskFormat::Raw,
+            Some(f) => *f,
         }
     }
 
-    /// A disk of the image `raw` in this cloud's format, written by the
-    /// builder's own code into `dir` (the raw image itself where the cloud
-    /// takes raw); a VM's overlay reads it through QEMU's driver for it.
-    pub fn disk_of(self, raw: &Path, dir: &Path) -> Result<PathBuf> {
-        let format = self.disk_format();
+    /// A disk of the image `raw` in [`Cloud::boot_format`], written by the
+    /// builder's own code into `dir` (the raw image itself where that is
+    /// raw); a VM's overlay reads it through QEMU's driver for it.
+    pub fn disk_of(import: &[DiskFormat], raw: &Path, dir: &Path) -> Result<PathBuf> {
+        let format = Cloud::boot_format(import);
         if format == DiskFormat::Raw {
             return Ok(raw.to_owned());
         }
@@ -447,6 +447,14 @@ fn openstack_meta_data(i: &Instance) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cloud_s_vms_boot_the_first_format_its_import_takes() {
+        use DiskFormat::*;
+        assert_eq!(Cloud::boot_format(&[Vmdk, Raw]), Vmdk);
+        assert_eq!(Cloud::boot_format(&[Gce]), Raw);
+        assert_eq!(Cloud::boot_format(&[]), Raw);
+    }
 
     #[test]
     fn each_cloud_s_addresses_lie_in_its_network() {

@@ -13,6 +13,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use cairn_builder::disk_formats::DiskFormat;
+use cairn_builder::manifest::Manifest;
 use cairn_qemu_tests::cloud_stand_ins::{self, Cloud, Instance, Placement, StandIn};
 use cairn_qemu_tests::guest_checks::{assert_booted, assert_root_fills_disk, assert_running_without_failures};
 use cairn_qemu_tests::ssh::{free_port, Ssh};
@@ -72,12 +74,26 @@ fn status(vm: &Vm) -> Value {
 }
 
 /// Boot the development image as a new instance on `stand_in`'s cloud,
-/// from that cloud's disk format on its disk bus; the machine, its root
-/// grown and nothing failed, booted the built commit.
-fn first_boot(a: &Artifacts, stand_in: &StandIn, scratch: &Path, ssh: &Ssh) -> Vm {
+/// from the disk format its import takes (`rootfs/image.toml`: the test
+/// expects `format`) on its disk bus; the machine, its root grown and
+/// nothing failed, booted the built commit.
+fn first_boot(a: &Artifacts, stand_in: &StandIn, format: DiskFormat, scratch: &Path, ssh: &Ssh) -> Vm {
     let cloud = stand_in.cloud;
+    let import = Manifest::load(&a.manifest)
+        .unwrap()
+        .resolve(&a.dev.flavor, a.arch, a.platform)
+        .unwrap()
+        .cloud_formats
+        .remove(cloud.name())
+        .unwrap_or_default();
+    assert_eq!(
+        Cloud::boot_format(&import),
+        format,
+        "{} imports {import:?}",
+        cloud.name()
+    );
     let mut opts = VmOptions::of(&a.dev);
-    opts.image = cloud.disk_of(&a.dev.raw, scratch).unwrap();
+    opts.image = Cloud::disk_of(&import, &a.dev.raw, scratch).unwrap();
     opts.disk_interface = cloud.disk_bus();
     opts.disk_size = DISK_SIZE;
     opts.forwards.push(ssh.forward(None));
@@ -196,7 +212,7 @@ fn ec2_then_alibaba_metadata_with_session_tokens_provision_the_host() {
     let Scene { a, scratch, ssh, key } = scene();
     let ec2 = instance(Cloud::Ec2, &key, false);
     let stand_in = Cloud::Ec2.start(&ec2, scratch.path()).unwrap();
-    let mut vm = first_boot(&a, &stand_in, scratch.path(), &ssh);
+    let mut vm = first_boot(&a, &stand_in, DiskFormat::Vmdk, scratch.path(), &ssh);
     assert_provisioned(&vm, Cloud::Ec2, &ec2, false, &ssh);
     // The image's fact for EC2: its own time server.
     let ntp = vm
@@ -229,7 +245,7 @@ fn azure_with_its_ready_report_then_gce_provision_the_host_from_a_vhd() {
     // CD-ROM; the WireServer must hear that provisioning went well.
     let azure = instance(Cloud::Azure, &key, false);
     let stand_in = Cloud::Azure.start(&azure, scratch.path()).unwrap();
-    let mut vm = first_boot(&a, &stand_in, scratch.path(), &ssh);
+    let mut vm = first_boot(&a, &stand_in, DiskFormat::Vhd, scratch.path(), &ssh);
     assert_provisioned(&vm, Cloud::Azure, &azure, false, &ssh);
     assert!(
         !asked(&stand_in).iter().any(|r| !r.ends_with(" 200")),
@@ -288,7 +304,7 @@ fn openstack_config_drive_then_tencent_metadata_provision_the_host_from_qcow2() 
     // `config-2`); no metadata service is reachable, so none is needed.
     let openstack = instance(Cloud::Openstack, &key, false);
     let stand_in = Cloud::Openstack.start(&openstack, scratch.path()).unwrap();
-    let mut vm = first_boot(&a, &stand_in, scratch.path(), &ssh);
+    let mut vm = first_boot(&a, &stand_in, DiskFormat::Qcow2, scratch.path(), &ssh);
     assert_provisioned(&vm, Cloud::Openstack, &openstack, false, &ssh);
     let s = status(&vm);
     assert!(

@@ -70,12 +70,16 @@ pub fn cloud(target: &crate::Target) -> Result<()> {
     let built = build::build(&prod)?;
     let formats = format_sizes(&prod)?;
     let relay = build::relay();
+    let spec =
+        cairn_builder::manifest::Manifest::load(&paths::manifest())?.resolve(&prod.flavor, arch, target.platform)?;
     let mut boots = Vec::new();
     for cloud in Cloud::ALL {
-        let secs = boot_to_ssh(&built, cloud, &relay).with_context(|| format!("booting on {}", cloud.name()))?;
+        let import = spec.cloud_formats.get(cloud.name()).cloned().unwrap_or_default();
+        let secs =
+            boot_to_ssh(&built, cloud, &import, &relay).with_context(|| format!("booting on {}", cloud.name()))?;
         boots.push(CloudBoot {
             cloud: cloud.name(),
-            format: cloud.disk_format(),
+            format: Cloud::boot_format(&import),
             secs_to_ssh_login: secs,
         });
     }
@@ -114,9 +118,15 @@ fn format_sizes(t: &build::ImageTarget) -> Result<FormatSizes> {
     Ok(FormatSizes { image_secs, files })
 }
 
-/// A new instance of `built` on `cloud`'s stand-in: seconds from QEMU's
-/// start to the default user's first SSH login.
-fn boot_to_ssh(built: &cairn_builder::image::BuiltImage, cloud: Cloud, relay: &Path) -> Result<f64> {
+/// A new instance of `built` on `cloud`'s stand-in, from the format its
+/// import takes (`import`): seconds from QEMU's start to the default
+/// user's first SSH login.
+fn boot_to_ssh(
+    built: &cairn_builder::image::BuiltImage,
+    cloud: Cloud,
+    import: &[DiskFormat],
+    relay: &Path,
+) -> Result<f64> {
     let scratch = tempfile::tempdir()?;
     let ssh = Ssh::new(scratch.path(), free_port()?)?;
     let instance = Instance {
@@ -128,7 +138,7 @@ fn boot_to_ssh(built: &cairn_builder::image::BuiltImage, cloud: Cloud, relay: &P
     };
     let stand_in = cloud.start(&instance, scratch.path())?;
     let mut opts = VmOptions::of(built);
-    opts.image = cloud.disk_of(&built.raw, scratch.path())?;
+    opts.image = Cloud::disk_of(import, &built.raw, scratch.path())?;
     opts.disk_interface = cloud.disk_bus();
     opts.forwards.push(ssh.forward(None));
     stand_in.place(
