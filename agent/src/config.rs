@@ -49,6 +49,13 @@ pub enum RebootStrategy {
     Immediate,
     /// Only inside a daily window (local time of the host, minutes from midnight).
     MaintenanceWindow { start_minute: u32, length: Duration },
+    /// Only holding a slot of a FleetLock server's (Zincati's protocol):
+    /// `POST <url>/v1/pre-reboot` before rebooting, `POST
+    /// <url>/v1/steady-state` once committed and at every start.
+    FleetLock { url: String, group: String },
+    /// kured drains the node and reboots it: the agent writes kured's
+    /// sentinel (`/var/run/reboot-required`) once an update is staged.
+    Kured,
     /// Never by itself: an operator reboots.
     Off,
 }
@@ -156,6 +163,10 @@ struct RebootSection {
     /// `HH:MM`, local time.
     window_start: Option<toml::Spanned<String>>,
     window_length: Option<toml::Spanned<String>>,
+    /// The FleetLock server's base URL.
+    fleet_lock_url: Option<toml::Spanned<String>>,
+    /// This node's FleetLock group.
+    fleet_lock_group: Option<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +190,8 @@ struct PendingReboot {
     strategy: Option<(String, Located)>,
     window_start: Option<(u32, Located)>,
     window_length: Option<(Duration, Located)>,
+    fleet_lock_url: Option<String>,
+    fleet_lock_group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -270,10 +283,12 @@ impl ConfigBuilder {
         let r = parsed.reboot;
         if let Some(v) = r.strategy {
             let s = v.get_ref().as_str();
-            if !matches!(s, "immediate" | "maintenance-window" | "off") {
+            if !matches!(s, "immediate" | "maintenance-window" | "fleet-lock" | "kured" | "off") {
                 return Err(err(
                     v.span(),
-                    format!("reboot strategy `{s}` is not one of immediate, maintenance-window, off"),
+                    format!(
+                        "reboot strategy `{s}` is not one of immediate, maintenance-window, fleet-lock, kured, off"
+                    ),
                 ));
             }
             self.reboot.strategy = Some((s.to_owned(), locate(v.span())));
@@ -288,6 +303,34 @@ impl ConfigBuilder {
                 return Err(err(v.span(), "window-length must be between 1m and 24h".into()));
             }
             self.reboot.window_length = Some((d, locate(v.span())));
+        }
+        if let Some(v) = r.fleet_lock_url {
+            let url = v.get_ref().trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
+                return Err(err(
+                    v.span(),
+                    format!("fleet-lock-url `{}` is not an http:// or https:// URL", v.get_ref()),
+                ));
+            }
+            self.reboot.fleet_lock_url = Some(url.to_owned());
+        }
+        if let Some(v) = r.fleet_lock_group {
+            let g = v.get_ref();
+            // Zincati's rule for group names.
+            let ok = !g.is_empty()
+                && g.len() <= 64
+                && g.starts_with(|c: char| c.is_ascii_lowercase())
+                && g.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                return Err(err(
+                    v.span(),
+                    format!(
+                        "fleet-lock-group `{g}` must be lower-case letters, digits and `-`, starting with a letter"
+                    ),
+                ));
+            }
+            self.reboot.fleet_lock_group = Some(g.clone());
         }
 
         let h = parsed.health;
@@ -343,6 +386,19 @@ impl ConfigBuilder {
         config.reboot = match p.strategy.as_ref().map(|(s, _)| s.as_str()) {
             None | Some("immediate") => RebootStrategy::Immediate,
             Some("off") => RebootStrategy::Off,
+            Some("kured") => RebootStrategy::Kured,
+            Some("fleet-lock") => {
+                let (_, at) = p.strategy.as_ref().expect("matched Some");
+                let url = p.fleet_lock_url.clone().ok_or_else(|| ConfigError {
+                    file: at.file.clone(),
+                    at: Some(at.at),
+                    message: "reboot strategy fleet-lock needs fleet-lock-url".into(),
+                })?;
+                RebootStrategy::FleetLock {
+                    url,
+                    group: p.fleet_lock_group.clone().unwrap_or_else(|| "default".into()),
+                }
+            }
             Some(_) => {
                 let (_, at) = p.strategy.as_ref().expect("matched Some");
                 let start = p.window_start.as_ref().ok_or_else(|| ConfigError {
@@ -489,6 +545,55 @@ mod tests {
         );
         let e = merged(&[("g.toml", "[platform.gce]\nntp = [\"a b\"]\n")]).unwrap_err();
         assert_eq!(e.to_string(), "g.toml:2:8: ntp: `a b` is not a host name or address");
+    }
+
+    #[test]
+    fn fleet_lock_needs_its_server_and_takes_zincati_s_group_names() {
+        let c = merged(&[
+            ("10.toml", "[reboot]\nstrategy = \"fleet-lock\"\n"),
+            (
+                "20.toml",
+                "[reboot]\nfleet-lock-url = \"http://lock.example:8080/\"\nfleet-lock-group = \"workers-1\"\n",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.reboot,
+            RebootStrategy::FleetLock {
+                url: "http://lock.example:8080".into(),
+                group: "workers-1".into()
+            }
+        );
+        let c = merged(&[(
+            "a.toml",
+            "[reboot]\nstrategy = \"fleet-lock\"\nfleet-lock-url = \"https://lock\"\n",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.reboot,
+            RebootStrategy::FleetLock {
+                url: "https://lock".into(),
+                group: "default".into()
+            }
+        );
+        let e = merged(&[("a.toml", "[reboot]\nstrategy = \"fleet-lock\"\n")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a.toml:2:12: reboot strategy fleet-lock needs fleet-lock-url"
+        );
+        let e = merged(&[("a.toml", "[reboot]\nfleet-lock-url = \"lock:8080\"\n")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a.toml:2:18: fleet-lock-url `lock:8080` is not an http:// or https:// URL"
+        );
+        let e = merged(&[("a.toml", "[reboot]\nfleet-lock-group = \"Workers\"\n")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("a.toml:2:20: fleet-lock-group `Workers` must be"),
+            "{e}"
+        );
+        let c = merged(&[("a.toml", "[reboot]\nstrategy = \"kured\"\n")]).unwrap();
+        assert_eq!(c.reboot, RebootStrategy::Kured);
     }
 
     #[test]

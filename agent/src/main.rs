@@ -5,7 +5,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use cairn_agent::boot_counter::Esp;
 use cairn_agent::config;
-use cairn_agent::schedule::{self, DaemonStep};
+use cairn_agent::metadata::host::HostHttp;
+use cairn_agent::reboot_gate::{DaemonGate, Pass};
+use cairn_agent::schedule::{self, DaemonStep, DaemonView};
 use cairn_agent::selection::Request;
 use cairn_agent::state::StateFile;
 use cairn_agent::sysroot::HostSysroot;
@@ -54,6 +56,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The agent's state as Prometheus metrics (text format); the daemon
+    /// keeps the same in /run/cairn/metrics/ for node_exporter.
+    Metrics,
     /// Settle this boot's trial (health gate), then check for updates on schedule.
     Daemon,
     /// Only settle this boot's trial, then exit.
@@ -107,6 +112,20 @@ fn reboot_per_strategy(agent: &Agent, no_reboot: bool) -> Result<()> {
     if no_reboot {
         println!("staged; reboot to apply");
         return Ok(());
+    }
+    match &agent.config.reboot {
+        config::RebootStrategy::FleetLock { url, group } => {
+            println!("staged; cairn-agent.service reboots once the fleet lock at {url} gives a slot of group {group}");
+            return Ok(());
+        }
+        config::RebootStrategy::Kured => {
+            println!(
+                "staged; cairn-agent.service writes {}, and kured drains and reboots the node",
+                cairn_agent::reboot_gate::KURED_SENTINEL
+            );
+            return Ok(());
+        }
+        _ => {}
     }
     match schedule::reboot_delay(&agent.config.reboot, agent.clock.now()) {
         Some(d) if d.is_zero() => updater::reboot("update staged"),
@@ -190,6 +209,12 @@ fn run(cli: Cli) -> Result<()> {
             println!("rollback to {v} staged");
             reboot_per_strategy(&agent, no_reboot)
         }
+        Command::Metrics => {
+            let agent = agent()?;
+            let history = agent.store.load()?.history;
+            print!("{}", cairn_agent::metrics::render(&agent.status()?, &history));
+            Ok(())
+        }
         Command::History { json } => {
             let state = StateFile::host().load()?;
             if json {
@@ -225,6 +250,12 @@ fn daemon() -> Result<()> {
         let outcome = agent.boot_check()?;
         tracing::info!(?outcome, "boot settled");
     }
+    // The reboot gate: under fleet-lock, a slot held from before (a crash,
+    // a failed trial, the update just committed) is given back first.
+    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let mut gate = DaemonGate::start(&agent.config.reboot, &machine_id, std::path::Path::new("/"), now())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let http = HostHttp::new().map_err(|e| anyhow::anyhow!("{e}"))?;
     let checks = agent.config.auto_update && agent.config.url.is_some();
     // The first check right after the boot settled; then every interval, or
     // sooner after a failed check (see `schedule::retry_after`).
@@ -236,14 +267,31 @@ fn daemon() -> Result<()> {
         if let Some(signal) = cairn_common::process::interrupted() {
             anyhow::bail!("stopped by {signal}");
         }
-        let reboot_pending = agent.store.load()?.update.daemon_reboots();
-        let step = schedule::daemon_step(
-            now(),
-            checks.then_some(next_check_at),
+        let state = agent.store.load()?;
+        let reboot_pending = state.update.daemon_reboots();
+        if !reboot_pending {
+            gate.nothing_staged();
+        }
+        // node_exporter's textfile collector reads what the daemon last saw.
+        match agent.status() {
+            Ok(status) => {
+                let text = cairn_agent::metrics::render(&status, &state.history);
+                if let Err(e) = cairn_agent::metrics::write_textfile(std::path::Path::new("/"), &text) {
+                    tracing::warn!(error = %e, "could not write the metrics for node_exporter");
+                }
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not read the status for the metrics"),
+        }
+        let step = schedule::daemon_step(&DaemonView {
+            now: now(),
+            next_check_at: checks.then_some(next_check_at),
             reboot_pending,
-            &agent.config.reboot,
-        );
+            strategy: &agent.config.reboot,
+            release_at: gate.release_at,
+            gate_retry_at: gate.retry_at(),
+        });
         match step {
+            DaemonStep::ReleaseLock => gate.release(&http, now()),
             DaemonStep::Check => {
                 let wait = schedule::next_check(
                     agent.config.check_interval,
@@ -268,7 +316,10 @@ fn daemon() -> Result<()> {
                     }
                 }
             }
-            DaemonStep::Reboot => updater::reboot("update staged; the reboot strategy allows it now")?,
+            DaemonStep::Reboot => match gate.pass(&http, now()) {
+                Pass::Reboot(why) => updater::reboot(&format!("update staged; {why}"))?,
+                Pass::Held => {}
+            },
             // A stop signal while it waits ends the program at once: no
             // command the work waits on runs (`process::stops_at_once`).
             DaemonStep::Sleep(d) => std::thread::sleep(d),

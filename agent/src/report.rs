@@ -51,6 +51,24 @@ pub fn state_text(s: &Status) -> String {
             opens_in_secs % 3600 / 60
         ),
         Some(Waiting::Operator) => ", waiting for an operator to reboot".to_owned(),
+        Some(Waiting::Lock { reason: None, .. }) => ", waiting for a slot of the fleet lock".to_owned(),
+        Some(Waiting::Lock {
+            reason: Some(why),
+            attempts,
+            next_attempt_in_secs,
+        }) => format!(
+            ", waiting for a slot of the fleet lock ({why}; asked {attempts} time(s), next in {}s)",
+            next_attempt_in_secs.unwrap_or(0)
+        ),
+        Some(Waiting::Kured { sentinel_written: true }) => {
+            format!(
+                ", waiting for kured to drain and reboot the node ({})",
+                crate::reboot_gate::KURED_SENTINEL
+            )
+        }
+        Some(Waiting::Kured {
+            sentinel_written: false,
+        }) => ", about to hand the reboot to kured".to_owned(),
     };
     match &s.update {
         UpdateState::Idle => "idle".to_owned(),

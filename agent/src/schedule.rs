@@ -27,7 +27,8 @@ pub fn retry_after(failures: u32, next: Duration) -> Duration {
 /// seconds since midnight UTC now; `None` when the strategy never reboots.
 pub fn reboot_delay(strategy: &RebootStrategy, now_secs_of_day: u64) -> Option<Duration> {
     match strategy {
-        RebootStrategy::Immediate => Some(Duration::ZERO),
+        // The coordinated strategies go to their gate at once (it decides).
+        RebootStrategy::Immediate | RebootStrategy::FleetLock { .. } | RebootStrategy::Kured => Some(Duration::ZERO),
         RebootStrategy::Off => None,
         RebootStrategy::MaintenanceWindow { start_minute, length } => {
             const DAY: u64 = 86_400;
@@ -52,34 +53,58 @@ pub const LONGEST_SLEEP: Duration = Duration::from_secs(60);
 pub enum DaemonStep {
     /// Check for (and stage) a newer release.
     Check,
-    /// Reboot into what is staged.
+    /// Give back the FleetLock slot this node may hold.
+    ReleaseLock,
+    /// Reboot into what is staged, through the strategy's gate (a
+    /// FleetLock slot; kured's sentinel) where it has one.
     Reboot,
     Sleep(Duration),
 }
 
-/// The daemon's next step, from the time now, when the next check is due
-/// (`None`: the daemon does not check by itself), whether the daemon is to
-/// reboot into something staged, and the reboot strategy. One decision per
-/// wake-up, so a pending reboot never delays a check or the reverse.
-pub fn daemon_step(
-    now: u64,
-    next_check_at: Option<u64>,
-    reboot_pending: bool,
-    strategy: &RebootStrategy,
-) -> DaemonStep {
+/// What the daemon knows when it decides its next step.
+#[derive(Debug, Clone, Copy)]
+pub struct DaemonView<'a> {
+    /// Seconds since the epoch.
+    pub now: u64,
+    /// When the next check is due (`None`: the daemon does not check by itself).
+    pub next_check_at: Option<u64>,
+    /// Whether the daemon is to reboot into something staged.
+    pub reboot_pending: bool,
+    pub strategy: &'a RebootStrategy,
+    /// A FleetLock slot is to be given back, from this time (now, or later
+    /// after a failed attempt).
+    pub release_at: Option<u64>,
+    /// The gate held the reboot: it is asked again from this time.
+    pub gate_retry_at: Option<u64>,
+}
+
+/// The daemon's next step. One decision per wake-up, so a pending reboot
+/// never delays a check or the reverse; a slot to give back comes first.
+pub fn daemon_step(v: &DaemonView<'_>) -> DaemonStep {
+    let now = v.now;
     let mut sleep = LONGEST_SLEEP;
-    if reboot_pending {
-        match reboot_delay(strategy, now) {
-            Some(d) if d.is_zero() => return DaemonStep::Reboot,
+    let mut until = |at: u64| sleep = sleep.min(Duration::from_secs(at.saturating_sub(now)));
+    if let Some(at) = v.release_at {
+        if now >= at {
+            return DaemonStep::ReleaseLock;
+        }
+        until(at);
+    }
+    if v.reboot_pending {
+        match reboot_delay(v.strategy, now) {
+            Some(d) if d.is_zero() => match v.gate_retry_at {
+                Some(at) if now < at => until(at),
+                _ => return DaemonStep::Reboot,
+            },
             Some(d) => sleep = sleep.min(d),
             None => {}
         }
-    } else if let Some(at) = next_check_at {
+    } else if let Some(at) = v.next_check_at {
         // Nothing is checked while an update waits to be booted.
         if now >= at {
             return DaemonStep::Check;
         }
-        sleep = sleep.min(Duration::from_secs(at - now));
+        until(at);
     }
     DaemonStep::Sleep(sleep.max(Duration::from_secs(1)))
 }
@@ -120,6 +145,57 @@ mod tests {
         assert!((0.0..1.0).contains(&f));
     }
 
+    fn view(now: u64, next_check_at: Option<u64>, reboot_pending: bool, strategy: &RebootStrategy) -> DaemonView<'_> {
+        DaemonView {
+            now,
+            next_check_at,
+            reboot_pending,
+            strategy,
+            release_at: None,
+            gate_retry_at: None,
+        }
+    }
+
+    #[test]
+    fn a_slot_is_given_back_first_and_a_held_reboot_waits_for_its_next_attempt() {
+        let lock = RebootStrategy::FleetLock {
+            url: "http://lock".into(),
+            group: "default".into(),
+        };
+        let t = 1_000_000;
+        // Released before anything else, even a due check or reboot.
+        let v = DaemonView {
+            release_at: Some(t),
+            ..view(t, Some(t), true, &lock)
+        };
+        assert_eq!(daemon_step(&v), DaemonStep::ReleaseLock);
+        // A failed release is tried again when due; meanwhile the rest goes on.
+        let v = DaemonView {
+            release_at: Some(t + 20),
+            ..view(t, Some(t), false, &lock)
+        };
+        assert_eq!(daemon_step(&v), DaemonStep::Check);
+        let v = DaemonView {
+            release_at: Some(t + 20),
+            ..view(t, Some(t + 50), false, &lock)
+        };
+        assert_eq!(daemon_step(&v), DaemonStep::Sleep(Duration::from_secs(20)));
+        // A staged update goes to the gate at once; held, it waits for the
+        // next attempt (and wakes for it), then goes again.
+        assert_eq!(daemon_step(&view(t, None, true, &lock)), DaemonStep::Reboot);
+        let held = DaemonView {
+            gate_retry_at: Some(t + 30),
+            ..view(t, None, true, &lock)
+        };
+        assert_eq!(daemon_step(&held), DaemonStep::Sleep(Duration::from_secs(30)));
+        let due = DaemonView { now: t + 30, ..held };
+        assert_eq!(daemon_step(&due), DaemonStep::Reboot);
+        assert_eq!(
+            daemon_step(&view(t, None, true, &RebootStrategy::Kured)),
+            DaemonStep::Reboot
+        );
+    }
+
     #[test]
     fn the_daemon_checks_when_due_and_reboots_in_the_window_even_without_auto_updates() {
         let window = RebootStrategy::MaintenanceWindow {
@@ -129,39 +205,42 @@ mod tests {
         let day = 20_000 * 86_400;
         // Due: check; not due: sleep until it is (at most LONGEST_SLEEP).
         assert_eq!(
-            daemon_step(day + 100, Some(day + 100), false, &window),
+            daemon_step(&view(day + 100, Some(day + 100), false, &window)),
             DaemonStep::Check
         );
         assert_eq!(
-            daemon_step(day + 100, Some(day + 130), false, &window),
+            daemon_step(&view(day + 100, Some(day + 130), false, &window)),
             DaemonStep::Sleep(Duration::from_secs(30))
         );
         assert_eq!(
-            daemon_step(day + 100, Some(day + 9_999), false, &window),
+            daemon_step(&view(day + 100, Some(day + 9_999), false, &window)),
             DaemonStep::Sleep(LONGEST_SLEEP)
         );
         // A staged update with auto updates off (no check due, ever): the
         // reboot still happens, in the window and only there.
         assert_eq!(
-            daemon_step(day + 3600, None, true, &window),
+            daemon_step(&view(day + 3600, None, true, &window)),
             DaemonStep::Sleep(LONGEST_SLEEP)
         );
         assert_eq!(
-            daemon_step(day + 3 * 3600 - 10, None, true, &window),
+            daemon_step(&view(day + 3 * 3600 - 10, None, true, &window)),
             DaemonStep::Sleep(Duration::from_secs(10))
         );
-        assert_eq!(daemon_step(day + 3 * 3600 + 5, None, true, &window), DaemonStep::Reboot);
         assert_eq!(
-            daemon_step(day, Some(day), true, &RebootStrategy::Immediate),
+            daemon_step(&view(day + 3 * 3600 + 5, None, true, &window)),
+            DaemonStep::Reboot
+        );
+        assert_eq!(
+            daemon_step(&view(day, Some(day), true, &RebootStrategy::Immediate)),
             DaemonStep::Reboot
         );
         // Strategy off: never a reboot, and no checks while staged.
         assert_eq!(
-            daemon_step(day, Some(day), true, &RebootStrategy::Off),
+            daemon_step(&view(day, Some(day), true, &RebootStrategy::Off)),
             DaemonStep::Sleep(LONGEST_SLEEP)
         );
         assert_eq!(
-            daemon_step(day, None, false, &RebootStrategy::Off),
+            daemon_step(&view(day, None, false, &RebootStrategy::Off)),
             DaemonStep::Sleep(LONGEST_SLEEP)
         );
     }

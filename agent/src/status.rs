@@ -2,6 +2,7 @@
 //! (scripts and Cairn's own VM tests deserialise it), so fields are only
 //! added; a change of meaning raises [`API_VERSION`].
 
+use crate::reboot_gate::GateRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RebootStrategy;
@@ -39,6 +40,16 @@ pub enum Waiting {
     Reboot,
     /// The maintenance window, which opens in this many seconds.
     Window { opens_in_secs: u64 },
+    /// A slot of the fleet lock (strategy `fleet-lock`): the server's last
+    /// answer, once asked, and when it is asked again.
+    Lock {
+        reason: Option<String>,
+        attempts: u32,
+        next_attempt_in_secs: Option<u64>,
+    },
+    /// kured, to drain and reboot the node (strategy `kured`), once the
+    /// agent has written its sentinel.
+    Kured { sentinel_written: bool },
     /// An operator (strategy `off`).
     Operator,
 }
@@ -63,6 +74,10 @@ pub struct Status {
     pub update: UpdateState,
     /// With something staged: what the reboot into it waits for.
     pub waiting: Option<Waiting>,
+    /// A FleetLock slot this node may still hold is not given back yet,
+    /// and why (strategy `fleet-lock`).
+    #[serde(default)]
+    pub lock_release_pending: Option<String>,
     /// Trial boots left before GRUB falls back, while a trial is armed.
     pub boot_tries_left: Option<u32>,
     pub last_check: Option<u64>,
@@ -98,21 +113,48 @@ impl Status {
     }
 }
 
-/// What the reboot into a staged update waits for, under `strategy`, now.
-pub fn waiting(state: &UpdateState, strategy: &RebootStrategy, now_secs: u64) -> Option<Waiting> {
+/// What the reboot into a staged update waits for, under `strategy`, now,
+/// given what the daemon last learnt at the reboot gate.
+pub fn waiting(state: &UpdateState, strategy: &RebootStrategy, gate: &GateRecord, now_secs: u64) -> Option<Waiting> {
     if !state.awaits_reboot() {
         return None;
     }
     if !state.daemon_reboots() {
         return Some(Waiting::Operator);
     }
-    Some(match crate::schedule::reboot_delay(strategy, now_secs) {
-        None => Waiting::Operator,
-        Some(d) if d.is_zero() => Waiting::Reboot,
-        Some(d) => Waiting::Window {
+    Some(match (strategy, crate::schedule::reboot_delay(strategy, now_secs)) {
+        (RebootStrategy::FleetLock { .. }, _) => match &gate.held {
+            Some(h) => Waiting::Lock {
+                reason: Some(h.reason.clone()),
+                attempts: h.attempts,
+                next_attempt_in_secs: Some(h.next_attempt_at.saturating_sub(now_secs)),
+            },
+            None => Waiting::Lock {
+                reason: None,
+                attempts: 0,
+                next_attempt_in_secs: None,
+            },
+        },
+        (RebootStrategy::Kured, _) => Waiting::Kured {
+            sentinel_written: gate.handed_to_kured,
+        },
+        (_, None) => Waiting::Operator,
+        (_, Some(d)) if d.is_zero() => Waiting::Reboot,
+        (_, Some(d)) => Waiting::Window {
             opens_in_secs: d.as_secs(),
         },
     })
+}
+
+/// What other parts of the agent recorded, read by `status`.
+#[derive(Debug, Clone, Default)]
+pub struct Records {
+    /// First-boot provisioning's record.
+    pub provisioning: Option<crate::provision::Record>,
+    /// This boot's platform and its metadata.
+    pub platform: Option<crate::provision::PlatformRecord>,
+    /// The daemon's record of the reboot gate.
+    pub gate: GateRecord,
 }
 
 /// The document, from the deployments, the state record and the counter.
@@ -121,8 +163,7 @@ pub fn build(
     state: AgentState,
     boot_tries_left: Option<u32>,
     config: &crate::config::Config,
-    provisioning: Option<crate::provision::Record>,
-    platform: Option<crate::provision::PlatformRecord>,
+    records: Records,
     now_secs: u64,
 ) -> Status {
     let booted = deployments.iter().find(|d| d.booted);
@@ -133,7 +174,8 @@ pub fn build(
         booted: booted.map(Slot::from),
         staged: staged.map(Slot::from),
         rollback: rollback.map(Slot::from),
-        waiting: waiting(&state.update, &config.reboot, now_secs),
+        waiting: waiting(&state.update, &config.reboot, &records.gate, now_secs),
+        lock_release_pending: records.gate.release_pending.clone(),
         update: state.update,
         boot_tries_left,
         last_check: state.last_check,
@@ -150,7 +192,7 @@ pub fn build(
             .collect(),
         stream: config.stream.clone(),
         url: config.url.clone(),
-        provisioning,
-        platform,
+        provisioning: records.provisioning,
+        platform: records.platform,
     }
 }

@@ -509,15 +509,18 @@ impl Agent {
         let state = self.store.load()?;
         let deployments = self.sysroot.deployments()?;
         let tries = self.counter.read().ok().and_then(|env| boot_counter::tries_left(&env));
-        let provisioning = crate::provision::load_record(std::path::Path::new(crate::provision::DIR));
-        let platform = crate::provision::load_platform_record(std::path::Path::new("/"));
+        let root = std::path::Path::new("/");
+        let records = crate::status::Records {
+            provisioning: crate::provision::load_record(std::path::Path::new(crate::provision::DIR)),
+            platform: crate::provision::load_platform_record(root),
+            gate: crate::reboot_gate::GateRecord::load(root),
+        };
         Ok(crate::status::build(
             &deployments,
             state,
             tries,
             &self.config,
-            provisioning,
-            platform,
+            records,
             self.clock.now(),
         ))
     }
@@ -799,7 +802,14 @@ mod tests {
                 ..
             }
         ));
-        let status = crate::status::build(&w.deployments, w.state.clone(), None, &agent.config, None, None, 0);
+        let status = crate::status::build(
+            &w.deployments,
+            w.state.clone(),
+            None,
+            &agent.config,
+            crate::status::Records::default(),
+            0,
+        );
         assert_eq!(status.waiting, Some(crate::status::Waiting::Operator));
     }
 

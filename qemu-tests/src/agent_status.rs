@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 pub use cairn_agent::lifecycle::{ExclusionReason, UpdateState};
-pub use cairn_agent::status::Status;
+pub use cairn_agent::status::{Status, Waiting};
 
 use crate::Console;
 

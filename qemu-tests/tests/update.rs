@@ -8,7 +8,10 @@ use std::time::Duration;
 use cairn_builder::image::BuiltImage;
 use cairn_common::layout::Arch;
 
-use cairn_qemu_tests::agent_status::{self, booted_version, is_bad, versions, ExclusionReason, Status, UpdateState};
+use cairn_qemu_tests::agent_status::{
+    self, booted_version, is_bad, versions, ExclusionReason, Status, UpdateState, Waiting,
+};
+use cairn_qemu_tests::fleet_lock::FleetLockServer;
 use cairn_qemu_tests::guest_checks::assert_running_without_failures;
 use cairn_qemu_tests::http::{Fault, Server};
 use cairn_qemu_tests::releases::TestReleases;
@@ -39,12 +42,19 @@ fn wait_status(vm: &Vm, what: &str, done: impl Fn(&Status) -> bool) -> Status {
     agent_status::wait_status(&vm.console, what, BOOT, done).unwrap()
 }
 
-/// `cairn-agent update` to `version`, whose trial boot fails: after the
-/// trial boot starts, the console shows `trial_ends` (in order), then the
-/// boot GRUB falls back to. Returns the settled status, `version` marked bad.
+/// `cairn-agent update` to `version`, whose trial boot fails: see
+/// [`falls_back`].
 fn update_and_fall_back(vm: &Vm, version: &str, trial_ends: &[&str]) -> Status {
+    vm.console.send("cairn-agent update\n").unwrap();
+    falls_back(vm, version, trial_ends)
+}
+
+/// A reboot into `version` is on its way, and its trial boot fails: after
+/// the trial boot starts, the console shows `trial_ends` (in order), then
+/// the boot GRUB falls back to. Returns the settled status, `version`
+/// marked bad.
+fn falls_back(vm: &Vm, version: &str, trial_ends: &[&str]) -> Status {
     let c = &vm.console;
-    c.send("cairn-agent update\n").unwrap();
     c.wait_for("Linux version", BOOT).unwrap(); // the trial boot
     for line in trial_ends {
         c.wait_for(line, BOOT).unwrap();
@@ -68,14 +78,23 @@ fn update_and_commit(vm: &Vm) -> Status {
 /// the update server, and give the agent `agent_toml` (printf-escaped) as
 /// `/etc/cairn/agent.d/50-test.toml`.
 fn boot_with_update_server(a: &Artifacts, releases: &TestReleases, agent_toml: &str) -> (Server, Vm) {
-    boot_image_with_update_server(&a.dev, releases, agent_toml)
+    boot_image_with_update_server(&a.dev, releases, agent_toml, &[])
 }
 
-/// [`boot_with_update_server`] for another image than the dev image.
-fn boot_image_with_update_server(image: &BuiltImage, releases: &TestReleases, agent_toml: &str) -> (Server, Vm) {
+/// [`boot_with_update_server`] for another image than the dev image, with
+/// more loopback servers reached at guest addresses (`ip:port`, port).
+fn boot_image_with_update_server(
+    image: &BuiltImage,
+    releases: &TestReleases,
+    agent_toml: &str,
+    more: &[(&str, u16)],
+) -> (Server, Vm) {
     let server = Server::start(&releases.www).unwrap();
     let mut opts = VmOptions::of(image);
     opts.forward_update_server(Path::new(RELAY), server.port);
+    for (addr, port) in more {
+        opts.forward_to_loopback(Path::new(RELAY), addr, *port);
+    }
     let vm = Vm::boot(&opts, BOOT).unwrap();
     vm.console
         .run_ok(
@@ -102,10 +121,13 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     assert_eq!(v2["deltas_from"], serde_json::json!([a.dev.version]));
 
     // The test drives updates itself, and one failed trial boot is enough.
-    let (server, vm) = boot_with_update_server(
-        &a,
+    // A FleetLock server with one slot per group, at 10.0.2.101.
+    let lock = FleetLockServer::start(1).unwrap();
+    let (server, vm) = boot_image_with_update_server(
+        &a.dev,
         &releases,
         "[update]\\nauto = false\\ndownload-retries = 5\\ndownload-stall-timeout = \"15s\"\\n[boot]\\ntries = 1\\n",
+        &[("10.0.2.101:80", lock.port())],
     );
     let c = &vm.console;
     let s = status(&vm);
@@ -223,19 +245,48 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     assert_unchanged(&s, &a.dev.version);
     assert_eq!(s.available, None, "{s:#?}");
     assert_cmdline(&vm, ADDED_KARG, false);
-    // Named explicitly, v2 is taken again (and its argument comes back).
+    // Named explicitly, v2 is taken again (and its argument comes back),
+    // its reboot coordinated by the FleetLock server: held while another
+    // node has the group's one slot, taken once that frees, given back
+    // once v2 is committed.
+    lock.hold("default", "another-node");
     c.run_ok(
-        "rm /etc/cairn/agent.d/70-rollback-test.toml && sync && systemctl restart cairn-agent",
+        &format!("rm /etc/cairn/agent.d/70-rollback-test.toml && printf '{FLEET_LOCK_TOML}' > /etc/cairn/agent.d/75-fleet-lock.toml && sync && systemctl restart cairn-agent"),
         COMMAND,
     )
     .unwrap();
-    c.send("cairn-agent update --version 0.2.0\n").unwrap();
+    let staged = c.run_ok("cairn-agent update --version 0.2.0 2>&1", COMMAND).unwrap();
+    assert!(staged.contains("reboots once the fleet lock"), "{staged}");
+    let s = wait_status(&vm, "the fleet lock to hold the reboot", |s| {
+        matches!(&s.waiting, Some(Waiting::Lock { reason: Some(_), .. }))
+    });
+    let Some(Waiting::Lock { reason: Some(why), .. }) = &s.waiting else {
+        unreachable!()
+    };
+    assert!(
+        why.contains("HTTP 409") && why.contains("semaphore currently full"),
+        "{why}"
+    );
+    let text = c.run_ok("cairn-agent status", COMMAND).unwrap();
+    assert!(text.contains("waiting for a slot of the fleet lock"), "{text}");
+    // The same, as metrics: printed, and in node_exporter's textfile.
+    let metrics = c.run_ok("cairn-agent metrics", COMMAND).unwrap();
+    assert!(metrics.contains("cairn_reboot_waiting{for=\"lock\"} 1"), "{metrics}");
+    c.run_ok(
+        "grep -q '^cairn_update_state{state=\"staged\"} 1$' /run/cairn/metrics/cairn-agent.prom",
+        COMMAND,
+    )
+    .unwrap();
+    lock.free("default", "another-node");
     c.wait_for("Linux version", BOOT).unwrap();
     vm.wait_for_root_shell(BOOT).unwrap();
-    let s = wait_status(&vm, "v2 to be committed again", |s| s.settled());
+    let s = wait_status(&vm, "v2 to be committed again", |s| {
+        s.settled() && s.lock_release_pending.is_none()
+    });
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
     assert!(s.excluded.is_empty(), "{s:#?}");
     assert_cmdline(&vm, ADDED_KARG, true);
+    let node = assert_slot_taken_then_given_back(&lock);
 
     // Each of these is refused, names why, and leaves the host as it was.
     let v2_commit = v2["release"]["commit"].as_str().unwrap().to_owned();
@@ -317,8 +368,11 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
     .unwrap();
     releases.compose("0.3.0", &[fixture("hanging-boot")]).unwrap();
     releases.publish().unwrap();
+    // Still under the fleet lock: the node takes the slot for the trial,
+    // and the boot GRUB falls back to gives it back.
     let s = update_and_fall_back(&vm, "0.3.0", &[]); // it hangs; the health gate times out
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
+    assert_eq!(assert_slot_taken_then_given_back(&lock), node, "the same id every boot");
     assert!(
         !versions(&s).contains(&"0.3.0".to_owned()),
         "the failed deployment is still there: {s:#?}"
@@ -337,9 +391,28 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
         .compose("0.4.0", &[empty_initramfs_overlay(&releases, scratch.path())])
         .unwrap();
     releases.publish().unwrap();
-    // panic=10 reboots; GRUB falls back.
-    let s = update_and_fall_back(&vm, "0.4.0", &["Unable to mount root fs"]);
+    // Under kured: the agent stages and writes kured's sentinel; kured
+    // (here the test) drains and reboots. panic=10 reboots; GRUB falls back.
+    c.run_ok(
+        "rm /etc/cairn/agent.d/75-fleet-lock.toml && printf '[reboot]\\nstrategy = \"kured\"\\n' > /etc/cairn/agent.d/75-kured.toml && sync && systemctl restart cairn-agent",
+        COMMAND,
+    )
+    .unwrap();
+    let staged = c.run_ok("cairn-agent update 2>&1", COMMAND).unwrap();
+    assert!(staged.contains("kured drains and reboots"), "{staged}");
+    wait_status(&vm, "the sentinel for kured", |s| {
+        s.waiting == Some(Waiting::Kured { sentinel_written: true })
+    });
+    c.run_ok("test -e /var/run/reboot-required", COMMAND).unwrap();
+    c.send("systemctl reboot\n").unwrap(); // kured's reboot
+    let s = falls_back(&vm, "0.4.0", &["Unable to mount root fs"]);
     assert_eq!(booted_version(&s), "0.2.0", "{s:#?}");
+    assert_eq!(s.waiting, None, "{s:#?}");
+    c.run_ok(
+        "test ! -e /var/run/reboot-required && rm /etc/cairn/agent.d/75-kured.toml && sync && systemctl restart cairn-agent",
+        COMMAND,
+    )
+    .unwrap();
 
     // v5 hangs userspace hard (PID 1 starved): nothing in userspace can act,
     // systemd stops feeding the watchdog, the watchdog reboots, and GRUB's
@@ -363,6 +436,46 @@ fn healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself() {
         );
     }
     assert_running_without_failures(&vm);
+}
+
+/// The agent's settings for the FleetLock server the long test runs at
+/// 10.0.2.101 (printf-escaped).
+const FLEET_LOCK_TOML: &str = "[reboot]\\nstrategy = \"fleet-lock\"\\nfleet-lock-url = \"http://10.0.2.101\"\\n";
+
+/// The node took a slot of group `default` (its last `pre-reboot` was
+/// granted) and gave it back after (a `steady-state` later, accepted, which
+/// the daemon sends once it has settled the boot: waited for), holding
+/// nothing now; returns its FleetLock id.
+fn assert_slot_taken_then_given_back(lock: &FleetLockServer) -> String {
+    let given_back = |log: &[cairn_qemu_tests::fleet_lock::LockRequest]| {
+        log.iter()
+            .rposition(|r| r.op == "pre-reboot" && r.status == 200)
+            .is_some_and(|t| {
+                log[t..]
+                    .iter()
+                    .any(|r| r.op == "steady-state" && r.status == 200 && r.id == log[t].id)
+            })
+    };
+    let deadline = std::time::Instant::now() + COMMAND;
+    while !given_back(&lock.requests()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let log = lock.requests();
+    let taken = log
+        .iter()
+        .rposition(|r| r.op == "pre-reboot" && r.status == 200)
+        .unwrap_or_else(|| panic!("no slot was taken: {log:?}"));
+    let node = log[taken].id.clone();
+    assert!(
+        log[taken..]
+            .iter()
+            .any(|r| r.op == "steady-state" && r.status == 200 && r.id == node),
+        "the slot was not given back: {log:?}"
+    );
+    assert!(log.iter().all(|r| r.group == "default"), "{log:?}");
+    assert!(lock.holders("default").is_empty(), "{:?}", lock.holders("default"));
+    assert_eq!(node.len(), 32, "{node}");
+    node
 }
 
 /// The kernel argument the `added-karg` fixture ships in kargs.d.
@@ -543,7 +656,7 @@ fn a_host_on_the_previous_debian_takes_the_current_one_and_falls_back_from_a_fai
     releases.publish().unwrap();
 
     let (_server, vm) =
-        boot_image_with_update_server(&old, &releases, "[update]\\nauto = false\\n[boot]\\ntries = 1\\n");
+        boot_image_with_update_server(&old, &releases, "[update]\\nauto = false\\n[boot]\\ntries = 1\\n", &[]);
     let c = &vm.console;
     assert_eq!(booted_version(&status(&vm)), "0.1.0");
     assert_eq!(debian_release(&vm), PREVIOUS_DEBIAN);

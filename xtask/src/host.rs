@@ -103,6 +103,9 @@ pub fn setup(task: Task, arch: Arch, host: Option<Arch>) -> Setup {
         add(&mut s.packages, &["openssh-client"]);
         // NoCloud seeds as ISO 9660 volumes, as cloud-init's docs make them.
         add(&mut s.packages, &["xorriso"]);
+        // The agent's metrics are read by Prometheus's own Python client's
+        // parser (`tests/prometheus_conformance.rs`).
+        add(&mut s.packages, &["python3-prometheus-client"]);
         // Firmware packages are architecture-independent: the main suite
         // is fine; the emulators come from backports.
         let (firmware, emulators): (Vec<&str>, Vec<&str>) = qemu_packages(arch)

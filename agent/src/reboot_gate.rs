@@ -1,0 +1,499 @@
+//! What the reboot into a staged update waits for beyond the clock, for the
+//! strategies that coordinate with others:
+//!
+//! - `fleet-lock`: Zincati's FleetLock protocol, so existing servers
+//!   (airlock, poseidon/fleetlock) work: `POST <url>/v1/pre-reboot` takes a
+//!   slot of the node's group before rebooting (anything but 200 is a
+//!   denial: wait and ask again, with backoff); `POST <url>/v1/steady-state`
+//!   gives it back once the new deployment is committed — and at every
+//!   start of the daemon, so a slot held across a crash, a failed trial or a
+//!   fall-back is released. Both carry `fleet-lock-protocol: true` and
+//!   `{"client_params": {"id": …, "group": …}}`; the id is the machine id
+//!   made app-specific ([`app_specific_id`], as systemd's
+//!   `sd_id128_get_machine_app_specific`), so the raw machine id never
+//!   leaves the host.
+//! - `kured`: kured drains and reboots the node when its sentinel
+//!   (`/var/run/reboot-required`) exists; the agent writes it once an
+//!   update is staged.
+//!
+//! The requests and answers are pure ([`fleet_lock_request`],
+//! [`fleet_lock_answer`]); the daemon sends them over [`crate::metadata::Http`]
+//! and keeps a [`GateRecord`] in `/run/cairn/reboot-gate.json` for `status`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::config::RebootStrategy;
+use crate::metadata::{Http, Request};
+
+/// Cairn's application id for FleetLock client ids (a fixed random UUID:
+/// the same machine has the same FleetLock id on every boot, and no other
+/// program's app-specific id).
+pub const FLEET_LOCK_APP_ID: &str = "b9ee24c43a4048d2afc05cab13fc6d32";
+
+/// kured's default sentinel: a reboot is required while it exists.
+pub const KURED_SENTINEL: &str = "/var/run/reboot-required";
+
+/// The daemon's record of the gate, for `status` (relative to the root).
+pub const GATE_RECORD: &str = "run/cairn/reboot-gate.json";
+
+/// How long one FleetLock request may take.
+pub const FLEET_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `machine_id` (32 hex digits) made specific to `app` (32 hex digits), as
+/// systemd does: HMAC-SHA256 keyed with the machine id's bytes over the
+/// app id's, its first 16 bytes made a version 4 UUID, in hex.
+pub fn app_specific_id(machine_id: &str, app: &str) -> Result<String, String> {
+    let bytes = |what: &str, s: &str| -> Result<[u8; 16], String> {
+        let v = hex::decode(s.trim()).map_err(|e| format!("{what} `{}` is not hex: {e}", s.trim()))?;
+        v.try_into()
+            .map_err(|v: Vec<u8>| format!("{what} has {} bytes, not 16", v.len()))
+    };
+    let key = bytes("the machine id", machine_id)?;
+    let app = bytes("the app id", app)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes a key of any length");
+    mac.update(&app);
+    let digest = mac.finalize().into_bytes();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    Ok(hex::encode(id))
+}
+
+/// The two FleetLock operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetLockOp {
+    /// Take a slot before rebooting.
+    PreReboot,
+    /// Give it back once steady.
+    SteadyState,
+}
+
+impl FleetLockOp {
+    fn path(self) -> &'static str {
+        match self {
+            FleetLockOp::PreReboot => "v1/pre-reboot",
+            FleetLockOp::SteadyState => "v1/steady-state",
+        }
+    }
+}
+
+/// The request for `op` of node `id` in `group`, to the server at `url`.
+pub fn fleet_lock_request(url: &str, op: FleetLockOp, id: &str, group: &str) -> Request {
+    let body = serde_json::json!({"client_params": {"id": id, "group": group}}).to_string();
+    Request::post(format!("{}/{}", url.trim_end_matches('/'), op.path()), body)
+        .header("fleet-lock-protocol", "true")
+        .header("Content-Type", "application/json")
+}
+
+/// What a FleetLock server's answer means: 200 is yes; anything else is
+/// no, and why (the protocol's error body `{"kind": …, "value": …}` when
+/// the server sent one).
+pub fn fleet_lock_answer(status: u16, body: &[u8]) -> Result<(), String> {
+    if status == 200 {
+        return Ok(());
+    }
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        kind: String,
+        #[serde(default)]
+        value: String,
+    }
+    let why = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) if e.value.is_empty() => e.kind,
+        Ok(e) => format!("{}: {}", e.kind, e.value),
+        Err(_) => String::from_utf8_lossy(body).trim().chars().take(200).collect(),
+    };
+    Err(if why.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}, {why}")
+    })
+}
+
+/// Send `op` for this node; `Err` says why the server did not agree (or
+/// could not be asked), naming the URL.
+pub fn fleet_lock(http: &dyn Http, url: &str, op: FleetLockOp, id: &str, group: &str) -> Result<(), String> {
+    let req = fleet_lock_request(url, op, id, group);
+    let r = http
+        .send(&req, FLEET_LOCK_TIMEOUT)
+        .map_err(|e| format!("{}: {e}", req.url))?;
+    fleet_lock_answer(r.status, &r.body).map_err(|e| format!("{}: {e}", req.url))
+}
+
+/// What the daemon last learnt at the gate (`/run/cairn/reboot-gate.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateRecord {
+    /// The reboot is held: the last answer, and when the gate is asked again.
+    pub held: Option<Held>,
+    /// A FleetLock slot this node may still hold is not given back yet:
+    /// why the last attempt failed.
+    pub release_pending: Option<String>,
+    /// kured's sentinel was written: kured drains and reboots.
+    #[serde(default)]
+    pub handed_to_kured: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub reason: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Seconds since the epoch.
+    pub since: u64,
+    pub next_attempt_at: u64,
+}
+
+impl GateRecord {
+    /// A denial (or failure) at `now`: held, asked again after a backoff
+    /// that grows with the attempts (see [`crate::schedule::retry_after`]),
+    /// never longer than `longest`.
+    pub fn denied(&mut self, reason: String, now: u64, longest: Duration) {
+        let (attempts, since) = match &self.held {
+            Some(h) => (h.attempts + 1, h.since),
+            None => (1, now),
+        };
+        let wait = crate::schedule::retry_after(attempts, longest);
+        self.held = Some(Held {
+            reason,
+            attempts,
+            since,
+            next_attempt_at: now + wait.as_secs(),
+        });
+    }
+
+    pub fn load(root: &Path) -> GateRecord {
+        std::fs::read(root.join(GATE_RECORD))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self, root: &Path) -> std::io::Result<()> {
+        let path = root.join(GATE_RECORD);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serialisable"))?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+/// Backoff between attempts at the gate grows to this at most.
+pub const LONGEST_GATE_WAIT: Duration = Duration::from_secs(300);
+/// How often a node handed to kured writes the sentinel again (should
+/// something have removed it).
+const KURED_REASSERT: u64 = 3600;
+
+/// What came of asking the gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pass {
+    /// Reboot now, for this reason.
+    Reboot(String),
+    /// Not now: the gate's record says why and when to ask again.
+    Held,
+}
+
+/// The daemon's side of the gate: the strategy, this node's FleetLock id,
+/// and the record it keeps under `root` (`/` on a host) for `status`.
+pub struct DaemonGate {
+    strategy: RebootStrategy,
+    node_id: Option<String>,
+    root: PathBuf,
+    pub record: GateRecord,
+    release_failures: u32,
+    /// When to give the FleetLock slot back (`None`: nothing to give back).
+    pub release_at: Option<u64>,
+}
+
+impl DaemonGate {
+    /// The gate of a daemon starting at `now`: under `fleet-lock`, a slot
+    /// this node may hold from before (a crash, a trial that failed, the
+    /// update just committed) is to be given back at once. `machine_id`
+    /// is `/etc/machine-id`'s contents.
+    pub fn start(strategy: &RebootStrategy, machine_id: &str, root: &Path, now: u64) -> Result<DaemonGate, String> {
+        let fleet = matches!(strategy, RebootStrategy::FleetLock { .. });
+        let node_id = if fleet {
+            Some(app_specific_id(machine_id, FLEET_LOCK_APP_ID).map_err(|e| format!("the FleetLock id: {e}"))?)
+        } else {
+            None
+        };
+        let gate = DaemonGate {
+            strategy: strategy.clone(),
+            node_id,
+            root: root.to_owned(),
+            record: GateRecord::default(),
+            release_failures: 0,
+            release_at: fleet.then_some(now),
+        };
+        gate.save();
+        Ok(gate)
+    }
+
+    /// This node's FleetLock id, under `fleet-lock`.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    /// When the gate is asked again after holding the reboot.
+    pub fn retry_at(&self) -> Option<u64> {
+        self.record.held.as_ref().map(|h| h.next_attempt_at)
+    }
+
+    /// Give the FleetLock slot back (`steady-state`); a failure is
+    /// recorded and tried again later.
+    pub fn release(&mut self, http: &dyn Http, now: u64) {
+        let (RebootStrategy::FleetLock { url, group }, Some(id)) = (&self.strategy, &self.node_id) else {
+            self.release_at = None;
+            return;
+        };
+        match fleet_lock(http, url, FleetLockOp::SteadyState, id, group) {
+            Ok(()) => {
+                tracing::info!(%url, %group, "gave the fleet lock's slot back (steady state)");
+                self.release_at = None;
+                self.release_failures = 0;
+                self.record.release_pending = None;
+            }
+            Err(e) => {
+                self.release_failures += 1;
+                let wait = crate::schedule::retry_after(self.release_failures, LONGEST_GATE_WAIT);
+                tracing::warn!(error = %e, retry_secs = wait.as_secs(), "could not give the fleet lock's slot back");
+                self.release_at = Some(now + wait.as_secs());
+                self.record.release_pending = Some(e);
+            }
+        }
+        self.save();
+    }
+
+    /// Ask the gate for the reboot into what is staged: a FleetLock slot
+    /// (`pre-reboot`), or under `kured` the sentinel written (kured then
+    /// drains and reboots: the answer is `Held`). Other strategies have no
+    /// gate.
+    pub fn pass(&mut self, http: &dyn Http, now: u64) -> Pass {
+        let pass = match (&self.strategy, &self.node_id) {
+            (RebootStrategy::FleetLock { url, group }, Some(id)) => {
+                match fleet_lock(http, url, FleetLockOp::PreReboot, id, group) {
+                    Ok(()) => {
+                        self.record.held = None;
+                        Pass::Reboot(format!("the fleet lock gave a slot of group {group}"))
+                    }
+                    Err(e) => {
+                        tracing::info!(reason = %e, "the fleet lock holds the reboot");
+                        self.record.denied(e, now, LONGEST_GATE_WAIT);
+                        Pass::Held
+                    }
+                }
+            }
+            (RebootStrategy::Kured, _) => {
+                let sentinel = self.root.join(KURED_SENTINEL.trim_start_matches('/'));
+                let written = sentinel
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| std::fs::write(&sentinel, b""));
+                let reason = match written {
+                    Ok(()) => {
+                        self.record.handed_to_kured = true;
+                        format!("{KURED_SENTINEL} written: kured drains and reboots the node")
+                    }
+                    Err(e) => format!("writing {}: {e}", sentinel.display()),
+                };
+                self.record.held = Some(Held {
+                    reason,
+                    attempts: 1,
+                    since: self.record.held.as_ref().map_or(now, |h| h.since),
+                    next_attempt_at: now + KURED_REASSERT,
+                });
+                Pass::Held
+            }
+            _ => Pass::Reboot("the reboot strategy allows it now".into()),
+        };
+        self.save();
+        pass
+    }
+
+    /// Nothing is staged any more: nothing is held.
+    pub fn nothing_staged(&mut self) {
+        if self.record.held.is_some() || self.record.handed_to_kured {
+            self.record.held = None;
+            self.record.handed_to_kured = false;
+            self.save();
+        }
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.record.save(&self.root) {
+            tracing::warn!(error = %e, "could not record the reboot gate for status");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::fake::Service as Fake;
+
+    #[test]
+    fn the_fleet_lock_id_is_systemd_s_app_specific_machine_id() {
+        // `systemd-id128 machine-id --app-specific=a3b1…` on a host whose
+        // machine id is 3d12…
+        assert_eq!(
+            app_specific_id("3d1219c7c4c5404aaa1f6d2a48adfda4", "a3b1c2d4e5f60718293a4b5c6d7e8f90").unwrap(),
+            "5dadaebe3b9e4c1d90fab1f976d881ad"
+        );
+        assert_ne!(
+            app_specific_id("3d1219c7c4c5404aaa1f6d2a48adfda4", FLEET_LOCK_APP_ID).unwrap(),
+            "3d1219c7c4c5404aaa1f6d2a48adfda4"
+        );
+        assert_eq!(
+            app_specific_id("uninitialized\n", FLEET_LOCK_APP_ID).unwrap_err(),
+            "the machine id `uninitialized` is not hex: Odd number of digits"
+        );
+        assert_eq!(
+            app_specific_id("3d1219c7", FLEET_LOCK_APP_ID).unwrap_err(),
+            "the machine id has 4 bytes, not 16"
+        );
+    }
+
+    #[test]
+    fn fleet_lock_requests_are_zincati_s() {
+        let r = fleet_lock_request("http://lock.example/", FleetLockOp::PreReboot, "abc", "workers");
+        assert_eq!(r.url, "http://lock.example/v1/pre-reboot");
+        assert!(r.headers.contains(&("fleet-lock-protocol".into(), "true".into())));
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"client_params": {"id": "abc", "group": "workers"}})
+        );
+        let r = fleet_lock_request("http://lock.example", FleetLockOp::SteadyState, "abc", "workers");
+        assert_eq!(r.url, "http://lock.example/v1/steady-state");
+    }
+
+    #[test]
+    fn a_denial_says_why_and_is_asked_again_later_each_time() {
+        assert_eq!(fleet_lock_answer(200, b""), Ok(()));
+        assert_eq!(
+            fleet_lock_answer(409, br#"{"kind":"failed_lock","value":"semaphore currently full"}"#),
+            Err("HTTP 409, failed_lock: semaphore currently full".into())
+        );
+        assert_eq!(fleet_lock_answer(503, b""), Err("HTTP 503".into()));
+        let svc = Fake::default().answer(
+            "POST",
+            "http://lock/v1/pre-reboot",
+            409,
+            r#"{"kind":"failed_lock","value":"all 1 slots taken"}"#,
+        );
+        let e = fleet_lock(&svc, "http://lock", FleetLockOp::PreReboot, "id", "default").unwrap_err();
+        assert_eq!(e, "http://lock/v1/pre-reboot: HTTP 409, failed_lock: all 1 slots taken");
+
+        let mut g = GateRecord::default();
+        let longest = Duration::from_secs(600);
+        g.denied("full".into(), 1000, longest);
+        let first = g.held.clone().unwrap();
+        assert_eq!((first.attempts, first.since), (1, 1000));
+        g.denied("full".into(), first.next_attempt_at, longest);
+        let second = g.held.clone().unwrap();
+        assert_eq!((second.attempts, second.since), (2, 1000));
+        assert!(second.next_attempt_at - first.next_attempt_at >= first.next_attempt_at - 1000);
+        let mut at = 0;
+        for _ in 0..20 {
+            at = g.held.as_ref().unwrap().next_attempt_at;
+            g.denied("full".into(), at, longest);
+        }
+        let last = g.held.unwrap();
+        assert_eq!(last.attempts, 22);
+        assert_eq!(last.next_attempt_at - at, 600, "the wait stops growing at the longest");
+    }
+
+    const MACHINE_ID: &str = "3d1219c7c4c5404aaa1f6d2a48adfda4";
+
+    #[test]
+    fn a_fleet_lock_node_gives_its_slot_back_at_start_and_reboots_only_with_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = RebootStrategy::FleetLock {
+            url: "http://lock".into(),
+            group: "workers".into(),
+        };
+        let mut gate = DaemonGate::start(&lock, MACHINE_ID, dir.path(), 100).unwrap();
+        assert_eq!(
+            gate.release_at,
+            Some(100),
+            "a slot held from before is given back at once"
+        );
+        let id = gate.node_id().unwrap().to_owned();
+        assert_eq!(id, app_specific_id(MACHINE_ID, FLEET_LOCK_APP_ID).unwrap());
+
+        // The server is down: recorded for status, tried again later.
+        let down = Fake::default().answer("POST", "http://lock/v1/steady-state", 503, "");
+        gate.release(&down, 100);
+        assert_eq!(gate.release_at, Some(130));
+        assert_eq!(
+            GateRecord::load(dir.path()).release_pending.as_deref(),
+            Some("http://lock/v1/steady-state: HTTP 503")
+        );
+        let up = Fake::default().answer("POST", "http://lock/v1/steady-state", 200, "");
+        gate.release(&up, 130);
+        assert_eq!(gate.release_at, None);
+        assert_eq!(GateRecord::load(dir.path()).release_pending, None);
+
+        // A staged update: the slots are taken, the reboot is held.
+        let full = Fake::default().answer(
+            "POST",
+            "http://lock/v1/pre-reboot",
+            409,
+            r#"{"kind":"failed_lock","value":"semaphore currently full"}"#,
+        );
+        assert_eq!(gate.pass(&full, 200), Pass::Held);
+        assert_eq!(gate.retry_at(), Some(230));
+        let held = GateRecord::load(dir.path()).held.unwrap();
+        assert!(held.reason.ends_with("semaphore currently full"), "{held:?}");
+        // A slot frees: the reboot goes ahead, nothing is held any more.
+        let free = Fake::default().answer("POST", "http://lock/v1/pre-reboot", 200, "");
+        assert_eq!(
+            gate.pass(&free, 230),
+            Pass::Reboot("the fleet lock gave a slot of group workers".into())
+        );
+        assert_eq!(gate.retry_at(), None);
+        assert_eq!(
+            free.requests(),
+            ["POST http://lock/v1/pre-reboot"],
+            "one request, with the node's id and group"
+        );
+    }
+
+    #[test]
+    fn under_kured_the_sentinel_is_written_and_the_reboot_is_kured_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gate = DaemonGate::start(&RebootStrategy::Kured, MACHINE_ID, dir.path(), 0).unwrap();
+        assert_eq!(gate.release_at, None);
+        assert_eq!(gate.node_id(), None);
+        assert_eq!(gate.pass(&Fake::default(), 10), Pass::Held);
+        assert!(dir.path().join("var/run/reboot-required").exists());
+        let record = GateRecord::load(dir.path());
+        assert!(record.handed_to_kured);
+        assert_eq!(record.held.unwrap().next_attempt_at, 10 + KURED_REASSERT);
+        gate.nothing_staged();
+        assert_eq!(GateRecord::load(dir.path()), GateRecord::default());
+        // Strategies without a gate pass at once.
+        let mut open = DaemonGate::start(&RebootStrategy::Immediate, "", dir.path(), 0).unwrap();
+        assert!(matches!(open.pass(&Fake::default(), 0), Pass::Reboot(_)));
+    }
+
+    #[test]
+    fn the_record_round_trips_through_run() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(GateRecord::load(dir.path()), GateRecord::default());
+        let mut g = GateRecord {
+            release_pending: Some("no answer".into()),
+            ..GateRecord::default()
+        };
+        g.denied("full".into(), 5, Duration::from_secs(60));
+        g.save(dir.path()).unwrap();
+        assert_eq!(GateRecord::load(dir.path()), g);
+    }
+}
