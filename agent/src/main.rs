@@ -257,6 +257,7 @@ fn daemon() -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let http = HostHttp::new().map_err(|e| anyhow::anyhow!("{e}"))?;
     let checks = agent.config.auto_update && agent.config.url.is_some();
+    let mut metrics_for: Option<cairn_agent::state::AgentState> = None;
     // The first check right after the boot settled; then every interval, or
     // sooner after a failed check (see `schedule::retry_after`).
     let mut next_check_at = now();
@@ -272,15 +273,12 @@ fn daemon() -> Result<()> {
         if !reboot_pending {
             gate.nothing_staged();
         }
-        // node_exporter's textfile collector reads what the daemon last saw.
-        match agent.status() {
-            Ok(status) => {
-                let text = cairn_agent::metrics::render(&status, &state.history);
-                if let Err(e) = cairn_agent::metrics::write_textfile(std::path::Path::new("/"), &text) {
-                    tracing::warn!(error = %e, "could not write the metrics for node_exporter");
-                }
-            }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not read the status for the metrics"),
+        // node_exporter's textfile collector reads what the daemon last
+        // saw: written again when the state changed (the CLI's doing, or a
+        // step's) or a step ran, not at every wake-up.
+        if metrics_for.as_ref() != Some(&state) {
+            write_metrics(&agent, &state);
+            metrics_for = Some(state.clone());
         }
         let step = schedule::daemon_step(&DaemonView {
             now: now(),
@@ -290,6 +288,9 @@ fn daemon() -> Result<()> {
             release_at: gate.release_at,
             gate_retry_at: gate.retry_at(),
         });
+        if !matches!(step, DaemonStep::Sleep(_)) {
+            metrics_for = None;
+        }
         match step {
             DaemonStep::ReleaseLock => gate.release(&http, now()),
             DaemonStep::Check => {
@@ -324,6 +325,18 @@ fn daemon() -> Result<()> {
             // command the work waits on runs (`process::stops_at_once`).
             DaemonStep::Sleep(d) => std::thread::sleep(d),
         }
+    }
+}
+
+/// Write the metrics for node_exporter's textfile collector (a failure is
+/// logged: the daemon goes on).
+fn write_metrics(agent: &Agent, state: &cairn_agent::state::AgentState) {
+    let written = agent.status().and_then(|status| {
+        let text = cairn_agent::metrics::render(&status, &state.history);
+        Ok(cairn_agent::metrics::write_textfile(std::path::Path::new("/"), &text)?)
+    });
+    if let Err(e) = written {
+        tracing::warn!(error = %format!("{e:#}"), "could not write the metrics for node_exporter");
     }
 }
 
