@@ -349,6 +349,10 @@ mod tests {
             vm.packages.contains(&"python3-venv".to_owned()),
             "python-tuf's venv: {vm:?}"
         );
+        assert!(
+            vm.packages.contains(&"python3-prometheus-client".to_owned()),
+            "the metrics' conformance test: {vm:?}"
+        );
         let check = setup(Task::KernelCheck, Arch::Aarch64, Some(Arch::X86_64));
         assert_eq!(check.foreign_dpkg_arch, None, "kernel-check builds no agent");
         let build = setup(Task::Build, Arch::Aarch64, Some(Arch::X86_64));
