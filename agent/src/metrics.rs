@@ -7,28 +7,17 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::lifecycle::UpdateState;
 use crate::state::{Event, EventKind};
 use crate::status::{Status, Waiting};
 
 /// Where the daemon keeps the metrics, relative to the root.
 pub const TEXTFILE: &str = "run/cairn/metrics/cairn-agent.prom";
 
-/// Every state of the update lifecycle, as `status` names them.
+/// Every state of the update lifecycle, as `status` names them
+/// (`UpdateState::name`).
 const STATES: [&str; 6] = ["idle", "staging", "staged", "on-trial", "falling-back", "rolling-back"];
 /// Everything a staged update's reboot can wait for.
 const WAITS: [&str; 6] = ["reboot", "window", "lock", "kured", "operator", "none"];
-
-fn state_name(s: &UpdateState) -> &'static str {
-    match s {
-        UpdateState::Idle => "idle",
-        UpdateState::Staging { .. } => "staging",
-        UpdateState::Staged { .. } => "staged",
-        UpdateState::OnTrial { .. } => "on-trial",
-        UpdateState::FallingBack { .. } => "falling-back",
-        UpdateState::RollingBack { .. } => "rolling-back",
-    }
-}
 
 fn wait_name(w: Option<&Waiting>) -> &'static str {
     match w {
@@ -93,7 +82,7 @@ pub fn render(status: &Status, history: &[Event]) -> String {
         "gauge",
         "Where the update lifecycle stands: 1 for the current state.",
     );
-    let now = state_name(&status.update);
+    let now = status.update.name();
     for s in STATES {
         o.sample("cairn_update_state", &[("state", s)], u8::from(s == now));
     }

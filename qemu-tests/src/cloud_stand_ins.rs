@@ -267,6 +267,21 @@ impl StandIn {
     }
 }
 
+impl StandIn {
+    /// [`StandIn::place`] for a VM about to start.
+    pub fn place_vm(&self, opts: &mut crate::vm::VmOptions, relay: &Path) {
+        self.place(
+            Placement {
+                smbios: &mut opts.smbios,
+                net: &mut opts.net,
+                forwards: &mut opts.forwards,
+                cdroms: &mut opts.cdroms,
+            },
+            relay,
+        );
+    }
+}
+
 /// A request's path without its query.
 fn path_of(r: &Asked) -> &str {
     r.path.split('?').next().unwrap_or(&r.path)

@@ -97,15 +97,7 @@ fn first_boot(a: &Artifacts, stand_in: &StandIn, format: DiskFormat, scratch: &P
     opts.disk_interface = cloud.disk_bus();
     opts.disk_size = DISK_SIZE;
     opts.forwards.push(ssh.forward(None));
-    stand_in.place(
-        Placement {
-            smbios: &mut opts.smbios,
-            net: &mut opts.net,
-            forwards: &mut opts.forwards,
-            cdroms: &mut opts.cdroms,
-        },
-        Path::new(RELAY),
-    );
+    stand_in.place_vm(&mut opts, Path::new(RELAY));
     let vm = Vm::boot(&opts, BOOT).unwrap();
     assert_running_without_failures(&vm);
     assert_booted(&vm, &a.dev);

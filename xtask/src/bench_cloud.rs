@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use cairn_builder::disk_formats::DiskFormat;
 use cairn_common::layout::{Arch, Platform};
-use cairn_qemu_tests::cloud_stand_ins::{Cloud, Instance, Placement};
+use cairn_qemu_tests::cloud_stand_ins::{Cloud, Instance};
 use cairn_qemu_tests::ssh::{free_port, Ssh};
 use cairn_qemu_tests::vm::{Vm, VmOptions};
 use serde::Serialize;
@@ -141,15 +141,7 @@ fn boot_to_ssh(
     opts.image = Cloud::disk_of(import, &built.raw, scratch.path())?;
     opts.disk_interface = cloud.disk_bus();
     opts.forwards.push(ssh.forward(None));
-    stand_in.place(
-        Placement {
-            smbios: &mut opts.smbios,
-            net: &mut opts.net,
-            forwards: &mut opts.forwards,
-            cdroms: &mut opts.cdroms,
-        },
-        relay,
-    );
+    stand_in.place_vm(&mut opts, relay);
     let started = Instant::now();
     let _vm = Vm::start(&opts)?;
     ssh.wait_ready("cairn", LIMIT)

@@ -39,18 +39,7 @@ pub struct UpdateFigures {
 
 /// `cairn-build <verb>` for one manifest, image target and repo, plus `extra`.
 fn cairn_build(verb: &str, manifest: &Path, t: &ImageTarget, repo: &Path, extra: &[&OsStr]) -> Result<String> {
-    Ok(Cmd::new(build::builder())
-        .arg(verb)
-        .arg("--manifest")
-        .arg(manifest)
-        .args([
-            "--flavor",
-            &t.flavor,
-            "--arch",
-            t.arch.as_str(),
-            "--platform",
-            t.platform.as_str(),
-        ])
+    Ok(build::cairn_build(verb, manifest, t)
         .arg("--repo")
         .arg(repo)
         .args(extra)

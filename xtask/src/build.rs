@@ -70,8 +70,9 @@ pub fn image_with(t: &ImageTarget, manifest: &Path, cache: &Path, agent_dir: &Pa
     disk_image(t, manifest, &paths::images(t.arch), &[])
 }
 
-/// `cairn-build <subcommand>` for the image target `t`.
-fn builder_for(t: &ImageTarget, manifest: &Path, subcommand: &str) -> Cmd {
+/// `cairn-build <subcommand>` for the image target `t` of `manifest`
+/// (`--manifest`, `--flavor`, `--arch`, `--platform`).
+pub fn cairn_build(subcommand: &str, manifest: &Path, t: &ImageTarget) -> Cmd {
     Cmd::new(builder())
         .arg(subcommand)
         .arg("--manifest")
@@ -84,6 +85,11 @@ fn builder_for(t: &ImageTarget, manifest: &Path, subcommand: &str) -> Cmd {
             "--platform",
             t.platform.as_str(),
         ])
+}
+
+/// [`cairn_build`] on the arch's repo.
+fn builder_for(t: &ImageTarget, manifest: &Path, subcommand: &str) -> Cmd {
+    cairn_build(subcommand, manifest, t)
         .arg("--repo")
         .arg(paths::repo(t.arch))
 }
@@ -116,18 +122,7 @@ pub fn kernel_check(t: &ImageTarget) -> Result<()> {
         .current_dir(paths::workspace())
         .progress()
         .run()?;
-    Cmd::new(builder())
-        .arg("kernel-check")
-        .arg("--manifest")
-        .arg(paths::manifest())
-        .args([
-            "--flavor",
-            &t.flavor,
-            "--arch",
-            t.arch.as_str(),
-            "--platform",
-            t.platform.as_str(),
-        ])
+    cairn_build("kernel-check", &paths::manifest(), t)
         .arg("--cache")
         .arg(paths::cache())
         .run_inherited()
