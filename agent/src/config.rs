@@ -316,18 +316,13 @@ impl ConfigBuilder {
         }
         if let Some(v) = r.fleet_lock_group {
             let g = v.get_ref();
-            // Zincati's rule for group names.
-            let ok = !g.is_empty()
-                && g.len() <= 64
-                && g.starts_with(|c: char| c.is_ascii_lowercase())
-                && g.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            // Zincati's rule for group names (`^[a-zA-Z0-9.-]+$`), so a
+            // fleet moving from Zincati keeps its groups.
+            let ok = !g.is_empty() && g.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
             if !ok {
                 return Err(err(
                     v.span(),
-                    format!(
-                        "fleet-lock-group `{g}` must be lower-case letters, digits and `-`, starting with a letter"
-                    ),
+                    format!("fleet-lock-group `{g}` must be letters, digits, `.` and `-` (Zincati's rule)"),
                 ));
             }
             self.reboot.fleet_lock_group = Some(g.clone());
@@ -586,12 +581,12 @@ mod tests {
             e.to_string(),
             "a.toml:2:18: fleet-lock-url `lock:8080` is not an http:// or https:// URL"
         );
-        let e = merged(&[("a.toml", "[reboot]\nfleet-lock-group = \"Workers\"\n")]).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("a.toml:2:20: fleet-lock-group `Workers` must be"),
-            "{e}"
+        let e = merged(&[("a.toml", "[reboot]\nfleet-lock-group = \"workers/1\"\n")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a.toml:2:20: fleet-lock-group `workers/1` must be letters, digits, `.` and `-` (Zincati's rule)"
         );
+        assert!(merged(&[("a.toml", "[reboot]\nfleet-lock-group = \"Zone.a-1\"\n")]).is_ok());
         let c = merged(&[("a.toml", "[reboot]\nstrategy = \"kured\"\n")]).unwrap();
         assert_eq!(c.reboot, RebootStrategy::Kured);
     }

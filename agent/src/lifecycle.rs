@@ -106,6 +106,14 @@ impl UpdateState {
         matches!(self, UpdateState::Staged { .. } | UpdateState::RollingBack { .. })
     }
 
+    /// After the boot was settled (`Agent::boot_check`): the trial was not
+    /// committed — its health gate failed and the verdict's reboot is under
+    /// way — or its fall-back is unfinished. Nothing else may start in
+    /// such a boot (a FleetLock slot is not given back while it lasts).
+    pub fn trial_unsettled(&self) -> bool {
+        matches!(self, UpdateState::OnTrial { .. } | UpdateState::FallingBack { .. })
+    }
+
     /// Whether the daemon reboots into what is staged (when the reboot
     /// strategy allows), rather than an operator.
     pub fn daemon_reboots(&self) -> bool {

@@ -211,8 +211,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Metrics => {
             let agent = agent()?;
-            let history = agent.store.load()?.history;
-            print!("{}", cairn_agent::metrics::render(&agent.status()?, &history));
+            let outcomes = agent.store.load()?.outcomes;
+            print!("{}", cairn_agent::metrics::render(&agent.status()?, &outcomes));
             Ok(())
         }
         Command::History { json } => {
@@ -250,8 +250,16 @@ fn daemon() -> Result<()> {
         let outcome = agent.boot_check()?;
         tracing::info!(?outcome, "boot settled");
     }
+    // A trial whose health gate failed is rebooting (GRUB tries it again or
+    // falls back): nothing more in this boot, and above all no FleetLock
+    // slot given back while the node is still going down.
+    if agent.store.load()?.update.trial_unsettled() {
+        tracing::warn!("the trial was not committed and its reboot is under way");
+        return wait_to_be_stopped();
+    }
     // The reboot gate: under fleet-lock, a slot held from before (a crash,
-    // a failed trial, the update just committed) is given back first.
+    // a failed trial GRUB fell back from, the update just committed) is
+    // given back first.
     let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
     let mut gate = DaemonGate::start(&agent.config.reboot, &machine_id, std::path::Path::new("/"), now())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -318,7 +326,11 @@ fn daemon() -> Result<()> {
                 }
             }
             DaemonStep::Reboot => match gate.pass(&http, now()) {
-                Pass::Reboot(why) => updater::reboot(&format!("update staged; {why}"))?,
+                Pass::Reboot(why) => {
+                    updater::reboot(&format!("update staged; {why}"))?;
+                    // `systemctl reboot` returns once the reboot is queued.
+                    return wait_to_be_stopped();
+                }
                 Pass::Held => {}
             },
             // A stop signal while it waits ends the program at once: no
@@ -328,11 +340,22 @@ fn daemon() -> Result<()> {
     }
 }
 
+/// The daemon's end once a reboot is under way: nothing more to do but be
+/// stopped by the shutdown (a stop signal ends the sleep at once).
+fn wait_to_be_stopped() -> Result<()> {
+    loop {
+        if let Some(signal) = cairn_common::process::interrupted() {
+            anyhow::bail!("stopped by {signal}");
+        }
+        std::thread::sleep(schedule::LONGEST_SLEEP);
+    }
+}
+
 /// Write the metrics for node_exporter's textfile collector (a failure is
 /// logged: the daemon goes on).
 fn write_metrics(agent: &Agent, state: &cairn_agent::state::AgentState) {
     let written = agent.status().and_then(|status| {
-        let text = cairn_agent::metrics::render(&status, &state.history);
+        let text = cairn_agent::metrics::render(&status, &state.outcomes);
         Ok(cairn_agent::metrics::write_textfile(std::path::Path::new("/"), &text)?)
     });
     if let Err(e) = written {

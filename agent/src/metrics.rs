@@ -7,7 +7,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::state::{Event, EventKind};
+use std::collections::BTreeMap;
+
+use crate::state::EventKind;
 use crate::status::{Status, Waiting};
 
 /// Where the daemon keeps the metrics, relative to the root.
@@ -53,8 +55,9 @@ impl Out {
     }
 }
 
-/// The metrics of `status` and the agent's `history`.
-pub fn render(status: &Status, history: &[Event]) -> String {
+/// The metrics of `status` and the agent's counts of update `outcomes`
+/// (`AgentState::outcomes`).
+pub fn render(status: &Status, outcomes: &BTreeMap<EventKind, u64>) -> String {
     let mut o = Out(String::new());
     o.family(
         "cairn_info",
@@ -155,17 +158,17 @@ pub fn render(status: &Status, history: &[Event]) -> String {
     o.family(
         "cairn_updates_total",
         "counter",
-        "Outcomes of updates in the agent's history, by kind.",
+        "How updates ended since the host was installed: committed, fell back after a failed trial, lost before they booted, rolled back by an operator, refused.",
     );
-    for (kind, name) in [
-        (EventKind::Committed, "committed"),
-        (EventKind::FellBack, "fell-back"),
-        (EventKind::RolledBack, "rolled-back"),
-        (EventKind::Refused, "refused"),
-        (EventKind::Failed, "failed"),
+    for kind in [
+        EventKind::Committed,
+        EventKind::FellBack,
+        EventKind::StageLost,
+        EventKind::RolledBack,
+        EventKind::Refused,
     ] {
-        let n = history.iter().filter(|e| e.kind == kind).count();
-        o.sample("cairn_updates_total", &[("outcome", name)], n);
+        let n = outcomes.get(&kind).copied().unwrap_or(0);
+        o.sample("cairn_updates_total", &[("outcome", kind.name())], n);
     }
     o.family(
         "cairn_excluded_versions",
@@ -221,21 +224,8 @@ mod tests {
 
     #[test]
     fn every_family_has_help_and_type_and_one_sample_per_state() {
-        let history = [
-            Event {
-                at: 1,
-                kind: EventKind::Committed,
-                version: Some("0.2.0".into()),
-                detail: String::new(),
-            },
-            Event {
-                at: 2,
-                kind: EventKind::FellBack,
-                version: Some("0.3.0".into()),
-                detail: String::new(),
-            },
-        ];
-        let text = render(&status(), &history);
+        let outcomes = BTreeMap::from([(EventKind::Committed, 1), (EventKind::FellBack, 1)]);
+        let text = render(&status(), &outcomes);
         assert!(text.contains("cairn_info{booted_version=\"0.2.0\",stream=\"stable\",platform=\"\"} 1\n"));
         assert!(text.contains("cairn_update_state{state=\"idle\"} 1\n"));
         assert!(text.contains("cairn_update_state{state=\"staged\"} 0\n"));
@@ -246,6 +236,7 @@ mod tests {
         assert!(text.contains("cairn_last_error{operation=\"check\"} 1\n"));
         assert!(text.contains("cairn_updates_total{outcome=\"committed\"} 1\n"));
         assert!(text.contains("cairn_updates_total{outcome=\"fell-back\"} 1\n"));
+        assert!(text.contains("cairn_updates_total{outcome=\"rolled-back\"} 0\n"));
         // Each sample's family was announced before it, once.
         let mut announced = std::collections::BTreeSet::new();
         for line in text.lines() {

@@ -317,8 +317,17 @@ impl DaemonGate {
         pass
     }
 
-    /// Nothing is staged any more: nothing is held.
+    /// Nothing is staged any more (the staged deployment was lost, or
+    /// dropped): nothing is held, and kured must not reboot the node for it.
     pub fn nothing_staged(&mut self) {
+        if self.record.handed_to_kured {
+            let sentinel = self.root.join(KURED_SENTINEL.trim_start_matches('/'));
+            match std::fs::remove_file(&sentinel) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(error = %e, path = %sentinel.display(), "could not remove kured's sentinel"),
+            }
+        }
         if self.record.held.is_some() || self.record.handed_to_kured {
             self.record.held = None;
             self.record.handed_to_kured = false;
@@ -479,6 +488,10 @@ mod tests {
         assert_eq!(record.held.unwrap().next_attempt_at, 10 + KURED_REASSERT);
         gate.nothing_staged();
         assert_eq!(GateRecord::load(dir.path()), GateRecord::default());
+        assert!(
+            !dir.path().join("var/run/reboot-required").exists(),
+            "kured would reboot for nothing"
+        );
         // Strategies without a gate pass at once.
         let mut open = DaemonGate::start(&RebootStrategy::Immediate, "", dir.path(), 0).unwrap();
         assert!(matches!(open.pass(&Fake::default(), 0), Pass::Reboot(_)));

@@ -33,7 +33,7 @@ pub struct Event {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     Checked,
@@ -45,6 +45,36 @@ pub enum EventKind {
     RolledBack,
     Refused,
     Failed,
+}
+
+impl EventKind {
+    /// How an update (or rollback) ended, as the metrics count them; not
+    /// checks, stagings or failed operations (`last_error` shows those).
+    pub fn is_outcome(self) -> bool {
+        matches!(
+            self,
+            EventKind::Committed
+                | EventKind::FellBack
+                | EventKind::StageLost
+                | EventKind::RolledBack
+                | EventKind::Refused
+        )
+    }
+
+    /// Its name in the state file and the metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Checked => "checked",
+            EventKind::Staged => "staged",
+            EventKind::Committed => "committed",
+            EventKind::FellBack => "fell-back",
+            EventKind::StageLost => "stage-lost",
+            EventKind::RollbackStaged => "rollback-staged",
+            EventKind::RolledBack => "rolled-back",
+            EventKind::Refused => "refused",
+            EventKind::Failed => "failed",
+        }
+    }
 }
 
 /// The last error, shown by `status` until an operation succeeds.
@@ -76,6 +106,9 @@ pub struct AgentState {
     /// operator rolled back from. Naming one explicitly takes it.
     pub excluded: BTreeMap<String, Exclusion>,
     pub history: Vec<Event>,
+    /// How many times each update outcome happened, ever (the history
+    /// keeps only its last entries): the metrics' counters.
+    pub outcomes: BTreeMap<EventKind, u64>,
 }
 
 /// Every format the state file has had, read leniently and then checked.
@@ -89,6 +122,7 @@ struct StoredState {
     last_error: Option<LastError>,
     excluded: BTreeMap<String, Exclusion>,
     history: Vec<Event>,
+    outcomes: BTreeMap<EventKind, u64>,
     // Schema 1.
     phase: Option<serde_json::Value>,
     trial: Option<Trial>,
@@ -138,6 +172,7 @@ impl TryFrom<StoredState> for AgentState {
             last_error: s.last_error,
             excluded,
             history: s.history,
+            outcomes: s.outcomes,
         })
     }
 }
@@ -152,6 +187,7 @@ impl Default for AgentState {
             last_error: None,
             excluded: BTreeMap::new(),
             history: Vec::new(),
+            outcomes: BTreeMap::new(),
         }
     }
 }
@@ -162,6 +198,9 @@ pub fn now() -> u64 {
 
 impl AgentState {
     pub fn record(&mut self, at: u64, kind: EventKind, version: Option<&str>, detail: impl Into<String>) {
+        if kind.is_outcome() {
+            *self.outcomes.entry(kind).or_default() += 1;
+        }
         self.history.push(Event {
             at,
             kind,
@@ -348,5 +387,24 @@ mod tests {
         }
         assert_eq!(s.history.len(), HISTORY_LIMIT);
         assert_eq!(s.history[0].detail, "5");
+    }
+
+    #[test]
+    fn outcomes_are_counted_for_ever_though_the_history_is_capped() {
+        let mut s = AgentState::default();
+        s.record(1, EventKind::Committed, Some("0.2.0"), "");
+        for i in 0..(HISTORY_LIMIT as u64 + 5) {
+            s.record(i, EventKind::Checked, None, "");
+            s.fail(i, "check", &anyhow::anyhow!("down"));
+        }
+        s.record(2, EventKind::FellBack, Some("0.3.0"), "");
+        assert!(!s.history.iter().any(|e| e.kind == EventKind::Committed));
+        assert_eq!(s.outcomes.get(&EventKind::Committed), Some(&1));
+        assert_eq!(s.outcomes.get(&EventKind::FellBack), Some(&1));
+        assert_eq!(s.outcomes.get(&EventKind::Failed), None, "a failed check is no outcome");
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""outcomes":{"committed":1,"fell-back":1}"#), "{json}");
+        let back: AgentState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
     }
 }

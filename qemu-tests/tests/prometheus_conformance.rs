@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use cairn_agent::state::{Event, EventKind};
+use cairn_agent::state::EventKind;
 use cairn_agent::status::Status;
 use cairn_common::process::Cmd;
 
@@ -42,13 +42,8 @@ fn prometheus_s_parser_reads_the_agent_s_metrics() {
         "url": "http://updates.example/"
     }))
     .unwrap();
-    let history = [Event {
-        at: 1,
-        kind: EventKind::FellBack,
-        version: Some("0.2.5".into()),
-        detail: "health gate".into(),
-    }];
-    let text = cairn_agent::metrics::render(&status, &history);
+    let outcomes = BTreeMap::from([(EventKind::FellBack, 1)]);
+    let text = cairn_agent::metrics::render(&status, &outcomes);
     // Debian's Python, which has Debian's python3-prometheus-client.
     let out = Cmd::new("/usr/bin/python3")
         .args(["-c", PARSE])
