@@ -226,9 +226,10 @@ pub fn health_report(g: &GoalState, health: &Health) -> String {
     let esc = |s: &str| quick_xml::escape::escape(s).into_owned();
     let state = match health {
         Health::Ready => "<State>Ready</State>".to_owned(),
+        // At most 512 characters of why, as cloud-init sends.
         Health::ProvisioningFailed(why) => format!(
             "<State>NotReady</State><Details><SubStatus>ProvisioningFailed</SubStatus><Description>{}</Description></Details>",
-            esc(why)
+            esc(&why.chars().take(512).collect::<String>())
         ),
     };
     format!(
@@ -403,6 +404,8 @@ mod tests {
             element_texts(&report, "Description").unwrap(),
             ["user data: line 2: expected <key>: & found"]
         );
+        let long = health_report(&g, &Health::ProvisioningFailed("é".repeat(600)));
+        assert_eq!(element_texts(&long, "Description").unwrap()[0].chars().count(), 512);
     }
 
     #[test]
