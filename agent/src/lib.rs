@@ -54,3 +54,4 @@ pub mod state;
 pub mod status;
 pub mod sysroot;
 pub mod updater;
+pub mod wake;

@@ -266,6 +266,12 @@ fn daemon() -> Result<()> {
     let http = HostHttp::new().map_err(|e| anyhow::anyhow!("{e}"))?;
     let checks = agent.config.auto_update && agent.config.url.is_some();
     let mut metrics_for: Option<cairn_agent::state::AgentState> = None;
+    // A state change (the CLI staged or dropped an update) ends a sleep.
+    let watch = cairn_agent::wake::StateWatch::new(
+        std::path::Path::new(cairn_agent::state::STATE_PATH)
+            .parent()
+            .expect("the state file has a folder"),
+    );
     // The first check right after the boot settled; then every interval, or
     // sooner after a failed check (see `schedule::retry_after`).
     let mut next_check_at = now();
@@ -335,7 +341,9 @@ fn daemon() -> Result<()> {
             },
             // A stop signal while it waits ends the program at once: no
             // command the work waits on runs (`process::stops_at_once`).
-            DaemonStep::Sleep(d) => std::thread::sleep(d),
+            DaemonStep::Sleep(d) => {
+                watch.sleep(d);
+            }
         }
     }
 }
