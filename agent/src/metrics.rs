@@ -188,15 +188,12 @@ pub fn render(status: &Status, outcomes: &BTreeMap<EventKind, u64>) -> String {
 }
 
 /// Write the metrics to [`TEXTFILE`] under `root`, whole or not at all
-/// (the collector must never read half a file).
-pub fn write_textfile(root: &Path, text: &str) -> std::io::Result<()> {
+/// (the collector must never read half a file; the temporary file's name
+/// ends in `.tmp`, which it skips).
+pub fn write_textfile(root: &Path, text: &str) -> anyhow::Result<()> {
     let path = root.join(TEXTFILE);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("prom.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, path)
+    std::fs::create_dir_all(path.parent().expect("TEXTFILE has a folder"))?;
+    cairn_common::fsutil::write_atomic(&path, text.as_bytes())
 }
 
 #[cfg(test)]

@@ -174,14 +174,10 @@ impl GateRecord {
             .unwrap_or_default()
     }
 
-    pub fn save(&self, root: &Path) -> std::io::Result<()> {
+    pub fn save(&self, root: &Path) -> anyhow::Result<()> {
         let path = root.join(GATE_RECORD);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serialisable"))?;
-        std::fs::rename(tmp, path)
+        std::fs::create_dir_all(path.parent().expect("GATE_RECORD has a folder"))?;
+        cairn_common::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
     }
 }
 
@@ -291,7 +287,7 @@ impl DaemonGate {
                 }
             }
             (RebootStrategy::Kured, _) => {
-                let sentinel = self.root.join(KURED_SENTINEL.trim_start_matches('/'));
+                let sentinel = self.kured_sentinel();
                 let written = sentinel
                     .parent()
                     .map_or(Ok(()), std::fs::create_dir_all)
@@ -321,7 +317,7 @@ impl DaemonGate {
     /// dropped): nothing is held, and kured must not reboot the node for it.
     pub fn nothing_staged(&mut self) {
         if self.record.handed_to_kured {
-            let sentinel = self.root.join(KURED_SENTINEL.trim_start_matches('/'));
+            let sentinel = self.kured_sentinel();
             match std::fs::remove_file(&sentinel) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -335,9 +331,14 @@ impl DaemonGate {
         }
     }
 
+    /// kured's sentinel under this gate's root.
+    fn kured_sentinel(&self) -> PathBuf {
+        self.root.join(KURED_SENTINEL.trim_start_matches('/'))
+    }
+
     fn save(&self) {
         if let Err(e) = self.record.save(&self.root) {
-            tracing::warn!(error = %e, "could not record the reboot gate for status");
+            tracing::warn!(error = %format!("{e:#}"), "could not record the reboot gate for status");
         }
     }
 }
