@@ -234,17 +234,21 @@ impl ConfigBuilder {
         let duration = |v: &toml::Spanned<String>| -> Result<Duration, ConfigError> {
             parse_duration(v.get_ref()).map_err(|m| err(v.span(), m))
         };
+        // A server's base URL, without its trailing `/`.
+        let http_url = |what: &str, v: &toml::Spanned<String>| -> Result<String, ConfigError> {
+            let url = v.get_ref().trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
+                return Err(err(
+                    v.span(),
+                    format!("{what} `{}` is not an http:// or https:// URL", v.get_ref()),
+                ));
+            }
+            Ok(url.to_owned())
+        };
 
         let u = parsed.update;
         if let Some(url) = u.url {
-            let value = url.get_ref().trim_end_matches('/').to_owned();
-            if !(value.starts_with("http://") || value.starts_with("https://")) {
-                return Err(err(
-                    url.span(),
-                    format!("update url `{value}` is not an http:// or https:// URL"),
-                ));
-            }
-            self.config.url = Some(value);
+            self.config.url = Some(http_url("update url", &url)?);
         }
         if let Some(stream) = u.stream {
             let s = stream.get_ref();
@@ -305,14 +309,7 @@ impl ConfigBuilder {
             self.reboot.window_length = Some((d, locate(v.span())));
         }
         if let Some(v) = r.fleet_lock_url {
-            let url = v.get_ref().trim_end_matches('/');
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
-                return Err(err(
-                    v.span(),
-                    format!("fleet-lock-url `{}` is not an http:// or https:// URL", v.get_ref()),
-                ));
-            }
-            self.reboot.fleet_lock_url = Some(url.to_owned());
+            self.reboot.fleet_lock_url = Some(http_url("fleet-lock-url", &v)?);
         }
         if let Some(v) = r.fleet_lock_group {
             let g = v.get_ref();
