@@ -390,6 +390,24 @@ mod tests {
     }
 
     #[test]
+    fn event_kinds_are_named_as_the_state_file_names_them() {
+        use EventKind::*;
+        for k in [
+            Checked,
+            Staged,
+            Committed,
+            FellBack,
+            StageLost,
+            RollbackStaged,
+            RolledBack,
+            Refused,
+            Failed,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name(), "{k:?}");
+        }
+    }
+
+    #[test]
     fn outcomes_are_counted_for_ever_though_the_history_is_capped() {
         let mut s = AgentState::default();
         s.record(1, EventKind::Committed, Some("0.2.0"), "");
