@@ -233,7 +233,7 @@ impl Cloud {
 
 /// Where a machine's cloud shows: the parts of a QEMU machine a cloud
 /// decides (`VmOptions` and `QemuConfig` both have them).
-pub struct Placement<'m> {
+struct Placement<'m> {
     pub smbios: &'m mut Vec<String>,
     pub net: &'m mut Option<String>,
     pub forwards: &'m mut Vec<String>,
@@ -241,11 +241,8 @@ pub struct Placement<'m> {
 }
 
 impl StandIn {
-    /// Make the machine this cloud's: its DMI strings, network range,
-    /// forwards of its addresses to the stand-ins (through `relay`, the
-    /// `cairn-test-relay` binary) and its media, in place of another
-    /// cloud's (`hostfwd` rules stay).
-    pub fn place(&self, m: Placement<'_>, relay: &Path) {
+    /// What [`StandIn::place_vm`] and [`StandIn::place_machine`] do.
+    fn place(&self, m: Placement<'_>, relay: &Path) {
         *m.smbios = self.cloud.smbios();
         *m.net = Some(self.cloud.net().to_owned());
         m.forwards.retain(|f| !f.starts_with("guestfwd"));
@@ -265,10 +262,11 @@ impl StandIn {
         m.cdroms.clear();
         m.cdroms.extend(self.media.clone());
     }
-}
 
-impl StandIn {
-    /// [`StandIn::place`] for a VM about to start.
+    /// Make a VM about to start this cloud's: its DMI strings, network
+    /// range, forwards of its addresses to the stand-ins (through `relay`,
+    /// the `cairn-test-relay` binary) and its media, in place of another
+    /// cloud's (`hostfwd` rules stay).
     pub fn place_vm(&self, opts: &mut crate::vm::VmOptions, relay: &Path) {
         self.place(
             Placement {
@@ -276,6 +274,20 @@ impl StandIn {
                 net: &mut opts.net,
                 forwards: &mut opts.forwards,
                 cdroms: &mut opts.cdroms,
+            },
+            relay,
+        );
+    }
+
+    /// The same for a machine switched off, to power on again
+    /// (`Vm::power_cycle_with`).
+    pub fn place_machine(&self, machine: &mut crate::qemu::QemuConfig, relay: &Path) {
+        self.place(
+            Placement {
+                smbios: &mut machine.smbios,
+                net: &mut machine.net,
+                forwards: &mut machine.forwards,
+                cdroms: &mut machine.cdroms,
             },
             relay,
         );

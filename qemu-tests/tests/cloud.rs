@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use cairn_builder::disk_formats::DiskFormat;
 use cairn_builder::manifest::Manifest;
-use cairn_qemu_tests::cloud_stand_ins::{self, Cloud, Instance, Placement, StandIn};
+use cairn_qemu_tests::cloud_stand_ins::{self, Cloud, Instance, StandIn};
 use cairn_qemu_tests::guest_checks::{assert_booted, assert_root_fills_disk, assert_running_without_failures};
 use cairn_qemu_tests::ssh::{free_port, Ssh};
 use cairn_qemu_tests::vm::{Vm, VmOptions};
@@ -113,18 +113,8 @@ fn first_boot(a: &Artifacts, stand_in: &StandIn, format: DiskFormat, scratch: &P
 /// Switch the machine off, move its disk to `stand_in`'s cloud, and wait
 /// for the first boot there.
 fn move_to(vm: &mut Vm, stand_in: &StandIn) {
-    vm.power_cycle_with(|machine| {
-        stand_in.place(
-            Placement {
-                smbios: &mut machine.smbios,
-                net: &mut machine.net,
-                forwards: &mut machine.forwards,
-                cdroms: &mut machine.cdroms,
-            },
-            Path::new(RELAY),
-        )
-    })
-    .unwrap();
+    vm.power_cycle_with(|machine| stand_in.place_machine(machine, Path::new(RELAY)))
+        .unwrap();
     vm.wait_for_root_shell(BOOT).unwrap();
 }
 
