@@ -56,6 +56,9 @@ pub enum RebootStrategy {
     /// kured drains the node and reboots it: the agent writes kured's
     /// sentinel (`/var/run/reboot-required`) once an update is staged.
     Kured,
+    /// The agent drains its Kubernetes node first, holding a slot (a
+    /// Lease) of its group: see [`crate::kubernetes`].
+    Kubernetes(crate::kubernetes::Settings),
     /// Never by itself: an operator reboots.
     Off,
 }
@@ -167,6 +170,13 @@ struct RebootSection {
     fleet_lock_url: Option<toml::Spanned<String>>,
     /// This node's FleetLock group.
     fleet_lock_group: Option<toml::Spanned<String>>,
+    kubeconfig: Option<toml::Spanned<String>>,
+    kubernetes_node_name: Option<toml::Spanned<String>>,
+    kubernetes_group: Option<toml::Spanned<String>>,
+    kubernetes_max_unavailable: Option<toml::Spanned<u32>>,
+    kubernetes_lease_namespace: Option<toml::Spanned<String>>,
+    kubernetes_lease_duration: Option<toml::Spanned<String>>,
+    drain_timeout: Option<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +202,7 @@ struct PendingReboot {
     window_length: Option<(Duration, Located)>,
     fleet_lock_url: Option<String>,
     fleet_lock_group: Option<String>,
+    kubernetes: crate::kubernetes::Settings,
 }
 
 #[derive(Debug, Clone)]
@@ -287,11 +298,14 @@ impl ConfigBuilder {
         let r = parsed.reboot;
         if let Some(v) = r.strategy {
             let s = v.get_ref().as_str();
-            if !matches!(s, "immediate" | "maintenance-window" | "fleet-lock" | "kured" | "off") {
+            if !matches!(
+                s,
+                "immediate" | "maintenance-window" | "fleet-lock" | "kubernetes" | "kured" | "off"
+            ) {
                 return Err(err(
                     v.span(),
                     format!(
-                        "reboot strategy `{s}` is not one of immediate, maintenance-window, fleet-lock, kured, off"
+                        "reboot strategy `{s}` is not one of immediate, maintenance-window, fleet-lock, kubernetes, kured, off"
                     ),
                 ));
             }
@@ -323,6 +337,53 @@ impl ConfigBuilder {
                 ));
             }
             self.reboot.fleet_lock_group = Some(g.clone());
+        }
+        let k = &mut self.reboot.kubernetes;
+        if let Some(v) = r.kubeconfig {
+            if !v.get_ref().starts_with('/') {
+                return Err(err(
+                    v.span(),
+                    format!("kubeconfig `{}` is not an absolute path", v.get_ref()),
+                ));
+            }
+            k.kubeconfig = v.get_ref().into();
+        }
+        if let Some(v) = r.kubernetes_node_name {
+            crate::kubernetes::check_group(v.get_ref())
+                .map_err(|e| err(v.span(), format!("kubernetes-node-name {e}")))?;
+            k.node_name = Some(v.get_ref().clone());
+        }
+        if let Some(v) = r.kubernetes_group {
+            crate::kubernetes::check_group(v.get_ref()).map_err(|e| err(v.span(), format!("kubernetes-group {e}")))?;
+            k.group = v.get_ref().clone();
+        }
+        if let Some(v) = r.kubernetes_max_unavailable {
+            if *v.get_ref() == 0 {
+                return Err(err(v.span(), "kubernetes-max-unavailable must be at least 1".into()));
+            }
+            k.max_unavailable = *v.get_ref();
+        }
+        if let Some(v) = r.kubernetes_lease_namespace {
+            crate::kubernetes::check_group(v.get_ref())
+                .map_err(|e| err(v.span(), format!("kubernetes-lease-namespace {e}")))?;
+            k.lease_namespace = v.get_ref().clone();
+        }
+        if let Some(v) = r.kubernetes_lease_duration {
+            let d = duration(&v)?;
+            if d < Duration::from_secs(300) {
+                return Err(err(
+                    v.span(),
+                    "kubernetes-lease-duration must be at least 5m: a node must reboot and commit within it".into(),
+                ));
+            }
+            k.lease_duration = d;
+        }
+        if let Some(v) = r.drain_timeout {
+            let d = duration(&v)?;
+            if d.is_zero() {
+                return Err(err(v.span(), "drain-timeout must be more than 0".into()));
+            }
+            k.drain_timeout = d;
         }
 
         let h = parsed.health;
@@ -379,6 +440,7 @@ impl ConfigBuilder {
             None | Some("immediate") => RebootStrategy::Immediate,
             Some("off") => RebootStrategy::Off,
             Some("kured") => RebootStrategy::Kured,
+            Some("kubernetes") => RebootStrategy::Kubernetes(p.kubernetes.clone()),
             Some("fleet-lock") => {
                 let (_, at) = p.strategy.as_ref().expect("matched Some");
                 let url = p.fleet_lock_url.clone().ok_or_else(|| ConfigError {
@@ -537,6 +599,40 @@ mod tests {
         );
         let e = merged(&[("g.toml", "[platform.gce]\nntp = [\"a b\"]\n")]).unwrap_err();
         assert_eq!(e.to_string(), "g.toml:2:8: ntp: `a b` is not a host name or address");
+    }
+
+    #[test]
+    fn kubernetes_takes_its_settings_and_refuses_bad_ones_where_they_are() {
+        let c = merged(&[(
+            "k.toml",
+            "[reboot]\nstrategy = \"kubernetes\"\nkubeconfig = \"/etc/k\"\nkubernetes-group = \"zone-a\"\nkubernetes-max-unavailable = 2\ndrain-timeout = \"5m\"\n",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.reboot,
+            RebootStrategy::Kubernetes(crate::kubernetes::Settings {
+                kubeconfig: "/etc/k".into(),
+                group: "zone-a".into(),
+                max_unavailable: 2,
+                drain_timeout: Duration::from_secs(300),
+                ..crate::kubernetes::Settings::default()
+            })
+        );
+        let e = |t: &str| merged(&[("k.toml", t)]).unwrap_err().to_string();
+        assert_eq!(
+            e("[reboot]\nkubernetes-group = \"Zone_A\"\n"),
+            "k.toml:2:20: kubernetes-group `Zone_A` must be lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit (it names Leases)"
+        );
+        assert_eq!(
+            e("[reboot]\nkubernetes-max-unavailable = 0\n"),
+            "k.toml:2:30: kubernetes-max-unavailable must be at least 1"
+        );
+        assert_eq!(
+            e("[reboot]\nkubeconfig = \"kube.yaml\"\n"),
+            "k.toml:2:14: kubeconfig `kube.yaml` is not an absolute path"
+        );
+        assert!(e("[reboot]\nkubernetes-lease-duration = \"1m\"\n")
+            .starts_with("k.toml:2:29: kubernetes-lease-duration must be at least 5m"));
     }
 
     #[test]

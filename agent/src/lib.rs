@@ -40,6 +40,7 @@ pub mod grow_root;
 pub mod grub_mkconfig;
 pub mod health;
 pub mod kargs;
+pub mod kubernetes;
 pub mod lifecycle;
 pub mod metadata;
 pub mod metrics;

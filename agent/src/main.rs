@@ -263,7 +263,9 @@ fn daemon() -> Result<()> {
     let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
     let mut gate = DaemonGate::start(&agent.config.reboot, &machine_id, std::path::Path::new("/"), now())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let http = HostHttp::new().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let net = cairn_agent::reboot_gate::HostNet {
+        plain: HostHttp::new().map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
     let checks = agent.config.auto_update && agent.config.url.is_some();
     let mut metrics_for: Option<cairn_agent::state::AgentState> = None;
     // A state change (the CLI staged or dropped an update) ends a sleep.
@@ -285,7 +287,7 @@ fn daemon() -> Result<()> {
         let state = agent.store.load()?;
         let reboot_pending = state.update.daemon_reboots();
         if !reboot_pending {
-            gate.nothing_staged();
+            gate.nothing_staged(now());
         }
         // node_exporter's textfile collector reads what the daemon last
         // saw: written again when the state changed (the CLI's doing, or a
@@ -306,7 +308,7 @@ fn daemon() -> Result<()> {
             metrics_for = None;
         }
         match step {
-            DaemonStep::ReleaseLock => gate.release(&http, now()),
+            DaemonStep::ReleaseLock => gate.release(&net, now()),
             DaemonStep::Check => {
                 let wait = schedule::next_check(
                     agent.config.check_interval,
@@ -331,7 +333,7 @@ fn daemon() -> Result<()> {
                     }
                 }
             }
-            DaemonStep::Reboot => match gate.pass(&http, now()) {
+            DaemonStep::Reboot => match gate.pass(&net, now()) {
                 Pass::Reboot(why) => {
                     updater::reboot(&format!("update staged; {why}"))?;
                     // `systemctl reboot` returns once the reboot is queued.

@@ -19,7 +19,7 @@ pub const TEXTFILE: &str = "run/cairn/metrics/cairn-agent.prom";
 /// (`UpdateState::name`).
 const STATES: [&str; 6] = ["idle", "staging", "staged", "on-trial", "falling-back", "rolling-back"];
 /// Everything a staged update's reboot can wait for.
-const WAITS: [&str; 6] = ["reboot", "window", "lock", "kured", "operator", "none"];
+const WAITS: [&str; 7] = ["reboot", "window", "lock", "drain", "kured", "operator", "none"];
 
 fn wait_name(w: Option<&Waiting>) -> &'static str {
     match w {
@@ -27,6 +27,7 @@ fn wait_name(w: Option<&Waiting>) -> &'static str {
         Some(Waiting::Reboot) => "reboot",
         Some(Waiting::Window { .. }) => "window",
         Some(Waiting::Lock { .. }) => "lock",
+        Some(Waiting::Drain { .. }) => "drain",
         Some(Waiting::Kured { .. }) => "kured",
         Some(Waiting::Operator) => "operator",
     }
@@ -106,6 +107,23 @@ pub fn render(status: &Status, outcomes: &BTreeMap<EventKind, u64>) -> String {
             "Times the fleet lock was asked for a slot for the staged update.",
         );
         o.sample("cairn_fleet_lock_attempts", &[], attempts);
+    }
+    if let Some(Waiting::Drain {
+        attempts, blocked_by, ..
+    }) = &status.waiting
+    {
+        o.family(
+            "cairn_drain_attempts",
+            "gauge",
+            "Times the node's slot and drain were tried for the staged update and held.",
+        );
+        o.sample("cairn_drain_attempts", &[], attempts);
+        o.family(
+            "cairn_drain_blocking_pods",
+            "gauge",
+            "Pods whose eviction the last drain could not get.",
+        );
+        o.sample("cairn_drain_blocking_pods", &[], blocked_by.len());
     }
     o.family(
         "cairn_fleet_lock_release_pending",

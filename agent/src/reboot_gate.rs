@@ -12,6 +12,9 @@
 //!   made app-specific ([`app_specific_id`], as systemd's
 //!   `sd_id128_get_machine_app_specific`), so the raw machine id never
 //!   leaves the host.
+//! - `kubernetes`: the agent drains its own node, holding a slot (a Lease)
+//!   of its group, and puts the node back once the new deployment is
+//!   decided: see [`crate::kubernetes`].
 //! - `kured`: kured drains and reboots the node when its sentinel
 //!   (`/var/run/reboot-required`) exists; the agent writes it once an
 //!   update is staged.
@@ -28,7 +31,30 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::config::RebootStrategy;
+use crate::kubernetes::{self, Prepared};
 use crate::metadata::{Http, Request};
+
+/// The networks the gate talks over: the site's (a FleetLock server), and
+/// a cluster's, made from its kubeconfig's CA and credentials.
+pub trait Net {
+    fn plain(&self) -> &dyn Http;
+    fn cluster<'a>(&'a self, credentials: &kubernetes::Credentials) -> Result<Box<dyn Http + 'a>, String>;
+}
+
+/// The host's networks.
+pub struct HostNet {
+    pub plain: crate::metadata::host::HostHttp,
+}
+
+impl Net for HostNet {
+    fn plain(&self) -> &dyn Http {
+        &self.plain
+    }
+
+    fn cluster<'a>(&'a self, credentials: &kubernetes::Credentials) -> Result<Box<dyn Http + 'a>, String> {
+        Ok(Box::new(kubernetes::host_client(credentials)?))
+    }
+}
 
 /// Cairn's application id for FleetLock client ids (a fixed random UUID:
 /// the same machine has the same FleetLock id on every boot, and no other
@@ -137,6 +163,12 @@ pub struct GateRecord {
     /// kured's sentinel was written: kured drains and reboots.
     #[serde(default)]
     pub handed_to_kured: bool,
+    /// What the gate is doing now (taking a slot, draining), while it does.
+    #[serde(default)]
+    pub progress: Option<String>,
+    /// The pods whose eviction the last drain could not get (`namespace/name`).
+    #[serde(default)]
+    pub blocked_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,12 +245,17 @@ impl DaemonGate {
     /// this node may hold from before (a crash, a trial that failed, the
     /// update just committed) is to be given back at once. `machine_id`
     /// is `/etc/machine-id`'s contents.
+    ///
+    /// Under `kubernetes`, likewise, the node is put back in service (see
+    /// [`kubernetes::finish`]); its id is the node's name.
     pub fn start(strategy: &RebootStrategy, machine_id: &str, root: &Path, now: u64) -> Result<DaemonGate, String> {
-        let fleet = matches!(strategy, RebootStrategy::FleetLock { .. });
-        let node_id = if fleet {
-            Some(app_specific_id(machine_id, FLEET_LOCK_APP_ID).map_err(|e| format!("the FleetLock id: {e}"))?)
-        } else {
-            None
+        let (node_id, releases) = match strategy {
+            RebootStrategy::FleetLock { .. } => (
+                Some(app_specific_id(machine_id, FLEET_LOCK_APP_ID).map_err(|e| format!("the FleetLock id: {e}"))?),
+                true,
+            ),
+            RebootStrategy::Kubernetes(s) => (Some(kubernetes::node_name(s)?), true),
+            _ => (None, false),
         };
         let gate = DaemonGate {
             strategy: strategy.clone(),
@@ -226,13 +263,13 @@ impl DaemonGate {
             root: root.to_owned(),
             record: GateRecord::default(),
             release_failures: 0,
-            release_at: fleet.then_some(now),
+            release_at: releases.then_some(now),
         };
         gate.save();
         Ok(gate)
     }
 
-    /// This node's FleetLock id, under `fleet-lock`.
+    /// This node's FleetLock id under `fleet-lock`, its name under `kubernetes`.
     pub fn node_id(&self) -> Option<&str> {
         self.node_id.as_deref()
     }
@@ -242,16 +279,32 @@ impl DaemonGate {
         self.record.held.as_ref().map(|h| h.next_attempt_at)
     }
 
-    /// Give the FleetLock slot back (`steady-state`); a failure is
-    /// recorded and tried again later.
-    pub fn release(&mut self, http: &dyn Http, now: u64) {
-        let (RebootStrategy::FleetLock { url, group }, Some(id)) = (&self.strategy, &self.node_id) else {
-            self.release_at = None;
-            return;
+    /// Give the FleetLock slot back (`steady-state`), or put the
+    /// Kubernetes node back in service; a failure is recorded and tried
+    /// again later.
+    pub fn release(&mut self, net: &dyn Net, now: u64) {
+        let done = match (&self.strategy, &self.node_id) {
+            (RebootStrategy::FleetLock { url, group }, Some(id)) => {
+                fleet_lock(net.plain(), url, FleetLockOp::SteadyState, id, group)
+                    .map(|()| format!("gave the fleet lock's slot of group {group} back (steady state)"))
+            }
+            (RebootStrategy::Kubernetes(s), Some(node)) => {
+                with_cluster(net, s, |api| kubernetes::finish(api, s, node, now)).map(|done| {
+                    if done.is_empty() {
+                        format!("node {node} holds no slot and was not cordoned by the agent")
+                    } else {
+                        done.join(", ")
+                    }
+                })
+            }
+            _ => {
+                self.release_at = None;
+                return;
+            }
         };
-        match fleet_lock(http, url, FleetLockOp::SteadyState, id, group) {
-            Ok(()) => {
-                tracing::info!(%url, %group, "gave the fleet lock's slot back (steady state)");
+        match done {
+            Ok(what) => {
+                tracing::info!("{what}");
                 self.release_at = None;
                 self.release_failures = 0;
                 self.record.release_pending = None;
@@ -259,7 +312,7 @@ impl DaemonGate {
             Err(e) => {
                 self.release_failures += 1;
                 let wait = crate::schedule::retry_after(self.release_failures, LONGEST_GATE_WAIT);
-                tracing::warn!(error = %e, retry_secs = wait.as_secs(), "could not give the fleet lock's slot back");
+                tracing::warn!(error = %e, retry_secs = wait.as_secs(), "could not give the reboot slot back");
                 self.release_at = Some(now + wait.as_secs());
                 self.record.release_pending = Some(e);
             }
@@ -271,16 +324,44 @@ impl DaemonGate {
     /// (`pre-reboot`), or under `kured` the sentinel written (kured then
     /// drains and reboots: the answer is `Held`). Other strategies have no
     /// gate.
-    pub fn pass(&mut self, http: &dyn Http, now: u64) -> Pass {
-        let pass = match (&self.strategy, &self.node_id) {
+    pub fn pass(&mut self, net: &dyn Net, now: u64) -> Pass {
+        let pass = match (&self.strategy.clone(), &self.node_id.clone()) {
             (RebootStrategy::FleetLock { url, group }, Some(id)) => {
-                match fleet_lock(http, url, FleetLockOp::PreReboot, id, group) {
+                match fleet_lock(net.plain(), url, FleetLockOp::PreReboot, id, group) {
                     Ok(()) => {
                         self.record.held = None;
                         Pass::Reboot(format!("the fleet lock gave a slot of group {group}"))
                     }
                     Err(e) => {
                         tracing::info!(reason = %e, "the fleet lock holds the reboot");
+                        self.record.denied(e, now, LONGEST_GATE_WAIT);
+                        Pass::Held
+                    }
+                }
+            }
+            (RebootStrategy::Kubernetes(s), Some(node)) => {
+                let prepared = with_cluster(net, s, |api| {
+                    kubernetes::prepare_reboot(api, s, node, now, &mut |progress| {
+                        tracing::info!("{progress}");
+                        self.record.progress = Some(progress.to_owned());
+                        self.save();
+                    })
+                });
+                self.record.progress = None;
+                match prepared {
+                    Ok(Prepared::Reboot(why)) => {
+                        self.record.held = None;
+                        self.record.blocked_by.clear();
+                        Pass::Reboot(why)
+                    }
+                    Ok(Prepared::Held { reason, blocked_by }) => {
+                        tracing::warn!(%reason, "the reboot is held");
+                        self.record.denied(reason, now, LONGEST_GATE_WAIT);
+                        self.record.blocked_by = blocked_by;
+                        Pass::Held
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the cluster could not be asked; the reboot is held");
                         self.record.denied(e, now, LONGEST_GATE_WAIT);
                         Pass::Held
                     }
@@ -315,7 +396,12 @@ impl DaemonGate {
 
     /// Nothing is staged any more (the staged deployment was lost, or
     /// dropped): nothing is held, and kured must not reboot the node for it.
-    pub fn nothing_staged(&mut self) {
+    /// A Kubernetes node the gate was preparing (a slot, a cordon) is put
+    /// back in service.
+    pub fn nothing_staged(&mut self, now: u64) {
+        if matches!(self.strategy, RebootStrategy::Kubernetes(_)) && self.record.held.is_some() {
+            self.release_at.get_or_insert(now);
+        }
         if self.record.handed_to_kured {
             let sentinel = self.kured_sentinel();
             match std::fs::remove_file(&sentinel) {
@@ -324,9 +410,10 @@ impl DaemonGate {
                 Err(e) => tracing::warn!(error = %e, path = %sentinel.display(), "could not remove kured's sentinel"),
             }
         }
-        if self.record.held.is_some() || self.record.handed_to_kured {
+        if self.record.held.is_some() || self.record.handed_to_kured || !self.record.blocked_by.is_empty() {
             self.record.held = None;
             self.record.handed_to_kured = false;
+            self.record.blocked_by.clear();
             self.save();
         }
     }
@@ -343,10 +430,40 @@ impl DaemonGate {
     }
 }
 
+/// Run `f` against the cluster of `s`'s kubeconfig (read again each time:
+/// a rotated token or certificate is taken up).
+fn with_cluster<T>(
+    net: &dyn Net,
+    s: &kubernetes::Settings,
+    f: impl FnOnce(&kubernetes::Api<'_>) -> Result<T, String>,
+) -> Result<T, String> {
+    let credentials = kubernetes::read_kubeconfig(&s.kubeconfig)?;
+    let http = net.cluster(&credentials)?;
+    let api = kubernetes::Api {
+        http: http.as_ref(),
+        server: credentials.server.clone(),
+        token: match &credentials.auth {
+            kubernetes::Auth::Token(t) => Some(t.clone()),
+            _ => None,
+        },
+    };
+    f(&api)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metadata::fake::Service as Fake;
+
+    impl Net for Fake {
+        fn plain(&self) -> &dyn Http {
+            self
+        }
+
+        fn cluster<'a>(&'a self, _: &kubernetes::Credentials) -> Result<Box<dyn Http + 'a>, String> {
+            Ok(Box::new(self))
+        }
+    }
 
     #[test]
     fn the_fleet_lock_id_is_systemd_s_app_specific_machine_id() {
@@ -487,7 +604,7 @@ mod tests {
         let record = GateRecord::load(dir.path());
         assert!(record.handed_to_kured);
         assert_eq!(record.held.unwrap().next_attempt_at, 10 + KURED_REASSERT);
-        gate.nothing_staged();
+        gate.nothing_staged(20);
         assert_eq!(GateRecord::load(dir.path()), GateRecord::default());
         assert!(
             !dir.path().join("var/run/reboot-required").exists(),

@@ -60,6 +60,28 @@ pub fn state_text(s: &Status) -> String {
             ", waiting for a slot of the fleet lock ({why}; asked {attempts} time(s), next in {}s)",
             next_attempt_in_secs.unwrap_or(0)
         ),
+        Some(Waiting::Drain {
+            reason,
+            attempts,
+            next_attempt_in_secs,
+            blocked_by,
+        }) => {
+            let mut t = ", waiting for the node's drain".to_owned();
+            if let Some(why) = reason {
+                t.push_str(&format!(" ({why}"));
+                if *attempts > 0 {
+                    t.push_str(&format!("; tried {attempts} time(s)"));
+                }
+                if let Some(n) = next_attempt_in_secs {
+                    t.push_str(&format!(", next in {n}s"));
+                }
+                t.push(')');
+            }
+            if !blocked_by.is_empty() {
+                t.push_str(&format!("; blocked by {}", blocked_by.join(", ")));
+            }
+            t
+        }
         Some(Waiting::Kured { sentinel_written: true }) => {
             format!(
                 ", waiting for kured to drain and reboot the node ({})",

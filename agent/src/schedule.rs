@@ -28,7 +28,10 @@ pub fn retry_after(failures: u32, next: Duration) -> Duration {
 pub fn reboot_delay(strategy: &RebootStrategy, now_secs_of_day: u64) -> Option<Duration> {
     match strategy {
         // The coordinated strategies go to their gate at once (it decides).
-        RebootStrategy::Immediate | RebootStrategy::FleetLock { .. } | RebootStrategy::Kured => Some(Duration::ZERO),
+        RebootStrategy::Immediate
+        | RebootStrategy::FleetLock { .. }
+        | RebootStrategy::Kubernetes(_)
+        | RebootStrategy::Kured => Some(Duration::ZERO),
         RebootStrategy::Off => None,
         RebootStrategy::MaintenanceWindow { start_minute, length } => {
             const DAY: u64 = 86_400;

@@ -47,6 +47,16 @@ pub enum Waiting {
         attempts: u32,
         next_attempt_in_secs: Option<u64>,
     },
+    /// The Kubernetes drain (strategy `kubernetes`): what the gate is
+    /// doing now, or why it holds the reboot and when it asks again, and
+    /// the pods the last drain could not evict.
+    Drain {
+        reason: Option<String>,
+        attempts: u32,
+        next_attempt_in_secs: Option<u64>,
+        #[serde(default)]
+        blocked_by: Vec<String>,
+    },
     /// kured, to drain and reboot the node (strategy `kured`), once the
     /// agent has written its sentinel.
     Kured { sentinel_written: bool },
@@ -74,8 +84,9 @@ pub struct Status {
     pub update: UpdateState,
     /// With something staged: what the reboot into it waits for.
     pub waiting: Option<Waiting>,
-    /// A FleetLock slot this node may still hold is not given back yet,
-    /// and why (strategy `fleet-lock`).
+    /// A FleetLock slot this node may still hold is not given back yet
+    /// (strategy `fleet-lock`), or its Kubernetes node is not back in
+    /// service (strategy `kubernetes`), and why.
     #[serde(default)]
     pub lock_release_pending: Option<String>,
     /// Trial boots left before GRUB falls back, while a trial is armed.
@@ -134,6 +145,18 @@ pub fn waiting(state: &UpdateState, strategy: &RebootStrategy, gate: &GateRecord
                 attempts: 0,
                 next_attempt_in_secs: None,
             },
+        },
+        (RebootStrategy::Kubernetes(_), _) => Waiting::Drain {
+            reason: gate
+                .progress
+                .clone()
+                .or_else(|| gate.held.as_ref().map(|h| h.reason.clone())),
+            attempts: gate.held.as_ref().map_or(0, |h| h.attempts),
+            next_attempt_in_secs: match (&gate.progress, &gate.held) {
+                (None, Some(h)) => Some(h.next_attempt_at.saturating_sub(now_secs)),
+                _ => None,
+            },
+            blocked_by: gate.blocked_by.clone(),
         },
         (RebootStrategy::Kured, _) => Waiting::Kured {
             sentinel_written: gate.handed_to_kured,

@@ -14,12 +14,18 @@ pub struct HostHttp {
 
 impl HostHttp {
     pub fn new() -> Result<HostHttp, String> {
+        Self::with_client(reqwest::Client::builder())
+    }
+
+    /// A client made by `builder` (a cluster's CA and credentials, say).
+    pub fn with_client(builder: reqwest::ClientBuilder) -> Result<HostHttp, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("starting the HTTP client: {e}"))?;
-        // Metadata services are link-local: never through a proxy.
-        let client = reqwest::Client::builder()
+        // Metadata services are link-local, FleetLock servers and clusters
+        // are the site's own: never through a proxy.
+        let client = builder
             .no_proxy()
             .build()
             .map_err(|e| format!("starting the HTTP client: {e}"))?;
@@ -37,6 +43,7 @@ impl Http for HostHttp {
             Method::Get => reqwest::Method::GET,
             Method::Put => reqwest::Method::PUT,
             Method::Post => reqwest::Method::POST,
+            Method::Patch => reqwest::Method::PATCH,
         };
         let mut req = self.client.request(method, &r.url).timeout(timeout);
         for (k, v) in &r.headers {

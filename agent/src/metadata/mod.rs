@@ -87,6 +87,7 @@ pub enum Method {
     Get,
     Put,
     Post,
+    Patch,
 }
 
 /// One HTTP request to a metadata service.
@@ -149,6 +150,20 @@ pub trait Http {
     /// Time since some fixed moment.
     fn now(&self) -> Duration;
     fn sleep(&self, d: Duration);
+}
+
+impl<T: Http + ?Sized> Http for &T {
+    fn send(&self, request: &Request, timeout: Duration) -> Result<Response, String> {
+        (**self).send(request, timeout)
+    }
+
+    fn now(&self) -> Duration {
+        (**self).now()
+    }
+
+    fn sleep(&self, d: Duration) {
+        (**self).sleep(d)
+    }
 }
 
 /// The time a provider's requests may take together.
