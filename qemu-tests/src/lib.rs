@@ -14,6 +14,7 @@ pub mod console;
 pub mod fleet_lock;
 pub mod guest_checks;
 pub mod http;
+pub mod kube_api;
 pub mod metadata_server;
 pub mod oci;
 pub mod power_cut;

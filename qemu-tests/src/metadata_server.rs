@@ -87,12 +87,15 @@ fn serve(conn: TcpStream, s: &Shared) -> Result<()> {
         };
         let (status, answer) = (s.handler)(&asked);
         s.log.lock().expect("log lock").push((asked, status));
-        write!(
-            conn,
+        // One write: the head and body in two would wait on Nagle's
+        // algorithm and the client's delayed ACK (40 ms per answer).
+        let mut response = format!(
             "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n",
             answer.len()
-        )?;
-        conn.write_all(&answer)?;
+        )
+        .into_bytes();
+        response.extend_from_slice(&answer);
+        conn.write_all(&response)?;
         conn.flush()?;
         if close {
             return Ok(());

@@ -106,6 +106,9 @@ pub fn setup(task: Task, arch: Arch, host: Option<Arch>) -> Setup {
         // The agent's metrics are read by Prometheus's own Python client's
         // parser (`tests/prometheus_conformance.rs`).
         add(&mut s.packages, &["python3-prometheus-client"]);
+        // The Kubernetes API stand-in is reached over HTTPS: its CA and
+        // certificate made by openssl, TLS by socat (`kube_api::serve_tls`).
+        add(&mut s.packages, &["openssl", "socat"]);
         // Firmware packages are architecture-independent: the main suite
         // is fine; the emulators come from backports.
         let (firmware, emulators): (Vec<&str>, Vec<&str>) = qemu_packages(arch)
