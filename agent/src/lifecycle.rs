@@ -254,6 +254,8 @@ pub enum Note {
     ClearError,
     /// The newest release the last check saw (None: up to date).
     Available(Option<String>),
+    /// A newer release the last check saw rolling out, not yet to this host.
+    Turn(Option<crate::selection::Turn>),
     /// A check of the update repository completed now.
     Checked,
 }

@@ -125,6 +125,13 @@ fn reboot_per_strategy(agent: &Agent, no_reboot: bool) -> Result<()> {
             );
             return Ok(());
         }
+        config::RebootStrategy::Kubernetes(s) => {
+            println!(
+                "staged; cairn-agent.service drains the node, holding a slot of group {}, then reboots",
+                s.group
+            );
+            return Ok(());
+        }
         _ => {}
     }
     match schedule::reboot_delay(&agent.config.reboot, agent.clock.now()) {
@@ -298,7 +305,9 @@ fn daemon() -> Result<()> {
         }
         let step = schedule::daemon_step(&DaemonView {
             now: now(),
-            next_check_at: checks.then_some(next_check_at),
+            next_check_at: checks.then(|| {
+                schedule::next_check_at(next_check_at, state.turn.as_ref().and_then(|t| t.at), state.last_check)
+            }),
             reboot_pending,
             strategy: &agent.config.reboot,
             release_at: gate.release_at,

@@ -125,6 +125,18 @@ pub fn render(status: &Status, outcomes: &BTreeMap<EventKind, u64>) -> String {
         );
         o.sample("cairn_drain_blocking_pods", &[], blocked_by.len());
     }
+    if let Some(r) = &status.rollout {
+        o.family(
+            "cairn_rollout_turn_timestamp_seconds",
+            "gauge",
+            "When this host's turn comes for a newer release rolling out (0: paused before it).",
+        );
+        o.sample(
+            "cairn_rollout_turn_timestamp_seconds",
+            &[("version", &r.version)],
+            r.turn_at.unwrap_or(0),
+        );
+    }
     o.family(
         "cairn_fleet_lock_release_pending",
         "gauge",

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use cairn_common::release::{Release, TARGETS_DIR, TUF_DIR};
+use cairn_common::release::{Release, Rollout, ROLLOUT_PREFIX, TARGETS_DIR, TUF_DIR};
 use tough::{ExpirationEnforcement, HttpTransportBuilder, RepositoryLoader};
 use url::Url;
 
@@ -52,8 +52,8 @@ impl UpdateRepo {
         Url::parse(&format!("{}/{dir}/", self.url)).with_context(|| format!("update url `{}`", self.url))
     }
 
-    /// Every release the repository's valid, signed metadata names.
-    pub fn releases(&self) -> Result<Vec<Release>> {
+    /// Every release (and rollout) the repository's valid, signed metadata names.
+    pub fn offer(&self) -> Result<Offer> {
         let root =
             std::fs::read(&self.root).with_context(|| format!("reading the TUF root {}", self.root.display()))?;
         std::fs::create_dir_all(&self.datastore).with_context(|| format!("creating {}", self.datastore.display()))?;
@@ -81,11 +81,23 @@ impl UpdateRepo {
             )
             .map_err(|e| anyhow::anyhow!("{}", tuf_error_chain(&e)))
             .with_context(|| format!("TUF metadata at {metadata} did not verify"))?;
-        let mut out = Vec::new();
+        let mut out = Offer::default();
         for (name, target) in repo.targets().signed.targets_iter() {
             let custom = serde_json::Value::Object(target.custom.clone().into_iter().collect());
+            if name.raw().starts_with(ROLLOUT_PREFIX) {
+                match serde_json::from_value::<Rollout>(custom) {
+                    Ok(r) if r.target_name() == name.raw() => out.rollouts.push(r),
+                    Ok(r) => {
+                        tracing::warn!(target = name.raw(), named = %r.target_name(), "skipping a rollout whose record names another release")
+                    }
+                    Err(e) => {
+                        tracing::warn!(target = name.raw(), error = %e, "skipping a rollout record this agent cannot read")
+                    }
+                }
+                continue;
+            }
             match serde_json::from_value::<Release>(custom) {
-                Ok(r) if r.target_name() == name.raw() => out.push(r),
+                Ok(r) if r.target_name() == name.raw() => out.releases.push(r),
                 Ok(r) => {
                     tracing::warn!(target = name.raw(), named = %r.target_name(), "skipping a target whose record names another release")
                 }
@@ -96,6 +108,14 @@ impl UpdateRepo {
         }
         Ok(out)
     }
+}
+
+/// What an update repository offers: its releases, and the rollouts of
+/// some of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Offer {
+    pub releases: Vec<Release>,
+    pub rollouts: Vec<Rollout>,
 }
 
 fn tuf_error_chain(e: &dyn std::error::Error) -> String {

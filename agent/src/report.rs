@@ -120,6 +120,22 @@ pub fn status_text(s: &Status) -> String {
         s.url.as_deref().unwrap_or("(no update url)")
     );
     let _ = writeln!(out, " checked: {}", s.last_check.map_or("never".into(), when));
+    if let Some(r) = &s.rollout {
+        let _ = match r.turn_in_secs {
+            Some(secs) => writeln!(
+                out,
+                " rollout: {} is rolling out; this host's turn comes in {}h{:02}m",
+                r.version,
+                secs / 3600,
+                secs % 3600 / 60
+            ),
+            None => writeln!(
+                out,
+                " rollout: {} is rolling out, paused before this host's turn",
+                r.version
+            ),
+        };
+    }
     if let Some(v) = &s.available {
         let _ = writeln!(out, "   newer: {v}");
     }

@@ -47,6 +47,17 @@ pub fn reboot_delay(strategy: &RebootStrategy, now_secs_of_day: u64) -> Option<D
     }
 }
 
+/// When the daemon checks next: at the regular time, or sooner when a
+/// release rolling out reaches this host then (`turn`), unless a check
+/// since that turn already saw it (a clock behind the rollout's would
+/// otherwise check again and again).
+pub fn next_check_at(regular: u64, turn: Option<u64>, last_check: Option<u64>) -> u64 {
+    match turn {
+        Some(at) if last_check.is_none_or(|c| at > c) => regular.min(at),
+        _ => regular,
+    }
+}
+
 /// The longest the daemon sleeps before looking again: an update staged
 /// by the CLI, or a clock that jumped, is noticed within this.
 pub const LONGEST_SLEEP: Duration = Duration::from_secs(60);
@@ -136,6 +147,19 @@ mod tests {
         assert_eq!(retry_after(u32::MAX, hour), hour);
         // An interval shorter than the first retry wins.
         assert_eq!(retry_after(1, Duration::from_secs(10)), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_rollout_turn_brings_the_next_check_forward_once() {
+        assert_eq!(next_check_at(5000, None, Some(100)), 5000);
+        assert_eq!(next_check_at(5000, Some(300), Some(100)), 300);
+        assert_eq!(next_check_at(5000, Some(9000), Some(100)), 5000);
+        assert_eq!(
+            next_check_at(5000, Some(300), Some(300)),
+            5000,
+            "checked at its turn already"
+        );
+        assert_eq!(next_check_at(5000, Some(300), None), 300);
     }
 
     #[test]

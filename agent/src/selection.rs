@@ -8,6 +8,66 @@ use cairn_common::release::Release;
 use semver::{Version, VersionReq};
 use thiserror::Error;
 
+/// A newer release this host waits for in a phased rollout.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Turn {
+    pub version: String,
+    /// When this host's turn comes (seconds since the epoch); `None` while
+    /// the rollout is paused before it.
+    pub at: Option<u64>,
+}
+
+/// Cairn's application id for a host's place in rollouts (see
+/// [`rollout_position`]).
+pub const ROLLOUT_APP_ID: &str = "5f0c2d7a3b8e4f6190a4c1e2d3b5a697";
+
+/// A host's place in every phased rollout, in [0, 1): from its machine id
+/// made app-specific (so it says nothing of the machine id), stable across
+/// boots and releases.
+pub fn rollout_position(machine_id: &str) -> Result<f64, String> {
+    let id = crate::reboot_gate::app_specific_id(machine_id, ROLLOUT_APP_ID)?;
+    let bytes = hex::decode(&id[..16]).map_err(|e| e.to_string())?;
+    let n = u64::from_be_bytes(bytes.try_into().map_err(|_| "8 bytes".to_owned())?);
+    // 53 bits: exactly representable, and below 1.
+    Ok((n >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+/// The releases a host at `position` may take at `now`: those without a
+/// rollout, and those whose rollout has reached it. Also the newest of the
+/// others this host would take, and its turn.
+pub fn in_turn(
+    releases: &[Release],
+    rollouts: &[cairn_common::release::Rollout],
+    host: &Host<'_>,
+    position: f64,
+    now: u64,
+) -> (Vec<Release>, Option<Turn>) {
+    let turn_of = |r: &Release| {
+        let name = r.target_name();
+        rollouts.iter().find(|o| o.release == name).map(|o| o.turn_of(position))
+    };
+    let (ready, waiting): (Vec<Release>, Vec<Release>) = releases.iter().cloned().partition(|r| match turn_of(r) {
+        None => true,
+        Some(turn) => turn.is_some_and(|at| at <= now),
+    });
+    let next = match select(&waiting, host, &Request::Latest) {
+        Ok(Selection::Update(r)) => Some(Turn {
+            at: turn_of(&r).flatten(),
+            version: r.version,
+        }),
+        _ => None,
+    };
+    // A release in turn at least as new makes the wait moot.
+    let next = next.filter(|t| match select(&ready, host, &Request::Latest) {
+        Ok(Selection::Update(r)) => match (Version::parse(&r.version), Version::parse(&t.version)) {
+            (Ok(ready), Ok(waiting)) => waiting > ready,
+            _ => true,
+        },
+        _ => true,
+    });
+    (ready, next)
+}
+
 /// What the user (or the daemon) asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -163,6 +223,61 @@ mod tests {
 
     fn v(s: &str) -> Version {
         Version::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_rollout_holds_a_release_until_the_host_s_turn() {
+        use cairn_common::release::Rollout;
+        let releases = [rel("1.1.0", Arch::X86_64), rel("1.2.0", Arch::X86_64)];
+        let rollout = |r: &Release, start, paused_at| Rollout {
+            release: r.target_name(),
+            start,
+            duration_secs: 1000,
+            paused_at,
+        };
+        let (booted, bad) = (v("1.0.0"), BTreeSet::new());
+        let h = host(&booted, &bad);
+        // 1.2.0 rolls out from 10_000: a host at 0.25 takes it from 10_250,
+        // and meanwhile 1.1.0, which is out to everyone.
+        let rollouts = [rollout(&releases[1], 10_000, None)];
+        let (ready, turn) = in_turn(&releases, &rollouts, &h, 0.25, 10_249);
+        assert_eq!(ready, [releases[0].clone()]);
+        assert_eq!(
+            turn,
+            Some(Turn {
+                version: "1.2.0".into(),
+                at: Some(10_250)
+            })
+        );
+        let (ready, turn) = in_turn(&releases, &rollouts, &h, 0.25, 10_250);
+        assert_eq!(ready, releases);
+        assert_eq!(turn, None);
+        // Paused before this host's turn: no time to give.
+        let paused = [rollout(&releases[1], 10_000, Some(10_100))];
+        let (_, turn) = in_turn(&releases, &paused, &h, 0.25, 20_000);
+        assert_eq!(turn.unwrap().at, None);
+        // A host that will not take the release waits for nothing.
+        let booted = v("1.2.0");
+        let (_, turn) = in_turn(&releases, &rollouts, &host(&booted, &bad), 0.25, 0);
+        assert_eq!(turn, None);
+    }
+
+    #[test]
+    fn rollout_positions_are_stable_spread_and_not_the_machine_id() {
+        let a = rollout_position("3d1219c7c4c5404aaa1f6d2a48adfda4").unwrap();
+        assert_eq!(a, rollout_position("3d1219c7c4c5404aaa1f6d2a48adfda4\n").unwrap());
+        assert!((0.0..1.0).contains(&a));
+        // 400 machine ids fall in every tenth of [0, 1).
+        let mut tenths = [0u32; 10];
+        for i in 0u32..400 {
+            let id = format!(
+                "{:032x}",
+                u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+            );
+            tenths[(rollout_position(&id).unwrap() * 10.0) as usize] += 1;
+        }
+        assert!(tenths.iter().all(|&n| (20..=60).contains(&n)), "{tenths:?}");
+        assert!(rollout_position("not hex").is_err());
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub struct AgentState {
     pub last_check: Option<u64>,
     /// Newest release the last check saw, if newer than the booted one.
     pub available: Option<String>,
+    /// A newer release the last check saw rolling out, whose turn has not
+    /// come for this host.
+    pub turn: Option<crate::selection::Turn>,
     pub last_error: Option<LastError>,
     /// Versions not taken automatically: failed trials, versions an
     /// operator rolled back from. Naming one explicitly takes it.
@@ -119,6 +122,7 @@ struct StoredState {
     update: Option<UpdateState>,
     last_check: Option<u64>,
     available: Option<String>,
+    turn: Option<crate::selection::Turn>,
     last_error: Option<LastError>,
     excluded: BTreeMap<String, Exclusion>,
     history: Vec<Event>,
@@ -169,6 +173,7 @@ impl TryFrom<StoredState> for AgentState {
             update,
             last_check: s.last_check,
             available: s.available,
+            turn: s.turn,
             last_error: s.last_error,
             excluded,
             history: s.history,
@@ -184,6 +189,7 @@ impl Default for AgentState {
             update: UpdateState::Idle,
             last_check: None,
             available: None,
+            turn: None,
             last_error: None,
             excluded: BTreeMap::new(),
             history: Vec::new(),
@@ -247,6 +253,7 @@ impl AgentState {
             Note::Error { operation, message } => self.set_error(at, operation, message.clone()),
             Note::ClearError => self.last_error = None,
             Note::Available(version) => self.available = version.clone(),
+            Note::Turn(turn) => self.turn = turn.clone(),
             Note::Checked => self.last_check = Some(at),
         }
     }

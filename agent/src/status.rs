@@ -64,6 +64,16 @@ pub enum Waiting {
     Operator,
 }
 
+/// A release this host waits for in a phased rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutWait {
+    pub version: String,
+    /// When this host's turn comes (seconds since the epoch); `None` while
+    /// the rollout is paused before it.
+    pub turn_at: Option<u64>,
+    pub turn_in_secs: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExcludedVersion {
     pub version: String,
@@ -93,6 +103,10 @@ pub struct Status {
     pub boot_tries_left: Option<u32>,
     pub last_check: Option<u64>,
     pub available: Option<String>,
+    /// A newer release rolling out in waves, whose turn has not come for
+    /// this host (as of the last check).
+    #[serde(default)]
+    pub rollout: Option<RolloutWait>,
     pub last_error: Option<LastError>,
     /// Versions not taken automatically, and why.
     pub excluded: Vec<ExcludedVersion>,
@@ -203,6 +217,11 @@ pub fn build(
         boot_tries_left,
         last_check: state.last_check,
         available: state.available,
+        rollout: state.turn.map(|t| RolloutWait {
+            version: t.version,
+            turn_at: t.at,
+            turn_in_secs: t.at.map(|at| at.saturating_sub(now_secs)),
+        }),
         last_error: state.last_error,
         excluded: state
             .excluded

@@ -19,8 +19,8 @@ use crate::boot_counter::{self, Esp};
 use crate::config::Config;
 use crate::health::{Failure, Gate};
 use crate::lifecycle::{self, BootOutcome, Effect, Observed, Rollback, Trial};
-use crate::releases::UpdateRepo;
-use crate::selection::{self, Host, Request, Selection};
+use crate::releases::{Offer, UpdateRepo};
+use crate::selection::{self, Host, Request, Selection, Turn};
 use crate::state::{AgentState, EventKind, StateFile};
 use crate::status::Status;
 use crate::sysroot::{Deployment, Sysroot};
@@ -30,6 +30,9 @@ use crate::sysroot::{Deployment, Sysroot};
 pub struct Identity {
     pub arch: Arch,
     pub variant: Variant,
+    /// Its place in phased rollouts, in [0, 1) (see
+    /// [`selection::rollout_position`]).
+    pub rollout_position: f64,
 }
 
 impl Identity {
@@ -45,7 +48,19 @@ impl Identity {
             .parse()
             .with_context(|| format!("/usr/lib/os-release: VARIANT_ID `{variant}`"))?;
         let arch = Arch::host().context("this CPU architecture is not one Cairn builds for")?;
-        Ok(Self { arch, variant })
+        // A host without a machine id goes last in every rollout.
+        let rollout_position = std::fs::read_to_string("/etc/machine-id")
+            .map_err(|e| e.to_string())
+            .and_then(|id| selection::rollout_position(&id))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no rollout position from /etc/machine-id: this host goes last");
+                1.0
+            });
+        Ok(Self {
+            arch,
+            variant,
+            rollout_position,
+        })
     }
 }
 
@@ -82,12 +97,12 @@ impl BootCounter for Esp {
 
 /// The releases an update repository vouches for.
 pub trait ReleaseSource {
-    fn releases(&self) -> Result<Vec<Release>>;
+    fn offer(&self) -> Result<Offer>;
 }
 
 impl ReleaseSource for UpdateRepo {
-    fn releases(&self) -> Result<Vec<Release>> {
-        UpdateRepo::releases(self)
+    fn offer(&self) -> Result<Offer> {
+        UpdateRepo::offer(self)
     }
 }
 
@@ -303,14 +318,39 @@ impl Agent {
         }
     }
 
-    /// Record a completed check's result.
-    fn note_check(&self, available: Option<&str>) -> Result<()> {
+    /// Record a completed check's result: the release available now, and
+    /// the one this host waits for in a rollout.
+    fn note_check(&self, available: Option<&str>, turn: Option<Turn>) -> Result<()> {
         let mut s = self.store.load()?;
         let at = self.clock.now();
         s.apply(at, &lifecycle::Note::Checked);
         s.apply(at, &lifecycle::Note::Available(available.map(str::to_owned)));
+        s.apply(at, &lifecycle::Note::Turn(turn));
         s.apply(at, &lifecycle::Note::ClearError);
         self.store.save(&s)
+    }
+
+    /// The releases of the repository this host may take for `request`
+    /// now: for the newest, only those whose rollout has reached it (an
+    /// operator naming a version is not held by a rollout); and the
+    /// release it waits for, if any.
+    fn offered(
+        &self,
+        request: &Request,
+        booted: &Version,
+        excluded: &std::collections::BTreeSet<String>,
+    ) -> Result<(Vec<Release>, Option<Turn>)> {
+        let offer = self.repo.offer()?;
+        Ok(match request {
+            Request::Latest => selection::in_turn(
+                &offer.releases,
+                &offer.rollouts,
+                &self.host_view(booted, excluded),
+                self.identity.rollout_position,
+                self.clock.now(),
+            ),
+            Request::Exact { .. } => (offer.releases, None),
+        })
     }
 
     /// Ask the repository what is newest for this host; changes nothing but
@@ -319,15 +359,15 @@ impl Agent {
         self.recorded("check", || {
             let deployments = self.sysroot.deployments()?;
             let booted_version = version_of(booted(&deployments)?)?;
-            let releases = self.repo.releases()?;
             let excluded = self.store.load()?.excluded_versions();
+            let (releases, turn) = self.offered(&Request::Latest, &booted_version, &excluded)?;
             let selection =
                 selection::select(&releases, &self.host_view(&booted_version, &excluded), &Request::Latest)?;
             let available = match selection {
                 Selection::Update(r) => Some(r),
                 Selection::UpToDate => None,
             };
-            self.note_check(available.as_ref().map(|r| r.version.as_str()))?;
+            self.note_check(available.as_ref().map(|r| r.version.as_str()), turn)?;
             Ok(available)
         })
     }
@@ -361,12 +401,15 @@ impl Agent {
         let current = booted(&deployments)?.clone();
         let booted_version = version_of(&current)?;
         tracing::info!(url = self.url()?, "checking for releases");
-        let releases = self.repo.releases()?;
         let excluded = state.excluded_versions();
+        let (releases, turn) = self.offered(request, &booted_version, &excluded)?;
         let release = match selection::select(&releases, &self.host_view(&booted_version, &excluded), request) {
             Ok(Selection::Update(r)) => r,
             Ok(Selection::UpToDate) => {
-                self.note_check(None)?;
+                if let Some(t) = &turn {
+                    tracing::info!(version = %t.version, turn_at = ?t.at, "a newer release is rolling out; this host's turn has not come");
+                }
+                self.note_check(None, turn)?;
                 return Ok(UpdateOutcome::UpToDate {
                     booted: booted_version.to_string(),
                 });
@@ -530,7 +573,7 @@ impl Agent {
 struct NoUpdateUrl;
 
 impl ReleaseSource for NoUpdateUrl {
-    fn releases(&self) -> Result<Vec<Release>> {
+    fn offer(&self) -> Result<Offer> {
         bail!("no update url configured ([update] url in /etc/cairn/agent.d/*.toml)")
     }
 }
@@ -585,6 +628,7 @@ mod tests {
         state: AgentState,
         env: GrubEnv,
         releases: Vec<Release>,
+        rollouts: Vec<cairn_common::release::Rollout>,
         gate_fails: bool,
         reboots: Vec<String>,
         fail_stage: bool,
@@ -689,8 +733,11 @@ mod tests {
     }
 
     impl ReleaseSource for Fake {
-        fn releases(&self) -> Result<Vec<Release>> {
-            Ok(self.0.borrow().releases.clone())
+        fn offer(&self) -> Result<Offer> {
+            Ok(Offer {
+                releases: self.0.borrow().releases.clone(),
+                rollouts: self.0.borrow().rollouts.clone(),
+            })
         }
     }
 
@@ -744,6 +791,7 @@ mod tests {
             identity: Identity {
                 arch: Arch::X86_64,
                 variant: "dev".parse().unwrap(),
+                rollout_position: 0.5,
             },
             sysroot: Box::new(fake.clone()),
             store: Box::new(fake.clone()),
@@ -811,6 +859,51 @@ mod tests {
             0,
         );
         assert_eq!(status.waiting, Some(crate::status::Waiting::Operator));
+    }
+
+    #[test]
+    fn a_release_rolling_out_waits_for_the_host_s_turn_unless_named() {
+        let (agent, fake) = agent_on_v1();
+        // 1.1.0 rolls out over 1000 s from 500 s before now: the host, at
+        // 0.5, takes it 0 s from now... but not one second earlier.
+        let now = 1_800_000_000;
+        let mut rollout = cairn_common::release::Rollout {
+            release: release("1.1.0", 2).target_name(),
+            start: now - 499,
+            duration_secs: 1000,
+            paused_at: None,
+        };
+        fake.0.borrow_mut().rollouts = vec![rollout.clone()];
+        let out = agent.update(&Request::Latest, true).unwrap();
+        assert_eq!(out, UpdateOutcome::UpToDate { booted: "1.0.0".into() });
+        let status = agent.status().unwrap();
+        assert_eq!(
+            status.rollout,
+            Some(crate::status::RolloutWait {
+                version: "1.1.0".into(),
+                turn_at: Some(now + 1),
+                turn_in_secs: Some(1)
+            })
+        );
+        assert!(agent.check().unwrap().is_none());
+        // An operator naming it is not held.
+        let named = Request::Exact {
+            version: Version::new(1, 1, 0),
+            allow_downgrade: false,
+        };
+        assert!(matches!(
+            agent.update(&named, true).unwrap(),
+            UpdateOutcome::Staged { .. }
+        ));
+
+        let (agent, fake) = agent_on_v1();
+        rollout.start = now - 500;
+        fake.0.borrow_mut().rollouts = vec![rollout];
+        assert!(matches!(
+            agent.update(&Request::Latest, true).unwrap(),
+            UpdateOutcome::Staged { .. }
+        ));
+        assert_eq!(agent.status().unwrap().rollout, None);
     }
 
     #[test]

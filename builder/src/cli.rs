@@ -120,6 +120,43 @@ enum Command {
         /// Versions a host must run to take this release (e.g. ">=0.1.0").
         #[arg(long)]
         requires: Option<String>,
+        /// Roll the release out in waves over this long from now (e.g.
+        /// 24h): each host takes it when its place in the fleet comes up.
+        #[arg(long)]
+        rollout_duration: Option<String>,
+        /// How long the timestamp metadata stays valid.
+        #[arg(long, default_value = "7d")]
+        timestamp_expires: String,
+        /// How long the targets and snapshot metadata stay valid.
+        #[arg(long, default_value = "90d")]
+        metadata_expires: String,
+    },
+    /// Pause, resume, stretch or withdraw the rollout of a published
+    /// version (every variant, arch and stream of it), and sign the update
+    /// repository's metadata again.
+    Rollout {
+        /// Update repository folder.
+        #[arg(long)]
+        update_repo: PathBuf,
+        /// Signing-key folder holding the TUF keys.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The published version.
+        #[arg(long)]
+        version: String,
+        /// Hosts whose turn has not come wait.
+        #[arg(long, group = "change")]
+        pause: bool,
+        /// The waves go on where they stopped.
+        #[arg(long, group = "change")]
+        resume: bool,
+        /// The rollout lasts this long from its start (from now if the
+        /// release had none; 0s: every host now).
+        #[arg(long, group = "change")]
+        duration: Option<String>,
+        /// The release is no longer offered (hosts that took it keep it).
+        #[arg(long, group = "change")]
+        withdraw: bool,
         /// How long the timestamp metadata stays valid.
         #[arg(long, default_value = "7d")]
         timestamp_expires: String,
@@ -204,10 +241,14 @@ pub fn run(cli: Cli) -> Result<()> {
             keys,
             deltas,
             requires,
+            rollout_duration,
             timestamp_expires,
             metadata_expires,
         } => {
             let spec = target.image.resolve()?;
+            let rollout = rollout_duration
+                .map(|d| duration(&d, "--rollout-duration"))
+                .transpose()?;
             let published = publish::publish(&publish::PublishOptions {
                 build_repo: target.repo,
                 rev: compose::image_ref(&spec),
@@ -215,10 +256,39 @@ pub fn run(cli: Cli) -> Result<()> {
                 keys,
                 deltas,
                 requires,
+                rollout,
                 timestamp_ttl: duration(&timestamp_expires, "--timestamp-expires")?,
                 metadata_ttl: duration(&metadata_expires, "--metadata-expires")?,
             })?;
             println!("{}", serde_json::to_string_pretty(&published)?);
+        }
+        Command::Rollout {
+            update_repo,
+            keys,
+            version,
+            pause,
+            resume,
+            duration: length,
+            withdraw,
+            timestamp_expires,
+            metadata_expires,
+        } => {
+            let change = match (pause, resume, length, withdraw) {
+                (true, _, _, _) => publish::RolloutChange::Pause,
+                (_, true, _, _) => publish::RolloutChange::Resume,
+                (_, _, Some(d), _) => publish::RolloutChange::Duration(duration(&d, "--duration")?),
+                (_, _, _, true) => publish::RolloutChange::Withdraw,
+                _ => anyhow::bail!("say what to do: --pause, --resume, --duration or --withdraw"),
+            };
+            let changed = publish::change_rollout(&publish::RolloutOptions {
+                update_repo,
+                keys,
+                version,
+                change,
+                timestamp_ttl: duration(&timestamp_expires, "--timestamp-expires")?,
+                metadata_ttl: duration(&metadata_expires, "--metadata-expires")?,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&changed)?);
         }
         Command::Compose {
             target,

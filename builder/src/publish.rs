@@ -28,7 +28,7 @@ use anyhow::{bail, Context as _, Result};
 use cairn_common::identity::{ImageId, Variant};
 use cairn_common::metadata as meta;
 use cairn_common::process::Cmd;
-use cairn_common::release::{Release, OSTREE_DIR, TARGETS_DIR, TUF_DIR};
+use cairn_common::release::{Release, Rollout, OSTREE_DIR, TARGETS_DIR, TUF_DIR};
 use semver::{Version, VersionReq};
 use serde::Serialize;
 
@@ -49,6 +49,10 @@ pub struct PublishOptions {
     pub deltas: usize,
     /// Versions a host must run to take this release (semver requirement).
     pub requires: Option<String>,
+    /// Roll the release out in waves over this long, from now (a
+    /// [`Rollout`] target beside the release's); `None`: to every host at
+    /// once (a rollout published before for this release stays).
+    pub rollout: Option<Duration>,
     pub timestamp_ttl: Duration,
     pub metadata_ttl: Duration,
 }
@@ -59,6 +63,138 @@ pub struct Published {
     pub target: String,
     pub deltas_from: Vec<String>,
     pub releases_in_repo: usize,
+    /// The release's rollout, if it has one.
+    pub rollout: Option<Rollout>,
+}
+
+/// What `cairn-build rollout` does to a published version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutChange {
+    /// Hosts whose turn has not come wait.
+    Pause,
+    /// The waves go on (the pause's length added to the start).
+    Resume,
+    /// Over this long, from the rollout's start (from now if it had none).
+    Duration(Duration),
+    /// The release is no longer offered (hosts that took it keep it).
+    Withdraw,
+}
+
+pub struct RolloutOptions {
+    pub update_repo: PathBuf,
+    pub keys: PathBuf,
+    /// The version changed, in every variant, arch and stream published.
+    pub version: String,
+    pub change: RolloutChange,
+    pub timestamp_ttl: Duration,
+    pub metadata_ttl: Duration,
+}
+
+/// What a rollout change did, per release target.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutChanged {
+    /// Rollouts as they are now (none for a withdrawn release).
+    pub rollouts: Vec<Rollout>,
+    /// Release targets no longer offered.
+    pub withdrawn: Vec<String>,
+}
+
+fn now_secs() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0)
+}
+
+fn expiry(timestamp_ttl: Duration, metadata_ttl: Duration) -> Expiry {
+    let now = chrono::Utc::now();
+    let ttl = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365));
+    Expiry {
+        targets: ttl(metadata_ttl),
+        snapshot: ttl(metadata_ttl),
+        timestamp: ttl(timestamp_ttl),
+    }
+}
+
+fn read_rollout(targets_dir: &Path, release_target: &str) -> Result<Option<Rollout>> {
+    let path = targets_dir.join(Rollout::target_name_of(release_target));
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is not a rollout record", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Pause, resume, stretch or withdraw the rollout of a published version,
+/// and sign the repository's metadata again (timestamp last).
+pub fn change_rollout(opts: &RolloutOptions) -> Result<RolloutChanged> {
+    tuf_repo::upgrade_root(&opts.keys)?;
+    let targets_dir = opts.update_repo.join(TARGETS_DIR);
+    let releases: Vec<Release> = read_releases(&targets_dir)?
+        .into_iter()
+        .filter(|r| r.version == opts.version)
+        .collect();
+    if releases.is_empty() {
+        bail!(
+            "version {} is not published in {}",
+            opts.version,
+            opts.update_repo.display()
+        );
+    }
+    let now = now_secs();
+    let mut changed = RolloutChanged {
+        rollouts: Vec::new(),
+        withdrawn: Vec::new(),
+    };
+    for release in &releases {
+        let target = release.target_name();
+        let current = read_rollout(&targets_dir, &target)?;
+        let rollout_path = targets_dir.join(Rollout::target_name_of(&target));
+        let next = match (opts.change, current) {
+            (RolloutChange::Withdraw, _) => {
+                for path in [targets_dir.join(&target), rollout_path.clone()] {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+                    }
+                }
+                changed.withdrawn.push(target);
+                continue;
+            }
+            (RolloutChange::Pause | RolloutChange::Resume, None) => {
+                bail!("{target} has no rollout: it is offered to every host already (withdraw it instead)")
+            }
+            (RolloutChange::Pause, Some(mut r)) => {
+                r.pause(now);
+                r
+            }
+            (RolloutChange::Resume, Some(mut r)) => {
+                r.resume(now);
+                r
+            }
+            (RolloutChange::Duration(d), current) => Rollout {
+                duration_secs: d.as_secs(),
+                ..current.unwrap_or(Rollout {
+                    release: target.clone(),
+                    start: now,
+                    duration_secs: 0,
+                    paused_at: None,
+                })
+            },
+        };
+        cairn_common::fsutil::write_atomic(&rollout_path, &serde_json::to_vec_pretty(&next)?)?;
+        changed.rollouts.push(next);
+    }
+    let tuf_dir = opts.update_repo.join(TUF_DIR);
+    tuf_repo::sign_metadata(
+        &opts.keys,
+        &targets_dir,
+        &tuf_dir,
+        expiry(opts.timestamp_ttl, opts.metadata_ttl),
+    )?;
+    Ok(changed)
 }
 
 /// The previous releases of the same line a delta should start from: the
@@ -177,23 +313,37 @@ pub fn publish(opts: &PublishOptions) -> Result<Published> {
     let target = release.target_name();
     cairn_common::fsutil::write_atomic(&targets_dir.join(&target), &serde_json::to_vec_pretty(&release)?)?;
 
-    // 3. Signed metadata (consistent snapshots), timestamp last.
-    let now = chrono::Utc::now();
-    let ttl = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365));
-    let expiry = Expiry {
-        targets: ttl(opts.metadata_ttl),
-        snapshot: ttl(opts.metadata_ttl),
-        timestamp: ttl(opts.timestamp_ttl),
+    // 2b. Its rollout, signed with it.
+    let rollout = match opts.rollout {
+        Some(d) => {
+            let r = Rollout {
+                release: target.clone(),
+                start: now_secs(),
+                duration_secs: d.as_secs(),
+                paused_at: None,
+            };
+            cairn_common::fsutil::write_atomic(&targets_dir.join(r.target_name()), &serde_json::to_vec_pretty(&r)?)?;
+            Some(r)
+        }
+        None => read_rollout(&targets_dir, &target)?,
     };
+
+    // 3. Signed metadata (consistent snapshots), timestamp last.
     let tuf_dir = opts.update_repo.join(TUF_DIR);
     std::fs::create_dir_all(&tuf_dir)?;
-    let all = tuf_repo::sign_metadata(&opts.keys, &targets_dir, &tuf_dir, expiry)?;
+    let all = tuf_repo::sign_metadata(
+        &opts.keys,
+        &targets_dir,
+        &tuf_dir,
+        expiry(opts.timestamp_ttl, opts.metadata_ttl),
+    )?;
     tracing::info!(version = %release.version, commit = %commit, target = %target, "published");
     Ok(Published {
         release,
         target,
         deltas_from: sources.into_iter().map(|r| r.version).collect(),
         releases_in_repo: all.len(),
+        rollout,
     })
 }
 

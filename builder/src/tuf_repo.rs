@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context as _, Result};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::Ed25519KeyPair;
-use cairn_common::release::Release;
+use cairn_common::release::{Release, Rollout, ROLLOUT_PREFIX};
 use chrono::{DateTime, SubsecRound as _, Utc};
 use sha2::{Digest as _, Sha256};
 use tough::editor::signed::SignedRole;
@@ -112,8 +112,22 @@ pub fn is_hashed_target(file: &str) -> bool {
 }
 
 /// The release records in `targets_dir` that publish signs (`*.json`, not
-/// the content-addressed copies), sorted.
+/// the content-addressed copies nor the rollouts), sorted.
 pub fn release_records(targets_dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(records(targets_dir)?.into_iter().filter(|p| !is_rollout(p)).collect())
+}
+
+/// The rollout records in `targets_dir` (`rollout.<release>.json`), sorted.
+pub fn rollout_records(targets_dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(records(targets_dir)?.into_iter().filter(|p| is_rollout(p)).collect())
+}
+
+fn is_rollout(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(ROLLOUT_PREFIX))
+}
+
+fn records(targets_dir: &Path) -> Result<Vec<PathBuf>> {
     let listing = match std::fs::read_dir(targets_dir) {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -521,6 +535,7 @@ pub fn plan_metadata(keys: &Path, targets_dir: &Path, tuf_dir: &Path, expiry: Ex
     let root = root_path(keys)?;
     let dir = keys_dir(keys);
     let records = release_records(targets_dir)?;
+    let rollouts = rollout_records(targets_dir)?;
     let targets_v = next_version(highest_version(tuf_dir, "targets")?);
     let snapshot_v = next_version(highest_version(tuf_dir, "snapshot")?);
     let timestamp_v = next_version(json_version(&tuf_dir.join(TIMESTAMP_FILE))?.unwrap_or(0));
@@ -558,6 +573,44 @@ pub fn plan_metadata(keys: &Path, targets_dir: &Path, tuf_dir: &Path, expiry: Ex
                 .add_target(name, target)
                 .map_err(|e| anyhow::anyhow!("adding target {}: {e}", path.display()))?;
             releases.push(release);
+        }
+        for path in &rollouts {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let rollout: Rollout = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a Cairn rollout record", path.display()))?;
+            let file = path.file_name().unwrap_or_default().to_string_lossy();
+            ensure!(
+                file == rollout.target_name(),
+                "{} is the rollout of {}: its name must be {}",
+                path.display(),
+                rollout.release,
+                rollout.target_name()
+            );
+            ensure!(
+                releases.iter().any(|r| r.target_name() == rollout.release),
+                "{} rolls out {}, which is not published",
+                path.display(),
+                rollout.release
+            );
+            let (name, mut target) = RepositoryEditor::build_target(path)
+                .await
+                .map_err(|e| anyhow::anyhow!("hashing {}: {e}", path.display()))?;
+            let sha256 = hex::encode(Sha256::digest(&bytes));
+            let hashed = targets_dir.join(format!("{sha256}.{}", name.resolved()));
+            if !hashed.exists() {
+                writes.push(Write {
+                    stage: Stage::Target,
+                    path: hashed,
+                    bytes,
+                });
+            }
+            target.custom = match serde_json::to_value(&rollout)? {
+                serde_json::Value::Object(map) => map.into_iter().collect(),
+                _ => bail!("a rollout record is not a JSON object"),
+            };
+            editor
+                .add_target(name, target)
+                .map_err(|e| anyhow::anyhow!("adding target {}: {e}", path.display()))?;
         }
         editor
             .targets_version(targets_v)

@@ -64,7 +64,10 @@ fn client(keys: &Path, server: &Server, datastore: &Path) -> UpdateRepo {
 }
 
 fn error_of(repo: &UpdateRepo) -> String {
-    format!("{:#}", repo.releases().expect_err("metadata must be refused"))
+    format!(
+        "{:#}",
+        repo.offer().map(|o| o.releases).expect_err("metadata must be refused")
+    )
 }
 
 #[test]
@@ -77,9 +80,63 @@ fn valid_metadata_yields_the_releases_it_signs() {
     let keys = keys(k.path());
     publish(&keys, r.path(), &["0.1.0", "0.2.0"], expiry(7));
     let server = Server::start(r.path()).unwrap();
-    let mut got = client(&keys, &server, d.path()).releases().unwrap();
+    let mut got = client(&keys, &server, d.path()).offer().map(|o| o.releases).unwrap();
     got.sort_by(|a, b| a.version.cmp(&b.version));
     assert_eq!(got, vec![release("0.1.0"), release("0.2.0")]);
+}
+
+#[test]
+fn rollouts_are_signed_beside_their_releases_paused_resumed_and_withdrawn() {
+    use cairn_builder::publish::{change_rollout, RolloutChange, RolloutOptions};
+    let (k, r, d) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let keys = keys(k.path());
+    publish(&keys, r.path(), &["0.1.0", "0.2.0"], expiry(7));
+    let server = Server::start(r.path()).unwrap();
+    let change = |version: &str, change| {
+        change_rollout(&RolloutOptions {
+            update_repo: r.path().to_owned(),
+            keys: keys.clone(),
+            version: version.into(),
+            change,
+            timestamp_ttl: Duration::from_secs(86_400),
+            metadata_ttl: Duration::from_secs(86_400),
+        })
+    };
+    let offer = || client(&keys, &server, d.path()).offer().unwrap();
+
+    let before = chrono::Utc::now().timestamp() as u64;
+    change("0.2.0", RolloutChange::Duration(Duration::from_secs(3600))).unwrap();
+    let o = offer();
+    assert_eq!(o.releases.len(), 2, "the release is still offered");
+    let [rollout] = o.rollouts.as_slice() else {
+        panic!("{o:?}")
+    };
+    assert_eq!(rollout.release, release("0.2.0").target_name());
+    assert_eq!(rollout.duration_secs, 3600);
+    assert!(rollout.start >= before && rollout.paused_at.is_none(), "{rollout:?}");
+
+    change("0.2.0", RolloutChange::Pause).unwrap();
+    assert!(offer().rollouts[0].paused_at.is_some());
+    change("0.2.0", RolloutChange::Resume).unwrap();
+    assert_eq!(offer().rollouts[0].paused_at, None);
+    let e = change("0.1.0", RolloutChange::Pause).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("has no rollout: it is offered to every host already"),
+        "{e}"
+    );
+    let e = change("0.9.0", RolloutChange::Withdraw).unwrap_err();
+    assert!(e.to_string().starts_with("version 0.9.0 is not published in"), "{e}");
+
+    let withdrawn = change("0.2.0", RolloutChange::Withdraw).unwrap();
+    assert_eq!(withdrawn.withdrawn, [release("0.2.0").target_name()]);
+    let o = offer();
+    assert_eq!(o.releases, [release("0.1.0")]);
+    assert!(o.rollouts.is_empty());
 }
 
 #[test]
@@ -156,7 +213,7 @@ fn rolled_back_metadata_is_refused_once_newer_was_seen() {
     publish(&keys, r.path(), &["0.1.0", "0.2.0"], expiry(7));
     let server = Server::start(r.path()).unwrap();
     let repo = client(&keys, &server, d.path());
-    assert_eq!(repo.releases().unwrap().len(), 2);
+    assert_eq!(repo.offer().map(|o| o.releases).unwrap().len(), 2);
     // A server (or a man in the middle) now replays the older, validly signed metadata.
     server.set_root(old.path());
     let e = error_of(&repo);
@@ -180,7 +237,13 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 fn versions_of(repo: &UpdateRepo) -> Vec<String> {
-    let mut v: Vec<String> = repo.releases().unwrap().into_iter().map(|r| r.version).collect();
+    let mut v: Vec<String> = repo
+        .offer()
+        .map(|o| o.releases)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.version)
+        .collect();
     v.sort();
     v
 }
@@ -293,7 +356,7 @@ fn check_every_step_of_a_publish(legacy: bool) {
             ..client(&keys, &server, fresh.path())
         };
         for (who, repo) in [("a host that knew the repository", &known), ("a new host", &new_host)] {
-            let got = repo.releases().map(|mut v| {
+            let got = repo.offer().map(|o| o.releases).map(|mut v| {
                 v.sort_by(|a, b| a.version.cmp(&b.version));
                 v.into_iter().map(|r| r.version).collect::<Vec<_>>()
             });

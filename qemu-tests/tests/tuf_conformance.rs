@@ -120,6 +120,7 @@ fn publish_version(build_repo: &Path, update_repo: &Path, keys: &Path, version: 
         keys: keys.to_owned(),
         deltas,
         requires: None,
+        rollout: None,
         timestamp_ttl: Duration::from_secs(7 * 86_400),
         metadata_ttl: Duration::from_secs(30 * 86_400),
     })
