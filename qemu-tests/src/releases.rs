@@ -123,9 +123,37 @@ impl<'a> TestReleases<'a> {
     }
 
     fn publish_from(&self, repo: &Path) -> Result<Value> {
+        self.publish_with(repo, &[])
+    }
+
+    /// [`TestReleases::publish`] rolled out over `duration` (`--rollout-duration`).
+    pub fn publish_rolled_out(&self, duration: &str) -> Result<Value> {
+        self.publish_with(&self.build_repo, &["--rollout-duration", duration])
+    }
+
+    /// `cairn-build rollout --version <version> <change…>` on the update
+    /// repository; returns its JSON report.
+    pub fn change_rollout(&self, version: &str, change: &[&str]) -> Result<Value> {
+        let updates = self.updates();
+        let mut args = vec![
+            "rollout",
+            "--update-repo",
+            path(&updates),
+            "--keys",
+            path(&self.artifacts.keys),
+            "--version",
+            version,
+        ];
+        args.extend(change);
+        let out = self.cairn_build(&args)?;
+        serde_json::from_str(&out).with_context(|| format!("rollout printed no JSON report:\n{out}"))
+    }
+
+    fn publish_with(&self, repo: &Path, more: &[&str]) -> Result<Value> {
         let updates = self.updates();
         let mut args = self.common_args("publish", repo);
         args.extend(["--update-repo", path(&updates)]);
+        args.extend(more);
         let out = self.cairn_build(&args)?;
         serde_json::from_str(&out).with_context(|| format!("publish printed no JSON report:\n{out}"))
     }

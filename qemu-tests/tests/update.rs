@@ -14,6 +14,7 @@ use cairn_qemu_tests::agent_status::{
 use cairn_qemu_tests::fleet_lock::FleetLockServer;
 use cairn_qemu_tests::guest_checks::assert_running_without_failures;
 use cairn_qemu_tests::http::{Fault, Server};
+use cairn_qemu_tests::kube_api::KubeApi;
 use cairn_qemu_tests::releases::TestReleases;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
 use cairn_qemu_tests::Artifacts;
@@ -617,6 +618,158 @@ fn update_is_committed_and_a_failed_health_gate_rolls_back() {
     assert!(
         !versions(&s).contains(&"0.3.0".to_owned()),
         "the failed deployment is still there: {s:#?}"
+    );
+}
+
+/// Where the guest reaches the Kubernetes API stand-in (over HTTPS).
+const KUBE_API: &str = "10.0.2.102:6443";
+const KUBE_TOKEN: &str = "cairn-vm-test-token";
+/// The guest's Node.
+const NODE: &str = "cairn-test-node";
+/// The slot of the agent's group (`default`) it takes.
+const SLOT: &str = "kube-system/cairn-reboot-default-0";
+
+fn unix_now() -> u64 {
+    cairn_agent::state::now()
+}
+
+fn base64(text: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+#[ignore = "boots a VM; run by `cargo xtask test`"]
+fn a_kubernetes_node_takes_a_phased_release_in_its_turn_and_reboots_only_once_drained() {
+    let a = Artifacts::load().unwrap();
+    let scratch = tempfile::Builder::new().prefix("cairn-k8s-test-").tempdir().unwrap();
+    let releases = TestReleases::new(&a, scratch.path());
+    releases.publish_booted().unwrap();
+    releases.compose("0.2.0", &[]).unwrap();
+    // Over 1000 hours: this host's turn is far off.
+    let published = releases.publish_rolled_out("1000h").unwrap();
+    let start = published["rollout"]["start"].as_u64().unwrap();
+
+    // A cluster of two nodes; the guest's runs a pod that a disruption
+    // budget protects, and a DaemonSet's pod.
+    let kube = KubeApi::start(KUBE_TOKEN).unwrap();
+    kube.add_node(NODE);
+    kube.add_node("other-node");
+    kube.add_pod("apps", "web-0", NODE, false);
+    kube.add_pod("kube-system", "cni-agent", NODE, true);
+    kube.protect("apps/web-0", true);
+    let (tls, ca) = kube
+        .serve_tls(scratch.path(), KUBE_API.split(':').next().unwrap())
+        .unwrap();
+
+    let (_server, vm) =
+        boot_image_with_update_server(&a.dev, &releases, "[update]\\nauto = false\\n", &[(KUBE_API, tls.port)]);
+    let c = &vm.console;
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: cairn\nclusters:\n- name: test\n  cluster:\n    server: https://{KUBE_API}\n    certificate-authority-data: {}\ncontexts:\n- name: cairn\n  context: {{cluster: test, user: agent}}\nusers:\n- name: agent\n  user:\n    token: {KUBE_TOKEN}\n",
+        base64(&ca)
+    );
+    let settings = format!(
+        "[update]\nauto = true\n[reboot]\nstrategy = \"kubernetes\"\nkubernetes-node-name = \"{NODE}\"\ndrain-timeout = \"20s\"\n"
+    );
+    c.run_ok(
+        &format!(
+            "echo {} | base64 -d > /etc/cairn/kubeconfig && echo {} | base64 -d > /etc/cairn/agent.d/60-kubernetes.toml && systemctl restart cairn-agent",
+            base64(kubeconfig.as_bytes()),
+            base64(settings.as_bytes())
+        ),
+        COMMAND,
+    )
+    .unwrap();
+
+    // The daemon's check sees 0.2.0 rolling out and this host's turn: its
+    // place in the fleet, from its machine id, times the rollout's length.
+    let machine_id = c.run_ok("cat /etc/machine-id", COMMAND).unwrap();
+    let position = cairn_agent::selection::rollout_position(machine_id.trim()).unwrap();
+    let turn = |secs: u64| start + (secs as f64 * position).floor() as u64;
+    let s = wait_status(&vm, "the rollout's turn", |s| s.rollout.is_some());
+    assert_eq!(s.rollout.as_ref().unwrap().version, "0.2.0");
+    assert_eq!(s.rollout.as_ref().unwrap().turn_at, Some(turn(3_600_000)), "{s:#?}");
+    assert_unchanged(&s, &a.dev.version);
+
+    // The rollout is shortened so that this host's turn comes in about 40 s;
+    // a check learns it, and the daemon checks again then.
+    let soon = unix_now() + 40 - start;
+    let length = if position > 0.0 {
+        (soon as f64 / position).ceil() as u64
+    } else {
+        1
+    };
+    releases
+        .change_rollout("0.2.0", &["--duration", &format!("{length}s")])
+        .unwrap();
+    c.run_ok("cairn-agent check", COMMAND).unwrap();
+    let s = status(&vm);
+    let turn_at = s.rollout.as_ref().and_then(|r| r.turn_at).unwrap();
+    assert_eq!(turn_at, turn(length), "{s:#?}");
+    assert!(s.staged.is_none(), "{s:#?}");
+
+    // At its turn the daemon stages 0.2.0 and drains the node: the budget
+    // never allows the eviction; after the drain timeout the node is back
+    // in service, its slot free, nothing rebooted, and status names the pod.
+    let s = wait_status(
+        &vm,
+        "the drain to be refused",
+        |s| matches!(&s.waiting, Some(Waiting::Drain { blocked_by, .. }) if !blocked_by.is_empty()),
+    );
+    assert!(unix_now() >= turn_at);
+    assert_eq!(s.staged.as_ref().and_then(|d| d.version.as_deref()), Some("0.2.0"));
+    let Some(Waiting::Drain { reason, blocked_by, .. }) = &s.waiting else {
+        unreachable!()
+    };
+    assert_eq!(blocked_by, &["apps/web-0"]);
+    let reason = reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("timed out after 20s") && reason.contains("disruption budget"),
+        "{reason}"
+    );
+    assert!(!kube.unschedulable(NODE));
+    assert_eq!(kube.lease_holder(SLOT), None);
+    assert_eq!(kube.pods_on(NODE).len(), 2);
+    assert_eq!(booted_version(&s), a.dev.version);
+    let text = c.run_ok("cairn-agent status", COMMAND).unwrap();
+    assert!(
+        text.contains("waiting for the node's drain") && text.contains("blocked by apps/web-0"),
+        "{text}"
+    );
+
+    // The budget allows it now: the next attempt drains and reboots.
+    kube.protect("apps/web-0", false);
+    c.wait_for("Linux version", BOOT).unwrap();
+    assert!(kube.unschedulable(NODE), "rebooting cordoned");
+    assert_eq!(kube.lease_holder(SLOT).as_deref(), Some(NODE));
+    assert_eq!(
+        kube.pods_on(NODE),
+        ["kube-system/cni-agent"],
+        "the DaemonSet's pod stays"
+    );
+    vm.wait_for_root_shell(BOOT).unwrap();
+    let s = wait_status(&vm, "0.2.0 to be committed", |s| {
+        s.settled() && booted_version(s) == "0.2.0"
+    });
+    assert_eq!(s.rollout, None);
+
+    // Committed: the node is uncordoned and its slot given back.
+    let deadline = std::time::Instant::now() + COMMAND;
+    while (kube.unschedulable(NODE) || kube.lease_holder(SLOT).is_some()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(!kube.unschedulable(NODE), "{}", kube.node(NODE));
+    assert_eq!(kube.lease_holder(SLOT), None, "{}", kube.lease(SLOT));
+    assert!(kube.node(NODE)["metadata"]["annotations"]
+        .get(cairn_agent::kubernetes::CORDONED_ANNOTATION)
+        .is_none());
+    let log = kube.requests();
+    assert!(log.iter().any(|r| r.ends_with("/pods/web-0/eviction 429")), "{log:?}");
+    assert!(log.iter().any(|r| r.ends_with("/pods/web-0/eviction 201")), "{log:?}");
+    assert!(
+        log.iter().all(|r| !r.ends_with(" 401")),
+        "every request carried the token: {log:?}"
     );
 }
 

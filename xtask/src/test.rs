@@ -174,6 +174,8 @@ fn skipped_tests(native: bool) -> &'static [&'static str] {
         &[
             "healthy_update_is_committed_and_unhealthy_one_rolls_back_by_itself",
             "a_power_cut_at_any_moment",
+            // The agent's Kubernetes and rollout logic is the same on every arch.
+            "a_kubernetes_node_takes_a_phased_release_in_its_turn_and_reboots_only_once_drained",
             // Its own package layer of the previous Debian release first.
             "a_host_on_the_previous_debian_takes_the_current_one_and_falls_back_from_a_failing_release",
         ]
