@@ -973,6 +973,8 @@ mod tests {
     struct Script {
         steps: RefCell<VecDeque<(String, String, u16, String)>>,
         clock: Cell<Duration>,
+        /// Every request answered: method and path.
+        seen: RefCell<Vec<(String, String)>>,
     }
 
     impl Script {
@@ -1011,6 +1013,7 @@ mod tests {
                 (m.as_str(), p.as_str()),
                 "the request sequence"
             );
+            self.seen.borrow_mut().push((method.clone(), path.to_owned()));
             assert!(r.headers.contains(&("Authorization".into(), "Bearer t0ken".into())));
             if matches!(r.method, Method::Put | Method::Post) && p.contains("/leases") {
                 let lease: Lease = serde_json::from_slice(&r.body).expect("a Lease");
@@ -1077,9 +1080,8 @@ mod tests {
 
     fn no_progress(_: &str) {}
 
-    #[test]
-    fn a_drain_takes_a_slot_cordons_evicts_and_then_reboots() {
-        let script = Script::default()
+    fn drain_script() -> Script {
+        Script::default()
             .then("GET", NODE, 200, node("n1", false, json!({})))
             .then("GET", LEASE, 404, json!({"kind": "Status", "reason": "NotFound"}))
             .then("POST", LEASES, 201, json!({}))
@@ -1113,7 +1115,12 @@ mod tests {
             .then("PUT", LEASE, 200, json!({}))
             .then("GET", PODS, 200, json!({"items": []}))
             .then("GET", LEASE, 200, lease(Some("n1"), NOW + 10, "9"))
-            .then("PUT", LEASE, 200, json!({}));
+            .then("PUT", LEASE, 200, json!({}))
+    }
+
+    #[test]
+    fn a_drain_takes_a_slot_cordons_evicts_and_then_reboots() {
+        let script = drain_script();
         let mut seen = Vec::new();
         let got = prepare_reboot(&api(&script), &settings(), "n1", NOW, &mut |p| seen.push(p.to_owned())).unwrap();
         assert_eq!(
@@ -1128,11 +1135,88 @@ mod tests {
         );
     }
 
+    /// The RBAC rule a request needs: API group, resource (with its
+    /// subresource), verb — as the API server's authorizer derives them.
+    fn permission(method: &str, path: &str) -> (String, String, String) {
+        let path = path.split('?').next().unwrap_or_default();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (group, rest) = match parts.as_slice() {
+            ["api", _version, rest @ ..] => ("", rest),
+            ["apis", group, _version, rest @ ..] => (*group, rest),
+            _ => panic!("not an API path: {path}"),
+        };
+        let rest = match rest {
+            ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
+            rest => rest,
+        };
+        let resource = match rest {
+            [resource, _name, sub] => format!("{resource}/{sub}"),
+            [resource, ..] => resource.to_string(),
+            [] => panic!("no resource in {path}"),
+        };
+        let verb = match (method, rest.len()) {
+            ("GET", 1) => "list",
+            ("GET", _) => "get",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            (m, _) => panic!("{m} is not a verb the agent uses"),
+        };
+        (group.to_owned(), resource, verb.to_owned())
+    }
+
     #[test]
-    fn a_budget_that_never_allows_undoes_the_drain_and_names_the_pod() {
+    fn the_rbac_manifest_grants_every_request_the_agent_makes() {
+        let manifest = include_str!("../../deploy/kubernetes/cairn-agent-rbac.yaml");
+        let mut granted = BTreeMap::<(String, String, String), String>::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(manifest) {
+            let v = serde_yaml_ng::Value::deserialize(doc).unwrap();
+            let kind = v["kind"].as_str().unwrap_or_default();
+            if kind != "ClusterRole" && kind != "Role" {
+                continue;
+            }
+            let scope = v["metadata"]["namespace"].as_str().unwrap_or("cluster").to_owned();
+            for rule in v["rules"].as_sequence().unwrap() {
+                let list = |k: &str| -> Vec<String> {
+                    rule[k].as_sequence().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect()
+                };
+                for g in list("apiGroups") {
+                    for r in list("resources") {
+                        for verb in list("verbs") {
+                            granted.insert((g.clone(), r.clone(), verb), scope.clone());
+                        }
+                    }
+                }
+            }
+        }
+        // Every request of a drain, and of one undone (putting the node back).
+        let mut needed = std::collections::BTreeSet::new();
+        for script in [drain_script(), budget_script()] {
+            let _ = prepare_reboot(&api(&script), &settings(), "n1", NOW, &mut no_progress).unwrap();
+            for (m, p) in script.seen.borrow().iter() {
+                needed.insert((permission(m, p), p.contains("/namespaces/kube-system/leases")));
+            }
+        }
+        assert!(needed.len() >= 8, "{needed:?}");
+        for (p, in_lease_namespace) in needed {
+            let scope = granted.get(&p).unwrap_or_else(|| panic!("the manifest does not grant {p:?}"));
+            if in_lease_namespace {
+                assert!(scope == "kube-system" || scope == "cluster", "{p:?} granted in {scope}");
+            } else {
+                assert_eq!(scope, "cluster", "{p:?} is needed cluster-wide");
+            }
+        }
+        assert_eq!(permission("GET", "/api/v1/pods?fieldSelector=x"), ("".into(), "pods".into(), "list".into()));
+        assert_eq!(
+            permission("POST", "/api/v1/namespaces/a/pods/b/eviction"),
+            ("".into(), "pods/eviction".into(), "create".into())
+        );
+    }
+
+    fn budget_script() -> Script {
         let pdb = json!({"kind": "Status", "reason": "TooManyRequests",
                          "message": "Cannot evict pod as it would violate the pod's disruption budget."});
-        let script = Script::default()
+        Script::default()
             .then("GET", NODE, 200, node("n1", false, json!({})))
             .then("GET", LEASE, 200, lease(None, NOW - 100, "3"))
             .then("PUT", LEASE, 200, json!({}))
@@ -1157,7 +1241,12 @@ mod tests {
             .then("GET", NODE, 200, node("n1", true, json!({CORDONED_ANNOTATION: "true"})))
             .then("PATCH", NODE, 200, json!({}))
             .then("GET", LEASE, 200, lease(Some("n1"), NOW + 5, "6"))
-            .then("PUT", LEASE, 200, json!({}));
+            .then("PUT", LEASE, 200, json!({}))
+    }
+
+    #[test]
+    fn a_budget_that_never_allows_undoes_the_drain_and_names_the_pod() {
+        let script = budget_script();
         let got = prepare_reboot(&api(&script), &settings(), "n1", NOW, &mut no_progress).unwrap();
         script.done();
         let Prepared::Held { reason, blocked_by } = got else {
