@@ -1178,7 +1178,12 @@ mod tests {
             let scope = v["metadata"]["namespace"].as_str().unwrap_or("cluster").to_owned();
             for rule in v["rules"].as_sequence().unwrap() {
                 let list = |k: &str| -> Vec<String> {
-                    rule[k].as_sequence().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect()
+                    rule[k]
+                        .as_sequence()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_str().unwrap().to_owned())
+                        .collect()
                 };
                 for g in list("apiGroups") {
                     for r in list("resources") {
@@ -1199,14 +1204,19 @@ mod tests {
         }
         assert!(needed.len() >= 8, "{needed:?}");
         for (p, in_lease_namespace) in needed {
-            let scope = granted.get(&p).unwrap_or_else(|| panic!("the manifest does not grant {p:?}"));
+            let scope = granted
+                .get(&p)
+                .unwrap_or_else(|| panic!("the manifest does not grant {p:?}"));
             if in_lease_namespace {
                 assert!(scope == "kube-system" || scope == "cluster", "{p:?} granted in {scope}");
             } else {
                 assert_eq!(scope, "cluster", "{p:?} is needed cluster-wide");
             }
         }
-        assert_eq!(permission("GET", "/api/v1/pods?fieldSelector=x"), ("".into(), "pods".into(), "list".into()));
+        assert_eq!(
+            permission("GET", "/api/v1/pods?fieldSelector=x"),
+            ("".into(), "pods".into(), "list".into())
+        );
         assert_eq!(
             permission("POST", "/api/v1/namespaces/a/pods/b/eviction"),
             ("".into(), "pods/eviction".into(), "create".into())

@@ -331,25 +331,20 @@ impl Agent {
     }
 
     /// The releases of the repository this host may take for `request`
-    /// now: for the newest, only those whose rollout has reached it (an
-    /// operator naming a version is not held by a rollout); and the
-    /// release it waits for, if any.
-    fn offered(
-        &self,
-        request: &Request,
-        booted: &Version,
-        excluded: &std::collections::BTreeSet<String>,
-    ) -> Result<(Vec<Release>, Option<Turn>)> {
+    /// now: for the newest, only those whose rollout has reached it; and
+    /// the release it waits for, if any. An operator naming a version is
+    /// not held by a rollout, and what was known of the turn stays.
+    fn offered(&self, request: &Request, booted: &Version, state: &AgentState) -> Result<(Vec<Release>, Option<Turn>)> {
         let offer = self.repo.offer()?;
         Ok(match request {
             Request::Latest => selection::in_turn(
                 &offer.releases,
                 &offer.rollouts,
-                &self.host_view(booted, excluded),
+                &self.host_view(booted, &state.excluded_versions()),
                 self.identity.rollout_position,
                 self.clock.now(),
             ),
-            Request::Exact { .. } => (offer.releases, None),
+            Request::Exact { .. } => (offer.releases, state.turn.clone()),
         })
     }
 
@@ -359,8 +354,9 @@ impl Agent {
         self.recorded("check", || {
             let deployments = self.sysroot.deployments()?;
             let booted_version = version_of(booted(&deployments)?)?;
-            let excluded = self.store.load()?.excluded_versions();
-            let (releases, turn) = self.offered(&Request::Latest, &booted_version, &excluded)?;
+            let state = self.store.load()?;
+            let excluded = state.excluded_versions();
+            let (releases, turn) = self.offered(&Request::Latest, &booted_version, &state)?;
             let selection =
                 selection::select(&releases, &self.host_view(&booted_version, &excluded), &Request::Latest)?;
             let available = match selection {
@@ -402,9 +398,15 @@ impl Agent {
         let booted_version = version_of(&current)?;
         tracing::info!(url = self.url()?, "checking for releases");
         let excluded = state.excluded_versions();
-        let (releases, turn) = self.offered(request, &booted_version, &excluded)?;
+        let (releases, turn) = self.offered(request, &booted_version, &state)?;
         let release = match selection::select(&releases, &self.host_view(&booted_version, &excluded), request) {
-            Ok(Selection::Update(r)) => r,
+            // What the repository said is recorded whatever comes of the
+            // staging: the release taken is what is available, and a turn
+            // waited for is over.
+            Ok(Selection::Update(r)) => {
+                self.note_check(Some(&r.version), turn)?;
+                r
+            }
             Ok(Selection::UpToDate) => {
                 if let Some(t) = &turn {
                     tracing::info!(version = %t.version, turn_at = ?t.at, "a newer release is rolling out; this host's turn has not come");
@@ -895,10 +897,21 @@ mod tests {
             agent.update(&named, true).unwrap(),
             UpdateOutcome::Staged { .. }
         ));
+        let status = agent.status().unwrap();
+        assert!(status.rollout.is_some(), "naming a version says nothing of rollouts");
+        assert_eq!(status.available.as_deref(), Some("1.1.0"));
 
         let (agent, fake) = agent_on_v1();
         rollout.start = now - 500;
         fake.0.borrow_mut().rollouts = vec![rollout];
+        // A turn recorded before (the check that saw it coming) ends with
+        // the staging at that turn.
+        let mut waiting = agent.store.load().unwrap();
+        waiting.turn = Some(Turn {
+            version: "1.1.0".into(),
+            at: Some(now),
+        });
+        agent.store.save(&waiting).unwrap();
         assert!(matches!(
             agent.update(&Request::Latest, true).unwrap(),
             UpdateOutcome::Staged { .. }
