@@ -47,8 +47,9 @@ impl std::error::Error for ConfigError {}
 pub enum RebootStrategy {
     /// As soon as the update is staged.
     Immediate,
-    /// Only inside a daily window (local time of the host, minutes from midnight).
-    MaintenanceWindow { start_minute: u32, length: Duration },
+    /// Only inside a maintenance window (days of the week, start, length,
+    /// time zone).
+    MaintenanceWindow(crate::schedule::Window),
     /// Only holding a slot of a FleetLock server's (Zincati's protocol):
     /// `POST <url>/v1/pre-reboot` before rebooting, `POST
     /// <url>/v1/steady-state` once committed and at every start.
@@ -166,6 +167,10 @@ struct RebootSection {
     /// `HH:MM`, local time.
     window_start: Option<toml::Spanned<String>>,
     window_length: Option<toml::Spanned<String>>,
+    /// `["mon", …]`: the days windows start on (every day by default).
+    window_days: Option<Vec<toml::Spanned<String>>>,
+    /// An IANA time zone (`UTC` by default).
+    window_time_zone: Option<toml::Spanned<String>>,
     /// The FleetLock server's base URL.
     fleet_lock_url: Option<toml::Spanned<String>>,
     /// This node's FleetLock group.
@@ -200,6 +205,8 @@ struct PendingReboot {
     strategy: Option<(String, Located)>,
     window_start: Option<(u32, Located)>,
     window_length: Option<(Duration, Located)>,
+    window_days: Option<[bool; 7]>,
+    window_time_zone: Option<String>,
     fleet_lock_url: Option<String>,
     fleet_lock_group: Option<String>,
     kubernetes: crate::kubernetes::Settings,
@@ -321,6 +328,42 @@ impl ConfigBuilder {
                 return Err(err(v.span(), "window-length must be between 1m and 24h".into()));
             }
             self.reboot.window_length = Some((d, locate(v.span())));
+        }
+        if let Some(days) = r.window_days {
+            let mut set = [false; 7];
+            for v in &days {
+                let name = v.get_ref().to_ascii_lowercase();
+                let i = crate::schedule::DAYS
+                    .iter()
+                    .position(|d| name == *d || (name.len() > 3 && name.starts_with(d) && name.ends_with("day")))
+                    .ok_or_else(|| {
+                        err(
+                            v.span(),
+                            format!(
+                                "window-days: `{}` is not a day (mon, tue, wed, thu, fri, sat, sun)",
+                                v.get_ref()
+                            ),
+                        )
+                    })?;
+                set[i] = true;
+            }
+            if !set.contains(&true) {
+                return Err(ConfigError {
+                    file: file.to_owned(),
+                    at: None,
+                    message: "window-days names no day: the window would never open".into(),
+                });
+            }
+            self.reboot.window_days = Some(set);
+        }
+        if let Some(v) = r.window_time_zone {
+            jiff::tz::TimeZone::get(v.get_ref()).map_err(|e| {
+                err(
+                    v.span(),
+                    format!("window-time-zone `{}` is not a known time zone: {e}", v.get_ref()),
+                )
+            })?;
+            self.reboot.window_time_zone = Some(v.get_ref().clone());
         }
         if let Some(v) = r.fleet_lock_url {
             self.reboot.fleet_lock_url = Some(http_url("fleet-lock-url", &v)?);
@@ -465,10 +508,12 @@ impl ConfigBuilder {
                     at: Some(at.at),
                     message: "reboot strategy maintenance-window needs window-length".into(),
                 })?;
-                RebootStrategy::MaintenanceWindow {
+                RebootStrategy::MaintenanceWindow(crate::schedule::Window {
                     start_minute: start.0,
                     length: length.0,
-                }
+                    days: p.window_days.unwrap_or([true; 7]),
+                    time_zone: p.window_time_zone.clone().unwrap_or_else(|| "UTC".into()),
+                })
             }
         };
         if config.health_check_timeout > config.health_timeout {
@@ -696,10 +741,32 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.reboot,
-            RebootStrategy::MaintenanceWindow {
+            RebootStrategy::MaintenanceWindow(crate::schedule::Window::daily_utc(210, Duration::from_secs(7200)))
+        );
+        let c = merged(&[(
+            "w.toml",
+            "[reboot]\nstrategy = \"maintenance-window\"\nwindow-start = \"03:30\"\nwindow-length = \"2h\"\nwindow-days = [\"sat\", \"Sunday\"]\nwindow-time-zone = \"Asia/Shanghai\"\n",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.reboot,
+            RebootStrategy::MaintenanceWindow(crate::schedule::Window {
                 start_minute: 210,
-                length: Duration::from_secs(7200)
-            }
+                length: Duration::from_secs(7200),
+                days: [false, false, false, false, false, true, true],
+                time_zone: "Asia/Shanghai".into(),
+            })
+        );
+        let e = merged(&[("w.toml", "[reboot]\nwindow-days = [\"sat\", \"caturday\"]\n")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "w.toml:2:23: window-days: `caturday` is not a day (mon, tue, wed, thu, fri, sat, sun)"
+        );
+        let e = merged(&[("w.toml", "[reboot]\nwindow-time-zone = \"Mars/Olympus\"\n")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("w.toml:2:20: window-time-zone `Mars/Olympus` is not a known time zone"),
+            "{e}"
         );
         let e = merged(&[("w.toml", "[reboot]\nstrategy = \"maintenance-window\"\n")]).unwrap_err();
         assert_eq!(

@@ -1,5 +1,6 @@
 //! When the daemon acts: check intervals with jitter, and reboot windows.
-//! Pure functions of the current time.
+//! Pure functions of the current time (and, for a window, the time zone
+//! database).
 
 use std::time::Duration;
 
@@ -23,9 +24,82 @@ pub fn retry_after(failures: u32, next: Duration) -> Duration {
     backoff.min(next)
 }
 
-/// How long to wait before rebooting into a staged update, given the
-/// seconds since midnight UTC now; `None` when the strategy never reboots.
-pub fn reboot_delay(strategy: &RebootStrategy, now_secs_of_day: u64) -> Option<Duration> {
+/// A maintenance window: on some days of the week, from a time of day, for
+/// a length, in a time zone. A window belongs to the day it starts on (one
+/// from Saturday 23:00 for 2 hours ends on Sunday 01:00).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Window {
+    /// Minutes after midnight, local time of `time_zone`.
+    pub start_minute: u32,
+    pub length: Duration,
+    /// The days windows start on, Monday first.
+    pub days: [bool; 7],
+    /// An IANA time zone (`Europe/Berlin`), or `UTC`.
+    pub time_zone: String,
+}
+
+impl Window {
+    /// Every day, UTC.
+    pub fn daily_utc(start_minute: u32, length: Duration) -> Window {
+        Window {
+            start_minute,
+            length,
+            days: [true; 7],
+            time_zone: "UTC".into(),
+        }
+    }
+
+    /// Time from `now` (seconds since the epoch) until a window is open:
+    /// zero inside one. A start that a daylight-saving change skips is
+    /// taken as the moment after the gap.
+    pub fn delay(&self, now: u64) -> Duration {
+        let Ok(tz) = jiff::tz::TimeZone::get(&self.time_zone) else {
+            // Checked when the configuration was read; the database went
+            // missing since: UTC rather than never.
+            return Window {
+                time_zone: "UTC".into(),
+                ..self.clone()
+            }
+            .delay(now);
+        };
+        let Ok(now_ts) = jiff::Timestamp::from_second(i64::try_from(now).unwrap_or(i64::MAX)) else {
+            return Duration::ZERO;
+        };
+        let today = now_ts.to_zoned(tz.clone()).date();
+        let (hour, minute) = ((self.start_minute / 60) as i8, (self.start_minute % 60) as i8);
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let length = i64::try_from(self.length.as_secs()).unwrap_or(i64::MAX);
+        let mut soonest: Option<i64> = None;
+        // The window that started yesterday may still be open; a week on
+        // holds the next one whatever the days.
+        for offset in -1i32..=7 {
+            let Ok(date) = today.checked_add(jiff::Span::new().days(offset)) else {
+                continue;
+            };
+            if !self.days[date.weekday().to_monday_zero_offset() as usize] {
+                continue;
+            }
+            let Ok(start) = date.at(hour, minute, 0, 0).to_zoned(tz.clone()) else {
+                continue;
+            };
+            let start = start.timestamp().as_second();
+            if start <= now && now < start.saturating_add(length) {
+                return Duration::ZERO;
+            }
+            if start > now {
+                soonest = Some(soonest.map_or(start, |s| s.min(start)));
+            }
+        }
+        Duration::from_secs(soonest.map_or(86_400, |s| (s - now).unsigned_abs()))
+    }
+}
+
+/// The day names `window-days` takes, Monday first.
+pub const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// How long to wait before rebooting into a staged update, given the time
+/// now (seconds since the epoch); `None` when the strategy never reboots.
+pub fn reboot_delay(strategy: &RebootStrategy, now: u64) -> Option<Duration> {
     match strategy {
         // The coordinated strategies go to their gate at once (it decides).
         RebootStrategy::Immediate
@@ -33,17 +107,7 @@ pub fn reboot_delay(strategy: &RebootStrategy, now_secs_of_day: u64) -> Option<D
         | RebootStrategy::Kubernetes(_)
         | RebootStrategy::Kured => Some(Duration::ZERO),
         RebootStrategy::Off => None,
-        RebootStrategy::MaintenanceWindow { start_minute, length } => {
-            const DAY: u64 = 86_400;
-            let start = u64::from(*start_minute) * 60;
-            let now = now_secs_of_day % DAY;
-            let since_start = (now + DAY - start) % DAY;
-            if since_start < length.as_secs() {
-                Some(Duration::ZERO)
-            } else {
-                Some(Duration::from_secs(DAY - since_start))
-            }
-        }
+        RebootStrategy::MaintenanceWindow(window) => Some(window.delay(now)),
     }
 }
 
@@ -225,10 +289,7 @@ mod tests {
 
     #[test]
     fn the_daemon_checks_when_due_and_reboots_in_the_window_even_without_auto_updates() {
-        let window = RebootStrategy::MaintenanceWindow {
-            start_minute: 3 * 60,
-            length: Duration::from_secs(3600),
-        };
+        let window = RebootStrategy::MaintenanceWindow(Window::daily_utc(3 * 60, Duration::from_secs(3600)));
         let day = 20_000 * 86_400;
         // Due: check; not due: sleep until it is (at most LONGEST_SLEEP).
         assert_eq!(
@@ -274,15 +335,55 @@ mod tests {
 
     #[test]
     fn maintenance_window_including_one_across_midnight() {
-        let w = RebootStrategy::MaintenanceWindow {
-            start_minute: 23 * 60,
-            length: Duration::from_secs(2 * 3600),
-        };
+        let w = RebootStrategy::MaintenanceWindow(Window::daily_utc(23 * 60, Duration::from_secs(2 * 3600)));
         assert_eq!(reboot_delay(&w, 23 * 3600 + 5), Some(Duration::ZERO));
         assert_eq!(reboot_delay(&w, 30 * 60), Some(Duration::ZERO)); // 00:30, inside
         assert_eq!(reboot_delay(&w, 3600), Some(Duration::from_secs(22 * 3600))); // 01:00, just after
         assert_eq!(reboot_delay(&w, 22 * 3600), Some(Duration::from_secs(3600)));
         assert_eq!(reboot_delay(&RebootStrategy::Immediate, 1234), Some(Duration::ZERO));
         assert_eq!(reboot_delay(&RebootStrategy::Off, 1234), None);
+    }
+
+    #[test]
+    fn windows_keep_to_their_days_and_their_time_zone_through_daylight_saving() {
+        // 2026-03-28 is a Saturday; Berlin moves from +01:00 to +02:00 at
+        // 02:00 on Sunday the 29th.
+        let at = |s: &str| u64::try_from(s.parse::<jiff::Timestamp>().unwrap().as_second()).unwrap();
+        let weekend_night = Window {
+            start_minute: 2 * 60 + 30,
+            length: Duration::from_secs(3600),
+            days: [false, false, false, false, false, true, true],
+            time_zone: "Europe/Berlin".into(),
+        };
+        // Friday noon in Berlin: the next window is Saturday 02:30 +01:00.
+        assert_eq!(
+            weekend_night.delay(at("2026-03-27T11:00:00Z")),
+            Duration::from_secs(at("2026-03-28T01:30:00Z") - at("2026-03-27T11:00:00Z"))
+        );
+        assert_eq!(weekend_night.delay(at("2026-03-28T01:45:00Z")), Duration::ZERO);
+        // Sunday's 02:30 does not exist in Berlin: the window opens at
+        // 03:30 +02:00 (01:30Z), the moment after the gap.
+        assert_eq!(
+            weekend_night.delay(at("2026-03-29T00:00:00Z")),
+            Duration::from_secs(at("2026-03-29T01:30:00Z") - at("2026-03-29T00:00:00Z"))
+        );
+        // After Sunday's, the next is the next Saturday, in summer time.
+        assert_eq!(
+            weekend_night.delay(at("2026-03-29T03:00:00Z")),
+            Duration::from_secs(at("2026-04-04T00:30:00Z") - at("2026-03-29T03:00:00Z"))
+        );
+        // A window across midnight belongs to the day it starts on: Sunday
+        // 23:00 UTC for 2 hours is open on Monday at 00:30, not on Tuesday.
+        let sunday_late = Window {
+            start_minute: 23 * 60,
+            length: Duration::from_secs(2 * 3600),
+            days: [false, false, false, false, false, false, true],
+            time_zone: "UTC".into(),
+        };
+        assert_eq!(sunday_late.delay(at("2026-03-30T00:30:00Z")), Duration::ZERO);
+        assert_eq!(
+            sunday_late.delay(at("2026-03-31T00:30:00Z")),
+            Duration::from_secs(at("2026-04-05T23:00:00Z") - at("2026-03-31T00:30:00Z"))
+        );
     }
 }
