@@ -62,6 +62,12 @@ pub fn to_kernel_log(message: &str) -> Result<()> {
     std::fs::write("/dev/kmsg", format!("<{KERN_ERR}>{message}\n")).context("writing to /dev/kmsg")
 }
 
+/// Write `message` to the kernel log as a notice: what a console shows of
+/// a host that is about to reboot, and why.
+pub fn announce(message: &str) -> Result<()> {
+    std::fs::write("/dev/kmsg", format!("<{KERN_NOTICE}>{message}\n")).context("writing to /dev/kmsg")
+}
+
 /// Names of the failed units, best effort (an empty list if systemctl fails).
 pub fn failed_units() -> Vec<String> {
     Cmd::new("systemctl")

@@ -375,6 +375,14 @@ impl DaemonGate {
                     .and_then(|()| std::fs::write(&sentinel, b""));
                 let reason = match written {
                     Ok(()) => {
+                        // The console of a headless host says why it will go
+                        // down (only on a host: tests give the gate a root of
+                        // their own).
+                        if !self.record.handed_to_kured && self.root == Path::new("/") {
+                            let _ = crate::boot_report::announce(&format!(
+                                "cairn-agent: update staged; {KURED_SENTINEL} written for kured to drain and reboot the node"
+                            ));
+                        }
                         self.record.handed_to_kured = true;
                         format!("{KURED_SENTINEL} written: kured drains and reboots the node")
                     }

@@ -606,6 +606,10 @@ pub fn trial_deadline(esp: &Esp, limit: std::time::Duration) -> Result<()> {
 /// on the way down).
 pub fn reboot(why: &str) -> Result<()> {
     tracing::warn!(reason = why, "rebooting");
+    // The console of a headless host says why it goes down.
+    if let Err(e) = crate::boot_report::announce(&format!("cairn-agent: rebooting: {why}")) {
+        tracing::debug!(error = %format!("{e:#}"), "could not write to the kernel log");
+    }
     Cmd::new("systemctl").arg("reboot").run()
 }
 

@@ -13,6 +13,7 @@
 mod baseline;
 mod bench;
 mod bench_cloud;
+mod bench_fleet;
 mod bench_power_cut;
 mod bench_provision;
 mod bench_update;
@@ -125,6 +126,10 @@ enum BenchCampaign {
     /// format (sizes), and a new instance on each cloud's metadata stand-in
     /// booted from that cloud's format (time to the first SSH login).
     Cloud,
+    /// The reboot strategies: time from a staged update to the reboot under
+    /// each (immediate, fleet-lock, kubernetes, kured) with an uncontended
+    /// lock; the agent's size and idle memory.
+    Fleet,
     /// Cut the power at random moments of updates; report how many cuts the
     /// host survived.
     PowerCut {
@@ -171,6 +176,10 @@ fn main() -> std::process::ExitCode {
             target,
             campaign: Some(BenchCampaign::Cloud),
         } => bench_cloud::cloud(&target),
+        Command::Bench {
+            target,
+            campaign: Some(BenchCampaign::Fleet),
+        } => bench_fleet::fleet(&target),
         Command::Bench {
             target,
             campaign: Some(BenchCampaign::PowerCut { points, seed }),
