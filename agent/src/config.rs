@@ -198,6 +198,10 @@ struct BootSection {
     tries: Option<toml::Spanned<u32>>,
 }
 
+/// What a reboot into a staged update may take before its health gate
+/// starts: a Kubernetes slot lasts at least this plus the health timeout.
+const BOOT_ALLOWANCE: Duration = Duration::from_secs(300);
+
 /// The reboot settings seen so far; checked once all files are merged,
 /// because the strategy and its window may come from different files.
 #[derive(Debug, Default)]
@@ -407,7 +411,7 @@ impl ConfigBuilder {
             k.max_unavailable = *v.get_ref();
         }
         if let Some(v) = r.kubernetes_lease_namespace {
-            crate::kubernetes::check_group(v.get_ref())
+            crate::kubernetes::check_namespace(v.get_ref())
                 .map_err(|e| err(v.span(), format!("kubernetes-lease-namespace {e}")))?;
             k.lease_namespace = v.get_ref().clone();
         }
@@ -483,7 +487,25 @@ impl ConfigBuilder {
             None | Some("immediate") => RebootStrategy::Immediate,
             Some("off") => RebootStrategy::Off,
             Some("kured") => RebootStrategy::Kured,
-            Some("kubernetes") => RebootStrategy::Kubernetes(p.kubernetes.clone()),
+            Some("kubernetes") => {
+                // A slot must outlast the reboot and the health gate, or a
+                // second node goes down while this one is on trial.
+                let needed = config.health_timeout + BOOT_ALLOWANCE;
+                if p.kubernetes.lease_duration < needed {
+                    let (_, at) = p.strategy.as_ref().expect("matched Some");
+                    return Err(ConfigError {
+                        file: at.file.clone(),
+                        at: Some(at.at),
+                        message: format!(
+                            "kubernetes-lease-duration ({}s) must be at least the health timeout plus {}s for the reboot ({}s)",
+                            p.kubernetes.lease_duration.as_secs(),
+                            BOOT_ALLOWANCE.as_secs(),
+                            needed.as_secs()
+                        ),
+                    });
+                }
+                RebootStrategy::Kubernetes(p.kubernetes.clone())
+            }
             Some("fleet-lock") => {
                 let (_, at) = p.strategy.as_ref().expect("matched Some");
                 let url = p.fleet_lock_url.clone().ok_or_else(|| ConfigError {
@@ -678,6 +700,11 @@ mod tests {
         );
         assert!(e("[reboot]\nkubernetes-lease-duration = \"1m\"\n")
             .starts_with("k.toml:2:29: kubernetes-lease-duration must be at least 5m"));
+        assert_eq!(
+            e("[reboot]\nstrategy = \"kubernetes\"\nkubernetes-lease-duration = \"10m\"\n"),
+            "k.toml:2:12: kubernetes-lease-duration (600s) must be at least the health timeout plus 300s for the reboot (900s)"
+        );
+        assert!(e("[reboot]\nkubernetes-lease-namespace = \"kube.system\"\n").contains("(a namespace)"));
     }
 
     #[test]

@@ -13,18 +13,23 @@
 //! 3. the Node is cordoned, and [`CORDONED_ANNOTATION`] says it was the
 //!    agent (a node an operator had cordoned stays cordoned afterwards);
 //! 4. its pods are evicted through the Eviction API (DaemonSet pods, mirror
-//!    pods and finished pods stay, as `kubectl drain` leaves them); a `429`
-//!    (a PodDisruptionBudget) is asked again until the drain timeout. With
-//!    no other schedulable node the pods have nowhere to go and a budget
-//!    could hold them forever: a single-node cluster reboots without
-//!    evicting.
+//!    pods and finished pods stay, as `kubectl drain` leaves them; a pod no
+//!    controller runs holds the drain, as `kubectl drain` refuses it
+//!    without `--force`: evicting it would delete it for good); a refusal —
+//!    `429` from a PodDisruptionBudget, or any other failure — is asked
+//!    again each round until the drain timeout. On the cluster's only node
+//!    the pods have nowhere to go and a budget could hold them forever: it
+//!    reboots without evicting.
 //!
-//! A drain that times out is undone — uncordoned, slot given back — and
-//! the reboot is held, naming the pods that blocked it. After the reboot,
-//! once the health gate has decided ([`finish`], at every start of the
-//! daemon), the node is uncordoned if the agent cordoned it and every slot
-//! it holds is given back. The state of all this is kept in the cluster (the
-//! Lease's holder, the Node's annotation), not on the host.
+//! Whatever ends a drain but its completion — the timeout, an API error,
+//! the daemon stopping, the update dropped, the pause annotation set
+//! meanwhile — undoes it (uncordoned, slot given back) and holds the
+//! reboot, naming the pods that blocked it. After the reboot, once the
+//! health gate has decided and the node is Ready again ([`finish`], at
+//! every start of the daemon), the node is uncordoned if the agent
+//! cordoned it and every slot it holds is given back. The state of all
+//! this is kept in the cluster (the Lease's holder, the Node's
+//! annotation), not on the host.
 //!
 //! Requests are built and answers read here, over [`Http`]; the host's
 //! HTTPS client with the kubeconfig's CA and credentials is
@@ -99,6 +104,24 @@ pub fn check_group(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "`{name}` must be lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit (it names Leases)"
+        ))
+    }
+}
+
+/// Whether `name` can be a namespace (an RFC 1123 label).
+pub fn check_namespace(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` must be at most 63 lowercase letters, digits and `-`, starting and ending with a letter or digit (a namespace)"
         ))
     }
 }
@@ -347,6 +370,10 @@ pub struct ObjectMeta {
     pub owner_references: Vec<OwnerReference>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_timestamp: Option<String>,
+    /// Everything else (labels, finalizers, …), kept so that a replace
+    /// writes back what others set.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -445,6 +472,8 @@ pub struct LeaseSpec {
     pub renew_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_transitions: Option<i64>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -552,6 +581,8 @@ pub enum PodFate {
     Terminating,
     /// Stays, for this reason (as `kubectl drain` leaves it).
     Stays(&'static str),
+    /// Holds the drain: an operator must move it.
+    Blocks(&'static str),
 }
 
 pub fn pod_fate(pod: &Pod) -> PodFate {
@@ -567,15 +598,12 @@ pub fn pod_fate(pod: &Pod) -> PodFate {
     if pod.metadata.deletion_timestamp.is_some() {
         return PodFate::Terminating;
     }
+    if pod.metadata.owner_references.is_empty() {
+        // What `kubectl drain` refuses without --force: nothing would
+        // start it again.
+        return PodFate::Blocks("not managed by a controller: evicting it would delete it for good");
+    }
     PodFate::Evict
-}
-
-/// Whether another node could run the pods evicted from `me`: one that is
-/// Ready and schedulable.
-pub fn others_can_take_pods(nodes: &[Node], me: &str) -> bool {
-    nodes
-        .iter()
-        .any(|n| n.metadata.name != me && !n.spec.unschedulable && n.ready())
 }
 
 // ---------------------------------------------------------------------------
@@ -817,56 +845,80 @@ pub fn renew_slot(api: &Api<'_>, s: &Settings, name: &str, me: &str, now: u64) -
     }
 }
 
-fn cordon_patch(cordon: bool) -> serde_json::Value {
-    if cordon {
+/// The merge patch that cordons (with the agent's annotation) or
+/// uncordons a node; with `resource_version`, it applies only to the node
+/// as it was then (409 otherwise).
+fn cordon_patch(cordon: bool, resource_version: Option<&str>) -> serde_json::Value {
+    let mut patch = if cordon {
         serde_json::json!({"metadata": {"annotations": {CORDONED_ANNOTATION: "true"}}, "spec": {"unschedulable": true}})
     } else {
         serde_json::json!({"metadata": {"annotations": {CORDONED_ANNOTATION: null}}, "spec": {"unschedulable": null}})
+    };
+    if let Some(rv) = resource_version {
+        patch["metadata"]["resourceVersion"] = rv.into();
     }
+    patch
 }
 
 /// Put the node back: uncordon it if the agent cordoned it, give back every
-/// slot `me` holds. Returns what it did, to be logged.
+/// slot `me` holds — once the node is Ready again (kubelet is up): a slot
+/// given back earlier would let the next node go down while this one still
+/// cannot run pods. Returns what it did, to be logged.
 pub fn finish(api: &Api<'_>, s: &Settings, me: &str, now: u64) -> Result<Vec<String>, String> {
-    let mut done = Vec::new();
     let node = api.node(me)?;
-    if node.annotated(CORDONED_ANNOTATION) {
-        api.patch_node(me, &cordon_patch(false))?;
-        done.push(format!("uncordoned node {me}"));
-    }
+    let cordoned = node.annotated(CORDONED_ANNOTATION);
+    let mut held = Vec::new();
     for i in 0..s.max_unavailable.max(1) {
         let name = slot_name(&s.group, i);
         if let Some(lease) = api.lease(&s.lease_namespace, &name)? {
             if slot_state(&lease, me, now) == SlotState::Mine {
-                if !api.write_lease(&released_lease(&lease))? {
-                    return Err(format!(
-                        "the Lease {}/{name} changed while giving it back",
-                        s.lease_namespace
-                    ));
-                }
-                done.push(format!("gave back {}/{name}", s.lease_namespace));
+                held.push((name, lease));
             }
         }
+    }
+    if !cordoned && held.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !node.ready() {
+        return Err(format!(
+            "node {me} is not Ready yet: it stays cordoned and keeps its slot until it is"
+        ));
+    }
+    let mut done = Vec::new();
+    if cordoned {
+        api.patch_node(me, &cordon_patch(false, None))?;
+        done.push(format!("uncordoned node {me}"));
+    }
+    for (name, lease) in held {
+        if !api.write_lease(&released_lease(&lease))? {
+            return Err(format!(
+                "the Lease {}/{name} changed while giving it back",
+                s.lease_namespace
+            ));
+        }
+        done.push(format!("gave back {}/{name}", s.lease_namespace));
     }
     Ok(done)
 }
 
 /// Everything before the reboot: pause annotation, a slot, cordon, drain.
 /// `now` is the wall clock (seconds since the epoch) at the start;
-/// `progress` hears how the drain goes, for `status`.
+/// `progress` hears how the drain goes, for `status`; `stop` says, between
+/// drain rounds, why the drain must end now (a stop signal, the update
+/// dropped), if it must. Whatever ends a drain but its completion — a
+/// timeout, a stop, the pause annotation set meanwhile, an error — puts
+/// the node back ([`finish`]) before it returns.
 pub fn prepare_reboot(
     api: &Api<'_>,
     s: &Settings,
     me: &str,
     now: u64,
     progress: &mut dyn FnMut(&str),
+    stop: &dyn Fn() -> Option<String>,
 ) -> Result<Prepared, String> {
     let node = api.node(me)?;
-    if node.annotated(PAUSE_ANNOTATION) {
-        return Ok(Prepared::Held {
-            reason: format!("updates are paused on node {me} (annotation {PAUSE_ANNOTATION}=true)"),
-            blocked_by: Vec::new(),
-        });
+    if let Some(held) = paused(&node, me) {
+        return Ok(held);
     }
     progress(&format!("taking a slot of group {}", s.group));
     let slot = match take_slot(api, s, me, now)? {
@@ -883,17 +935,62 @@ pub fn prepare_reboot(
             })
         }
     };
-    if !node.spec.unschedulable {
-        api.patch_node(me, &cordon_patch(true))?;
-    }
-    if !others_can_take_pods(&api.nodes()?, me) {
-        renew_slot(api, s, &slot, me, now)?;
-        return Ok(Prepared::Reboot(format!(
-            "holding {slot}; no other node can run this node's pods, so none were evicted (a single-node cluster)"
-        )));
-    }
     let started = api.http.now();
     let wall = |api: &Api<'_>| now + (api.http.now().saturating_sub(started)).as_secs();
+    let undo = |api: &Api<'_>| -> String {
+        match finish(api, s, me, wall(api)) {
+            Ok(done) if done.is_empty() => "nothing to undo".to_owned(),
+            Ok(done) => done.join(", "),
+            Err(e) => format!("could not undo the drain: {e}"),
+        }
+    };
+    match drain(api, s, me, &node, &slot, started, &wall, progress, stop) {
+        Ok(Drained::Done(why)) => Ok(Prepared::Reboot(why)),
+        Ok(Drained::Held { reason, blocked_by }) => Ok(Prepared::Held {
+            reason: format!("{reason}; {}", undo(api)),
+            blocked_by,
+        }),
+        Err(e) => Err(format!("{e}; {}", undo(api))),
+    }
+}
+
+/// The pause annotation's answer, if set.
+fn paused(node: &Node, me: &str) -> Option<Prepared> {
+    node.annotated(PAUSE_ANNOTATION).then(|| Prepared::Held {
+        reason: format!("updates are paused on node {me} (annotation {PAUSE_ANNOTATION}=true)"),
+        blocked_by: Vec::new(),
+    })
+}
+
+enum Drained {
+    Done(String),
+    Held { reason: String, blocked_by: Vec<String> },
+}
+
+/// Cordon `me` and evict its pods, holding `slot`.
+#[allow(clippy::too_many_arguments)]
+fn drain(
+    api: &Api<'_>,
+    s: &Settings,
+    me: &str,
+    node: &Node,
+    slot: &str,
+    started: Duration,
+    wall: &dyn Fn(&Api<'_>) -> u64,
+    progress: &mut dyn FnMut(&str),
+    stop: &dyn Fn() -> Option<String>,
+) -> Result<Drained, String> {
+    if !node.spec.unschedulable {
+        // On the node as read: an operator's cordon in between is a
+        // conflict (409), not a cordon the agent would later undo.
+        api.patch_node(me, &cordon_patch(true, node.metadata.resource_version.as_deref()))?;
+    }
+    if api.nodes()?.iter().all(|n| n.metadata.name == me) {
+        renew_slot(api, s, slot, me, wall(api))?;
+        return Ok(Drained::Done(format!(
+            "holding {slot}; node {me} is the cluster's only node: its pods have nowhere to go, none were evicted"
+        )));
+    }
     let mut blocked: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let pods = api.pods_on(me)?;
@@ -903,14 +1000,21 @@ pub fn prepare_reboot(
             match pod_fate(pod) {
                 PodFate::Stays(_) => {}
                 PodFate::Terminating => left += 1,
+                PodFate::Blocks(why) => {
+                    left += 1;
+                    blocked.insert(pod.id(), why.to_owned());
+                }
                 PodFate::Evict => {
                     left += 1;
-                    match api.evict(pod)? {
-                        None => {
+                    // A refusal (429 from a budget) or any other failure
+                    // (a 500 for a pod under two budgets, a 403 in a
+                    // namespace being deleted) is asked again next round.
+                    match api.evict(pod) {
+                        Ok(None) => {
                             evicted += 1;
                             blocked.remove(&pod.id());
                         }
-                        Some(why) => {
+                        Ok(Some(why)) | Err(why) => {
                             blocked.insert(pod.id(), why);
                         }
                     }
@@ -918,15 +1022,11 @@ pub fn prepare_reboot(
             }
         }
         if left == 0 {
-            renew_slot(api, s, &slot, me, wall(api))?;
-            return Ok(Prepared::Reboot(format!("holding {slot}; node {me} drained")));
+            renew_slot(api, s, slot, me, wall(api))?;
+            return Ok(Drained::Done(format!("holding {slot}; node {me} drained")));
         }
-        let elapsed = api.http.now().saturating_sub(started);
-        if elapsed >= s.drain_timeout {
-            let blocked_by: Vec<String> = blocked.keys().cloned().collect();
-            let undone =
-                finish(api, s, me, wall(api)).unwrap_or_else(|e| vec![format!("could not undo the drain: {e}")]);
-            let why = if blocked.is_empty() {
+        let why_blocked = || {
+            if blocked.is_empty() {
                 format!("{left} pods did not terminate")
             } else {
                 blocked
@@ -934,14 +1034,22 @@ pub fn prepare_reboot(
                     .map(|(pod, why)| format!("{pod} ({why})"))
                     .collect::<Vec<_>>()
                     .join("; ")
-            };
-            return Ok(Prepared::Held {
+            }
+        };
+        if api.http.now().saturating_sub(started) >= s.drain_timeout {
+            return Ok(Drained::Held {
                 reason: format!(
-                    "the drain of node {me} timed out after {}s: {why}; {}",
+                    "the drain of node {me} timed out after {}s: {}",
                     s.drain_timeout.as_secs(),
-                    undone.join(", ")
+                    why_blocked()
                 ),
-                blocked_by,
+                blocked_by: blocked.keys().cloned().collect(),
+            });
+        }
+        if let Some(why) = stop() {
+            return Ok(Drained::Held {
+                reason: format!("the drain of node {me} stopped: {why}"),
+                blocked_by: Vec::new(),
             });
         }
         progress(&format!(
@@ -953,8 +1061,12 @@ pub fn prepare_reboot(
                 format!(": {}", blocked.keys().cloned().collect::<Vec<_>>().join(", "))
             }
         ));
-        renew_slot(api, s, &slot, me, wall(api))?;
+        renew_slot(api, s, slot, me, wall(api))?;
         api.http.sleep(DRAIN_POLL);
+        // Paused meanwhile: the operator's word ends the drain.
+        if let Some(Prepared::Held { reason, blocked_by }) = paused(&api.node(me)?, me) {
+            return Ok(Drained::Held { reason, blocked_by });
+        }
     }
 }
 
@@ -1080,6 +1192,13 @@ mod tests {
 
     fn no_progress(_: &str) {}
 
+    /// A pod of the node run by a ReplicaSet.
+    fn managed(name: &str, extra: serde_json::Value) -> serde_json::Value {
+        let mut p = pod(name, extra);
+        p["metadata"]["ownerReferences"] = json!([{"kind": "ReplicaSet", "name": "web"}]);
+        p
+    }
+
     fn drain_script() -> Script {
         Script::default()
             .then("GET", NODE, 200, node("n1", false, json!({})))
@@ -1097,7 +1216,7 @@ mod tests {
                 PODS,
                 200,
                 json!({"items": [
-                    pod("web-1", json!({})),
+                    managed("web-1", json!({})),
                     pod("log-agent", json!({"ownerReferences": [{"kind": "DaemonSet", "name": "log"}]})),
                     pod("kube-proxy-n1", json!({"annotations": {"kubernetes.io/config.mirror": "x"}})),
                 ]}),
@@ -1105,24 +1224,163 @@ mod tests {
             .then("POST", "/api/v1/namespaces/apps/pods/web-1/eviction", 201, json!({}))
             .then("GET", LEASE, 200, lease(Some("n1"), NOW, "7"))
             .then("PUT", LEASE, 200, json!({}))
+            .then("GET", NODE, 200, node("n1", true, json!({CORDONED_ANNOTATION: "true"})))
             .then(
                 "GET",
                 PODS,
                 200,
-                json!({"items": [pod("web-1", json!({"deletionTimestamp": "2024-01-01T00:00:00Z"}))]}),
+                json!({"items": [managed("web-1", json!({"deletionTimestamp": "2024-01-01T00:00:00Z"}))]}),
             )
             .then("GET", LEASE, 200, lease(Some("n1"), NOW + 5, "8"))
             .then("PUT", LEASE, 200, json!({}))
+            .then("GET", NODE, 200, node("n1", true, json!({CORDONED_ANNOTATION: "true"})))
             .then("GET", PODS, 200, json!({"items": []}))
             .then("GET", LEASE, 200, lease(Some("n1"), NOW + 10, "9"))
             .then("PUT", LEASE, 200, json!({}))
+    }
+
+    /// What puts a node the agent cordoned, holding slot 0, back.
+    fn put_back(script: Script, renewed: u64) -> Script {
+        script
+            .then("GET", NODE, 200, node("n1", true, json!({CORDONED_ANNOTATION: "true"})))
+            .then("GET", LEASE, 200, lease(Some("n1"), renewed, "20"))
+            .then("PATCH", NODE, 200, json!({}))
+            .then("PUT", LEASE, 200, json!({}))
+    }
+
+    /// Up to the first round of a drain of one managed pod, `db-0`.
+    fn first_round() -> Script {
+        Script::default()
+            .then("GET", NODE, 200, node("n1", false, json!({})))
+            .then("GET", LEASE, 200, lease(None, NOW - 100, "3"))
+            .then("PUT", LEASE, 200, json!({}))
+            .then("PATCH", NODE, 200, json!({}))
+            .then(
+                "GET",
+                "/api/v1/nodes",
+                200,
+                json!({"items": [node("n1", true, json!({})), node("n2", false, json!({}))]}),
+            )
+    }
+
+    #[test]
+    fn an_error_a_stop_or_a_pause_mid_drain_puts_the_node_back() {
+        // The API fails while listing pods: the error is returned, the
+        // node uncordoned and the slot given back first.
+        let failing = put_back(
+            first_round().then(
+                "GET",
+                PODS,
+                500,
+                json!({"kind": "Status", "reason": "InternalError", "message": "etcd"}),
+            ),
+            NOW,
+        );
+        let e = prepare_reboot(&api(&failing), &settings(), "n1", NOW, &mut no_progress, &|| None).unwrap_err();
+        failing.done();
+        assert!(
+            e.starts_with(
+                "GET https://api.test:6443/api/v1/pods?fieldSelector=spec.nodeName%3Dn1: HTTP 500: InternalError etcd"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("; uncordoned node n1, gave back kube-system/cairn-reboot-workers-0"),
+            "{e}"
+        );
+
+        // A stop between rounds.
+        let stopped = put_back(
+            first_round()
+                .then("GET", PODS, 200, json!({"items": [managed("db-0", json!({}))]}))
+                .then("POST", "/api/v1/namespaces/apps/pods/db-0/eviction", 429, json!({})),
+            NOW,
+        );
+        let got = prepare_reboot(&api(&stopped), &settings(), "n1", NOW, &mut no_progress, &|| {
+            Some("the staged update is gone".into())
+        })
+        .unwrap();
+        stopped.done();
+        assert!(
+            matches!(&got, Prepared::Held { reason, .. } if reason.starts_with("the drain of node n1 stopped: the staged update is gone; uncordoned")),
+            "{got:?}"
+        );
+
+        // The pause annotation set while draining; a pod no controller
+        // runs holds the drain, and a 500 from the Eviction API (a pod
+        // under two budgets) is asked again, not fatal.
+        let paused = put_back(
+            first_round()
+                .then(
+                    "GET",
+                    PODS,
+                    200,
+                    json!({"items": [managed("db-0", json!({})), pod("bare", json!({}))]}),
+                )
+                .then("POST", "/api/v1/namespaces/apps/pods/db-0/eviction", 500, json!({"kind": "Status", "reason": "InternalError", "message": "This pod has more than one PodDisruptionBudget"}))
+                .then("GET", LEASE, 200, lease(Some("n1"), NOW, "4"))
+                .then("PUT", LEASE, 200, json!({}))
+                .then("GET", NODE, 200, node("n1", true, json!({PAUSE_ANNOTATION: "true"}))),
+            NOW,
+        );
+        let mut seen = Vec::new();
+        let got = prepare_reboot(
+            &api(&paused),
+            &settings(),
+            "n1",
+            NOW,
+            &mut |p| seen.push(p.to_owned()),
+            &|| None,
+        )
+        .unwrap();
+        paused.done();
+        assert!(
+            matches!(&got, Prepared::Held { reason, .. } if reason.starts_with("updates are paused on node n1")),
+            "{got:?}"
+        );
+        assert_eq!(
+            seen[1],
+            "draining node n1: 2 pods left (0 evictions accepted, 2 refused: apps/bare, apps/db-0)"
+        );
+    }
+
+    #[test]
+    fn a_node_is_put_back_only_once_ready() {
+        let mut not_ready = node("n1", true, json!({CORDONED_ANNOTATION: "true"}));
+        not_ready["status"]["conditions"][0]["status"] = json!("False");
+        let script =
+            Script::default()
+                .then("GET", NODE, 200, not_ready)
+                .then("GET", LEASE, 200, lease(Some("n1"), NOW, "5"));
+        let e = finish(&api(&script), &settings(), "n1", NOW).unwrap_err();
+        script.done();
+        assert_eq!(
+            e,
+            "node n1 is not Ready yet: it stays cordoned and keeps its slot until it is"
+        );
+        // Nothing to put back: nothing asked of the node's readiness.
+        let idle = Script::default()
+            .then("GET", NODE, 200, node("n1", false, json!({})))
+            .then("GET", LEASE, 404, json!({}));
+        assert_eq!(
+            finish(&api(&idle), &settings(), "n1", NOW).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
     fn a_drain_takes_a_slot_cordons_evicts_and_then_reboots() {
         let script = drain_script();
         let mut seen = Vec::new();
-        let got = prepare_reboot(&api(&script), &settings(), "n1", NOW, &mut |p| seen.push(p.to_owned())).unwrap();
+        let got = prepare_reboot(
+            &api(&script),
+            &settings(),
+            "n1",
+            NOW,
+            &mut |p| seen.push(p.to_owned()),
+            &|| None,
+        )
+        .unwrap();
         assert_eq!(
             got,
             Prepared::Reboot("holding cairn-reboot-workers-0; node n1 drained".into())
@@ -1197,7 +1455,7 @@ mod tests {
         // Every request of a drain, and of one undone (putting the node back).
         let mut needed = std::collections::BTreeSet::new();
         for script in [drain_script(), budget_script()] {
-            let _ = prepare_reboot(&api(&script), &settings(), "n1", NOW, &mut no_progress).unwrap();
+            let _ = prepare_reboot(&api(&script), &settings(), "n1", NOW, &mut no_progress, &|| None).unwrap();
             for (m, p) in script.seen.borrow().iter() {
                 needed.insert((permission(m, p), p.contains("/namespaces/kube-system/leases")));
             }
@@ -1226,38 +1484,25 @@ mod tests {
     fn budget_script() -> Script {
         let pdb = json!({"kind": "Status", "reason": "TooManyRequests",
                          "message": "Cannot evict pod as it would violate the pod's disruption budget."});
-        Script::default()
-            .then("GET", NODE, 200, node("n1", false, json!({})))
-            .then("GET", LEASE, 200, lease(None, NOW - 100, "3"))
-            .then("PUT", LEASE, 200, json!({}))
-            .then("PATCH", NODE, 200, json!({}))
-            .then(
-                "GET",
-                "/api/v1/nodes",
-                200,
-                json!({"items": [node("n2", false, json!({}))]}),
-            )
-            .then("GET", PODS, 200, json!({"items": [pod("db-0", json!({}))]}))
-            .then("POST", "/api/v1/namespaces/apps/pods/db-0/eviction", 429, pdb.clone())
-            .then("GET", LEASE, 200, lease(Some("n1"), NOW, "4"))
-            .then("PUT", LEASE, 200, json!({}))
-            .then("GET", PODS, 200, json!({"items": [pod("db-0", json!({}))]}))
-            .then("POST", "/api/v1/namespaces/apps/pods/db-0/eviction", 429, pdb.clone())
-            .then("GET", LEASE, 200, lease(Some("n1"), NOW + 5, "5"))
-            .then("PUT", LEASE, 200, json!({}))
-            .then("GET", PODS, 200, json!({"items": [pod("db-0", json!({}))]}))
-            .then("POST", "/api/v1/namespaces/apps/pods/db-0/eviction", 429, pdb)
-            // Timed out: uncordoned (the agent cordoned it), slot given back.
-            .then("GET", NODE, 200, node("n1", true, json!({CORDONED_ANNOTATION: "true"})))
-            .then("PATCH", NODE, 200, json!({}))
-            .then("GET", LEASE, 200, lease(Some("n1"), NOW + 5, "6"))
-            .then("PUT", LEASE, 200, json!({}))
+        let round = |script: Script, renewed: u64, rv: &str| {
+            script
+                .then("GET", PODS, 200, json!({"items": [managed("db-0", json!({}))]}))
+                .then("POST", "/api/v1/namespaces/apps/pods/db-0/eviction", 429, pdb.clone())
+                .then("GET", LEASE, 200, lease(Some("n1"), renewed, rv))
+                .then("PUT", LEASE, 200, json!({}))
+                .then("GET", NODE, 200, node("n1", true, json!({CORDONED_ANNOTATION: "true"})))
+        };
+        let script = round(round(first_round(), NOW, "4"), NOW + 5, "5")
+            .then("GET", PODS, 200, json!({"items": [managed("db-0", json!({}))]}))
+            .then("POST", "/api/v1/namespaces/apps/pods/db-0/eviction", 429, pdb.clone());
+        // Timed out: uncordoned (the agent cordoned it), slot given back.
+        put_back(script, NOW + 10)
     }
 
     #[test]
     fn a_budget_that_never_allows_undoes_the_drain_and_names_the_pod() {
         let script = budget_script();
-        let got = prepare_reboot(&api(&script), &settings(), "n1", NOW, &mut no_progress).unwrap();
+        let got = prepare_reboot(&api(&script), &settings(), "n1", NOW, &mut no_progress, &|| None).unwrap();
         script.done();
         let Prepared::Held { reason, blocked_by } = got else {
             panic!("{got:?}")
@@ -1273,7 +1518,7 @@ mod tests {
     #[test]
     fn a_paused_node_a_full_group_and_a_lost_race_hold_the_reboot() {
         let paused = Script::default().then("GET", NODE, 200, node("n1", false, json!({PAUSE_ANNOTATION: "true"})));
-        let got = prepare_reboot(&api(&paused), &settings(), "n1", NOW, &mut no_progress).unwrap();
+        let got = prepare_reboot(&api(&paused), &settings(), "n1", NOW, &mut no_progress, &|| None).unwrap();
         paused.done();
         assert_eq!(
             got,
@@ -1286,7 +1531,7 @@ mod tests {
         let full = Script::default()
             .then("GET", NODE, 200, node("n1", false, json!({})))
             .then("GET", LEASE, 200, lease(Some("n2"), NOW - 60, "3"));
-        let got = prepare_reboot(&api(&full), &settings(), "n1", NOW, &mut no_progress).unwrap();
+        let got = prepare_reboot(&api(&full), &settings(), "n1", NOW, &mut no_progress, &|| None).unwrap();
         full.done();
         assert!(
             matches!(&got, Prepared::Held { reason, .. } if reason == "every slot of group workers (1) is held: by n2"),
@@ -1297,7 +1542,7 @@ mod tests {
             .then("GET", NODE, 200, node("n1", false, json!({})))
             .then("GET", LEASE, 200, lease(Some("n2"), NOW - 7200, "3"))
             .then("PUT", LEASE, 409, json!({"kind": "Status", "reason": "Conflict"}));
-        let got = prepare_reboot(&api(&race), &settings(), "n1", NOW, &mut no_progress).unwrap();
+        let got = prepare_reboot(&api(&race), &settings(), "n1", NOW, &mut no_progress, &|| None).unwrap();
         race.done();
         assert!(
             matches!(&got, Prepared::Held { reason, .. } if reason.ends_with("by a node that took cairn-reboot-workers-0 first")),
@@ -1319,10 +1564,10 @@ mod tests {
             )
             .then("GET", LEASE, 200, lease(Some("n1"), NOW, "4"))
             .then("PUT", LEASE, 200, json!({}));
-        let got = prepare_reboot(&api(&script), &settings(), "n1", NOW, &mut no_progress).unwrap();
+        let got = prepare_reboot(&api(&script), &settings(), "n1", NOW, &mut no_progress, &|| None).unwrap();
         script.done();
         assert!(
-            matches!(&got, Prepared::Reboot(why) if why.contains("a single-node cluster")),
+            matches!(&got, Prepared::Reboot(why) if why.contains("the cluster's only node")),
             "{got:?}"
         );
         // It was cordoned already (by an operator): the agent does not

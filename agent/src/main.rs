@@ -285,6 +285,10 @@ fn daemon() -> Result<()> {
     // sooner after a failed check (see `schedule::retry_after`).
     let mut next_check_at = now();
     let mut failed_checks: u32 = 0;
+    // When the daemon last checked, whatever came of it (a failed check
+    // records no `last_check`): a rollout's turn brings one check forward,
+    // not one after another.
+    let mut last_check_attempt: Option<u64> = None;
     loop {
         // A stop signal that arrived while a command ran ended that step;
         // the daemon ends with it (with none running, it ends at once).
@@ -306,7 +310,11 @@ fn daemon() -> Result<()> {
         let step = schedule::daemon_step(&DaemonView {
             now: now(),
             next_check_at: checks.then(|| {
-                schedule::next_check_at(next_check_at, state.turn.as_ref().and_then(|t| t.at), state.last_check)
+                schedule::next_check_at(
+                    next_check_at,
+                    state.turn.as_ref().and_then(|t| t.at),
+                    state.last_check.max(last_check_attempt),
+                )
             }),
             reboot_pending,
             strategy: &agent.config.reboot,
@@ -325,6 +333,7 @@ fn daemon() -> Result<()> {
                     schedule::random_fraction(),
                 );
                 next_check_at = now() + wait.as_secs();
+                last_check_attempt = Some(now());
                 let staged = {
                     let _lock = lock()?;
                     agent.update(&Request::Latest, false)
@@ -342,7 +351,16 @@ fn daemon() -> Result<()> {
                     }
                 }
             }
-            DaemonStep::Reboot => match gate.pass(&net, now()) {
+            DaemonStep::Reboot => match gate.pass(&net, now(), &|| {
+                if let Some(signal) = cairn_common::process::interrupted() {
+                    return Some(format!("the agent was stopped ({signal})"));
+                }
+                match agent.store.load() {
+                    Ok(s) if s.update.daemon_reboots() => None,
+                    Ok(_) => Some("the staged update is gone".to_owned()),
+                    Err(e) => Some(format!("the agent's state could not be read: {e:#}")),
+                }
+            }) {
                 Pass::Reboot(why) => {
                     updater::reboot(&format!("update staged; {why}"))?;
                     // `systemctl reboot` returns once the reboot is queued.

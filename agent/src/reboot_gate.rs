@@ -324,7 +324,11 @@ impl DaemonGate {
     /// (`pre-reboot`), or under `kured` the sentinel written (kured then
     /// drains and reboots: the answer is `Held`). Other strategies have no
     /// gate.
-    pub fn pass(&mut self, net: &dyn Net, now: u64) -> Pass {
+    ///
+    /// `still_wanted` says, between the rounds of a Kubernetes drain, why
+    /// the reboot is no longer wanted (a stop signal, the update dropped),
+    /// if it is not: the drain is then undone.
+    pub fn pass(&mut self, net: &dyn Net, now: u64, still_wanted: &dyn Fn() -> Option<String>) -> Pass {
         let pass = match (&self.strategy.clone(), &self.node_id.clone()) {
             (RebootStrategy::FleetLock { url, group }, Some(id)) => {
                 match fleet_lock(net.plain(), url, FleetLockOp::PreReboot, id, group) {
@@ -340,14 +344,24 @@ impl DaemonGate {
                 }
             }
             (RebootStrategy::Kubernetes(s), Some(node)) => {
+                let started = net.plain().now();
                 let prepared = with_cluster(net, s, |api| {
-                    kubernetes::prepare_reboot(api, s, node, now, &mut |progress| {
-                        tracing::info!("{progress}");
-                        self.record.progress = Some(progress.to_owned());
-                        self.save();
-                    })
+                    kubernetes::prepare_reboot(
+                        api,
+                        s,
+                        node,
+                        now,
+                        &mut |progress| {
+                            tracing::info!("{progress}");
+                            self.record.progress = Some(progress.to_owned());
+                            self.save();
+                        },
+                        still_wanted,
+                    )
                 });
                 self.record.progress = None;
+                // A drain takes its time: the backoff counts from its end.
+                let now = now + net.plain().now().saturating_sub(started).as_secs();
                 match prepared {
                     Ok(Prepared::Reboot(why)) => {
                         self.record.held = None;
@@ -583,14 +597,14 @@ mod tests {
             409,
             r#"{"kind":"failed_lock","value":"semaphore currently full"}"#,
         );
-        assert_eq!(gate.pass(&full, 200), Pass::Held);
+        assert_eq!(gate.pass(&full, 200, &|| None), Pass::Held);
         assert_eq!(gate.retry_at(), Some(230));
         let held = GateRecord::load(dir.path()).held.unwrap();
         assert!(held.reason.ends_with("semaphore currently full"), "{held:?}");
         // A slot frees: the reboot goes ahead, nothing is held any more.
         let free = Fake::default().answer("POST", "http://lock/v1/pre-reboot", 200, "");
         assert_eq!(
-            gate.pass(&free, 230),
+            gate.pass(&free, 230, &|| None),
             Pass::Reboot("the fleet lock gave a slot of group workers".into())
         );
         assert_eq!(gate.retry_at(), None);
@@ -607,7 +621,7 @@ mod tests {
         let mut gate = DaemonGate::start(&RebootStrategy::Kured, MACHINE_ID, dir.path(), 0).unwrap();
         assert_eq!(gate.release_at, None);
         assert_eq!(gate.node_id(), None);
-        assert_eq!(gate.pass(&Fake::default(), 10), Pass::Held);
+        assert_eq!(gate.pass(&Fake::default(), 10, &|| None), Pass::Held);
         assert!(dir.path().join("var/run/reboot-required").exists());
         let record = GateRecord::load(dir.path());
         assert!(record.handed_to_kured);
@@ -620,7 +634,7 @@ mod tests {
         );
         // Strategies without a gate pass at once.
         let mut open = DaemonGate::start(&RebootStrategy::Immediate, "", dir.path(), 0).unwrap();
-        assert!(matches!(open.pass(&Fake::default(), 0), Pass::Reboot(_)));
+        assert!(matches!(open.pass(&Fake::default(), 0, &|| None), Pass::Reboot(_)));
     }
 
     #[test]

@@ -112,9 +112,10 @@ pub fn reboot_delay(strategy: &RebootStrategy, now: u64) -> Option<Duration> {
 }
 
 /// When the daemon checks next: at the regular time, or sooner when a
-/// release rolling out reaches this host then (`turn`), unless a check
-/// since that turn already saw it (a clock behind the rollout's would
-/// otherwise check again and again).
+/// release rolling out reaches this host then (`turn`), unless a check was
+/// made (`last_check`: tried, whatever came of it) since that turn — a
+/// check that failed, a clock behind the rollout's, or a release that
+/// cannot be staged now would otherwise bring checks one after another.
 pub fn next_check_at(regular: u64, turn: Option<u64>, last_check: Option<u64>) -> u64 {
     match turn {
         Some(at) if last_check.is_none_or(|c| at > c) => regular.min(at),

@@ -5,7 +5,8 @@
 //!
 //! - bearer-token authentication (401 without the token);
 //! - Nodes: get, list, and JSON merge patch (RFC 7386, content type
-//!   `application/merge-patch+json`, else 415);
+//!   `application/merge-patch+json`, else 415; a `metadata.resourceVersion`
+//!   in the patch is a precondition: 409 when the node changed since);
 //! - Pods: list across namespaces with `fieldSelector=spec.nodeName=<node>`;
 //! - the Eviction subresource (`policy/v1`): 201 and the pod deleted, or
 //!   429 `TooManyRequests` while a PodDisruptionBudget stand-in protects
@@ -45,6 +46,15 @@ struct Cluster {
     leases: BTreeMap<String, Value>,
     resource_version: u64,
     log: Vec<String>,
+}
+
+/// What runs a pod (its owner reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunBy {
+    ReplicaSet,
+    DaemonSet,
+    /// A bare pod: nothing would start it again.
+    Nobody,
 }
 
 /// The stand-in; stops when dropped.
@@ -92,13 +102,18 @@ impl KubeApi {
         });
     }
 
-    /// A running pod on `node`; `daemon_set` says a DaemonSet runs it.
-    pub fn add_pod(&self, namespace: &str, name: &str, node: &str, daemon_set: bool) {
+    /// A running pod on `node`, run by `owner`.
+    pub fn add_pod(&self, namespace: &str, name: &str, node: &str, owner: RunBy) {
         self.with(|c| {
             let rv = c.next_version();
             let mut meta = json!({"name": name, "namespace": namespace, "resourceVersion": rv});
-            if daemon_set {
-                meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": name}]);
+            let kind = match owner {
+                RunBy::ReplicaSet => Some("ReplicaSet"),
+                RunBy::DaemonSet => Some("DaemonSet"),
+                RunBy::Nobody => None,
+            };
+            if let Some(kind) = kind {
+                meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": kind, "name": name}]);
             }
             c.pods.insert(
                 format!("{namespace}/{name}"),
@@ -340,6 +355,17 @@ fn answer(c: &mut Cluster, r: &Asked) -> (u16, Value) {
         ("PATCH", ["api", "v1", "nodes", name]) => {
             if r.headers.get("content-type").map(String::as_str) != Some("application/merge-patch+json") {
                 return status(415, "UnsupportedMediaType", "the agent sends merge patches");
+            }
+            // A resourceVersion in the patch is a precondition.
+            let asked = body["metadata"]["resourceVersion"].clone();
+            if let Some(n) = c.nodes.get(*name) {
+                if !asked.is_null() && asked != n["metadata"]["resourceVersion"] {
+                    return status(
+                        409,
+                        "Conflict",
+                        &format!("Operation cannot be fulfilled on nodes \"{name}\": the object has been modified"),
+                    );
+                }
             }
             let rv = c.next_version();
             match c.nodes.get_mut(*name) {

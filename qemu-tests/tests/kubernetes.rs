@@ -10,7 +10,7 @@ use std::time::Duration;
 use cairn_agent::kubernetes::{self, Api, Prepared, Settings, CORDONED_ANNOTATION};
 use cairn_agent::metadata::host::HostHttp;
 use cairn_agent::metadata::{Http, Request, Response};
-use cairn_qemu_tests::kube_api::KubeApi;
+use cairn_qemu_tests::kube_api::{KubeApi, RunBy};
 
 const TOKEN: &str = "cairn-agent-token";
 const LEASE: &str = "kube-system/cairn-reboot-workers-0";
@@ -66,9 +66,9 @@ fn cluster() -> KubeApi {
     let c = KubeApi::start(TOKEN).unwrap();
     c.add_node("n1");
     c.add_node("n2");
-    c.add_pod("apps", "web-1", "n1", false);
-    c.add_pod("kube-system", "log-agent-n1", "n1", true);
-    c.add_pod("apps", "web-2", "n2", false);
+    c.add_pod("apps", "web-1", "n1", RunBy::ReplicaSet);
+    c.add_pod("kube-system", "log-agent-n1", "n1", RunBy::DaemonSet);
+    c.add_pod("apps", "web-2", "n2", RunBy::ReplicaSet);
     c
 }
 
@@ -76,7 +76,7 @@ fn cluster() -> KubeApi {
 fn a_drained_node_reboots_holding_a_slot_and_is_put_back_after() {
     let c = cluster();
     let http = client();
-    let got = kubernetes::prepare_reboot(&api(&http, &c), &settings(), "n1", now(), &mut |_| {}).unwrap();
+    let got = kubernetes::prepare_reboot(&api(&http, &c), &settings(), "n1", now(), &mut |_| {}, &|| None).unwrap();
     assert_eq!(
         got,
         Prepared::Reboot("holding cairn-reboot-workers-0; node n1 drained".into())
@@ -92,7 +92,7 @@ fn a_drained_node_reboots_holding_a_slot_and_is_put_back_after() {
     assert_eq!(c.pods_on("n2"), ["apps/web-2"]);
 
     // The other node waits for the slot.
-    let got = kubernetes::prepare_reboot(&api(&http, &c), &settings(), "n2", now(), &mut |_| {}).unwrap();
+    let got = kubernetes::prepare_reboot(&api(&http, &c), &settings(), "n2", now(), &mut |_| {}, &|| None).unwrap();
     assert_eq!(
         got,
         Prepared::Held {
@@ -113,7 +113,7 @@ fn a_drained_node_reboots_holding_a_slot_and_is_put_back_after() {
         .get(CORDONED_ANNOTATION)
         .is_none());
     assert_eq!(c.lease_holder(LEASE), None);
-    let got = kubernetes::prepare_reboot(&api(&http, &c), &settings(), "n2", now(), &mut |_| {}).unwrap();
+    let got = kubernetes::prepare_reboot(&api(&http, &c), &settings(), "n2", now(), &mut |_| {}, &|| None).unwrap();
     assert!(matches!(got, Prepared::Reboot(_)), "{got:?}");
     assert_eq!(c.lease_holder(LEASE).as_deref(), Some("n2"));
     assert_eq!(
@@ -133,8 +133,15 @@ fn a_budget_that_never_allows_holds_the_reboot_and_leaves_the_node_in_service() 
         drain_timeout: Duration::from_secs(10),
         ..settings()
     };
-    let got =
-        kubernetes::prepare_reboot(&api(&http, &c), &s, "n1", now(), &mut |p| progress.push(p.to_owned())).unwrap();
+    let got = kubernetes::prepare_reboot(
+        &api(&http, &c),
+        &s,
+        "n1",
+        now(),
+        &mut |p| progress.push(p.to_owned()),
+        &|| None,
+    )
+    .unwrap();
     let Prepared::Held { reason, blocked_by } = got else {
         panic!("{got:?}")
     };
@@ -153,8 +160,31 @@ fn a_budget_that_never_allows_holds_the_reboot_and_leaves_the_node_in_service() 
 
     // The budget allows it now: the next attempt drains.
     c.protect("apps/web-1", false);
-    let got = kubernetes::prepare_reboot(&api(&http, &c), &settings(), "n1", now(), &mut |_| {}).unwrap();
+    let got = kubernetes::prepare_reboot(&api(&http, &c), &settings(), "n1", now(), &mut |_| {}, &|| None).unwrap();
     assert!(matches!(got, Prepared::Reboot(_)), "{got:?}");
+}
+
+#[test]
+fn a_pod_no_controller_runs_holds_the_drain_and_is_not_evicted() {
+    let c = cluster();
+    c.add_pod("apps", "scratch", "n1", RunBy::Nobody);
+    let http = client();
+    let s = Settings {
+        drain_timeout: Duration::from_secs(10),
+        ..settings()
+    };
+    let got = kubernetes::prepare_reboot(&api(&http, &c), &s, "n1", now(), &mut |_| {}, &|| None).unwrap();
+    let Prepared::Held { reason, blocked_by } = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(blocked_by, ["apps/scratch"]);
+    assert!(reason.contains("not managed by a controller"), "{reason}");
+    assert_eq!(
+        c.pods_on("n1"),
+        ["apps/scratch", "kube-system/log-agent-n1"],
+        "web-1 went, scratch stays"
+    );
+    assert!(!c.unschedulable("n1"));
 }
 
 #[test]
@@ -168,7 +198,7 @@ fn an_operator_s_cordon_stays_and_a_dead_holder_s_slot_expires() {
     let a = api(&http, &c);
     a.patch_node("n1", &serde_json::json!({"spec": {"unschedulable": true}}))
         .unwrap();
-    let got = kubernetes::prepare_reboot(&a, &settings(), "n1", now() + 2, &mut |_| {}).unwrap();
+    let got = kubernetes::prepare_reboot(&a, &settings(), "n1", now() + 2, &mut |_| {}, &|| None).unwrap();
     assert!(matches!(got, Prepared::Reboot(_)), "{got:?}");
     assert_eq!(c.lease_holder(LEASE).as_deref(), Some("n1"));
     kubernetes::finish(&a, &settings(), "n1", now() + 2).unwrap();

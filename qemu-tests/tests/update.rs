@@ -14,7 +14,7 @@ use cairn_qemu_tests::agent_status::{
 use cairn_qemu_tests::fleet_lock::FleetLockServer;
 use cairn_qemu_tests::guest_checks::assert_running_without_failures;
 use cairn_qemu_tests::http::{Fault, Server};
-use cairn_qemu_tests::kube_api::KubeApi;
+use cairn_qemu_tests::kube_api::{KubeApi, RunBy};
 use cairn_qemu_tests::releases::TestReleases;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
 use cairn_qemu_tests::Artifacts;
@@ -655,8 +655,8 @@ fn a_kubernetes_node_takes_a_phased_release_in_its_turn_and_reboots_only_once_dr
     let kube = KubeApi::start(KUBE_TOKEN).unwrap();
     kube.add_node(NODE);
     kube.add_node("other-node");
-    kube.add_pod("apps", "web-0", NODE, false);
-    kube.add_pod("kube-system", "cni-agent", NODE, true);
+    kube.add_pod("apps", "web-0", NODE, RunBy::ReplicaSet);
+    kube.add_pod("kube-system", "cni-agent", NODE, RunBy::DaemonSet);
     kube.protect("apps/web-0", true);
     let (tls, ca) = kube
         .serve_tls(scratch.path(), KUBE_API.split(':').next().unwrap())

@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use cairn_common::layout::{Arch, Platform};
 use cairn_qemu_tests::fleet_lock::FleetLockServer;
 use cairn_qemu_tests::http::Server;
-use cairn_qemu_tests::kube_api::KubeApi;
+use cairn_qemu_tests::kube_api::{KubeApi, RunBy};
 use cairn_qemu_tests::releases::TestReleases;
 use cairn_qemu_tests::vm::{Vm, VmOptions};
 use serde::Serialize;
@@ -124,7 +124,7 @@ pub fn fleet(target: &crate::Target) -> Result<()> {
         let version = format!("90.0.{i}");
         let commit = releases.commit_copy(&a.dev.ostree_ref, &version, a.arch.as_str(), true)?;
         releases.sign_release(&releases.record(&version, &commit))?;
-        kube.add_pod("apps", &format!("web-{i}"), NODE, false);
+        kube.add_pod("apps", &format!("web-{i}"), NODE, RunBy::ReplicaSet);
         let toml = format!("[update]\nauto = false\n{settings}");
         c.run_ok(
             &format!(
