@@ -551,27 +551,7 @@ pub fn plan_metadata(keys: &Path, targets_dir: &Path, tuf_dir: &Path, expiry: Ex
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let release: Release = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a Cairn release record", path.display()))?;
-            let (name, mut target) = RepositoryEditor::build_target(path)
-                .await
-                .map_err(|e| anyhow::anyhow!("hashing {}: {e}", path.display()))?;
-            let sha256 = hex::encode(Sha256::digest(&bytes));
-            ensure!(
-                hex::encode(&target.hashes.sha256) == sha256,
-                "{} changed while it was read",
-                path.display()
-            );
-            let hashed = targets_dir.join(format!("{sha256}.{}", name.resolved()));
-            if !hashed.exists() {
-                writes.push(Write {
-                    stage: Stage::Target,
-                    path: hashed,
-                    bytes,
-                });
-            }
-            target.custom = release_custom(&release)?;
-            editor
-                .add_target(name, target)
-                .map_err(|e| anyhow::anyhow!("adding target {}: {e}", path.display()))?;
+            add_record(&mut editor, targets_dir, path, bytes, custom_of(&release)?, &mut writes).await?;
             releases.push(release);
         }
         for path in &rollouts {
@@ -592,25 +572,7 @@ pub fn plan_metadata(keys: &Path, targets_dir: &Path, tuf_dir: &Path, expiry: Ex
                 path.display(),
                 rollout.release
             );
-            let (name, mut target) = RepositoryEditor::build_target(path)
-                .await
-                .map_err(|e| anyhow::anyhow!("hashing {}: {e}", path.display()))?;
-            let sha256 = hex::encode(Sha256::digest(&bytes));
-            let hashed = targets_dir.join(format!("{sha256}.{}", name.resolved()));
-            if !hashed.exists() {
-                writes.push(Write {
-                    stage: Stage::Target,
-                    path: hashed,
-                    bytes,
-                });
-            }
-            target.custom = match serde_json::to_value(&rollout)? {
-                serde_json::Value::Object(map) => map.into_iter().collect(),
-                _ => bail!("a rollout record is not a JSON object"),
-            };
-            editor
-                .add_target(name, target)
-                .map_err(|e| anyhow::anyhow!("adding target {}: {e}", path.display()))?;
+            add_record(&mut editor, targets_dir, path, bytes, custom_of(&rollout)?, &mut writes).await?;
         }
         editor
             .targets_version(targets_v)
@@ -698,10 +660,50 @@ pub fn sign_metadata(keys: &Path, targets_dir: &Path, tuf_dir: &Path, expiry: Ex
 
 /// A release's fields as the target's signed `custom` metadata.
 pub fn release_custom(release: &Release) -> Result<HashMap<String, serde_json::Value>> {
-    match serde_json::to_value(release)? {
+    custom_of(release)
+}
+
+/// A record's fields as its target's signed `custom` metadata.
+fn custom_of(record: &impl serde::Serialize) -> Result<HashMap<String, serde_json::Value>> {
+    match serde_json::to_value(record)? {
         serde_json::Value::Object(map) => Ok(map.into_iter().collect()),
-        _ => bail!("a release record is not a JSON object"),
+        _ => bail!("a record is not a JSON object"),
     }
+}
+
+/// Add the record at `path` (read as `bytes`) as a target with `custom`
+/// metadata, and its copy by content (`<sha256>.<name>`) to the writes if
+/// it is not there yet.
+async fn add_record(
+    editor: &mut RepositoryEditor,
+    targets_dir: &Path,
+    path: &Path,
+    bytes: Vec<u8>,
+    custom: HashMap<String, serde_json::Value>,
+    writes: &mut Vec<Write>,
+) -> Result<()> {
+    let (name, mut target) = RepositoryEditor::build_target(path)
+        .await
+        .map_err(|e| anyhow::anyhow!("hashing {}: {e}", path.display()))?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    ensure!(
+        hex::encode(&target.hashes.sha256) == sha256,
+        "{} changed while it was read",
+        path.display()
+    );
+    let hashed = targets_dir.join(format!("{sha256}.{}", name.resolved()));
+    if !hashed.exists() {
+        writes.push(Write {
+            stage: Stage::Target,
+            path: hashed,
+            bytes,
+        });
+    }
+    target.custom = custom;
+    editor
+        .add_target(name, target)
+        .map_err(|e| anyhow::anyhow!("adding target {}: {e}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@
 //! turn — `immediate`, `fleet-lock`, `kubernetes`, `kured` — a release is
 //! staged with `cairn-agent update` and the time is taken, on the host's
 //! clock, from the CLI's `staged <version>` line on the serial console to
-//! the agent's own line in the kernel log that it reboots (or, under
-//! `kured`, that it wrote kured's sentinel). The releases are copies of the
+//! the reboot's first line there (the agent's own in the kernel log, or
+//! systemd's first "Stopped" of the shutdown, whichever comes first), or,
+//! under `kured`, to kured's sentinel appearing (a shell loop on the
+//! console looks every 0.1 s). The releases are copies of the
 //! booted commit (nothing to download), so the figure is the strategy's
 //! own: the daemon noticing the staged update, its gate, and the drain.
 //! Then the host reboots (the bench does it for kured) and commits.
@@ -56,30 +58,22 @@ struct StrategyTime {
     staged_to_rebooting_secs: f64,
 }
 
-/// Each strategy's settings (the TOML the bench writes), and the console
-/// line that ends its measurement.
-const STRATEGIES: [(&str, &str, &str); 4] = [
-    (
-        "immediate",
-        "[reboot]\nstrategy = \"immediate\"\n",
-        "cairn-agent: rebooting",
-    ),
+/// Each strategy and its settings (the TOML the bench writes).
+const STRATEGIES: [(&str, &str); 4] = [
+    ("immediate", "[reboot]\nstrategy = \"immediate\"\n"),
     (
         "fleet-lock",
         "[reboot]\nstrategy = \"fleet-lock\"\nfleet-lock-url = \"http://10.0.2.101\"\n",
-        "cairn-agent: rebooting",
     ),
     (
         "kubernetes",
         "[reboot]\nstrategy = \"kubernetes\"\nkubernetes-node-name = \"cairn-bench-node\"\n",
-        "cairn-agent: rebooting",
     ),
-    (
-        "kured",
-        "[reboot]\nstrategy = \"kured\"\n",
-        "written for kured to drain and reboot",
-    ),
+    ("kured", "[reboot]\nstrategy = \"kured\"\n"),
 ];
+
+/// The first console lines of a reboot: the agent's, or systemd's shutdown.
+const REBOOTING: [&str; 2] = ["cairn-agent: rebooting", "Stopped target"];
 
 fn base64(bytes: &[u8]) -> String {
     use base64::Engine as _;
@@ -119,7 +113,7 @@ pub fn fleet(target: &crate::Target) -> Result<()> {
 
     let mut strategies = Vec::new();
     let mut idle_rss = 0;
-    for (i, (name, settings, line)) in STRATEGIES.into_iter().enumerate() {
+    for (i, (name, settings)) in STRATEGIES.into_iter().enumerate() {
         // A copy of the booted commit as the next release: nothing to download.
         let version = format!("90.0.{i}");
         let commit = releases.commit_copy(&a.dev.ostree_ref, &version, a.arch.as_str(), true)?;
@@ -133,12 +127,22 @@ pub fn fleet(target: &crate::Target) -> Result<()> {
             ),
             COMMAND,
         )?;
-        c.send("cairn-agent update\n")?;
+        if name == "kured" {
+            c.send(
+                "cairn-agent update && while [ ! -e /var/run/reboot-required ]; do sleep 0.1; done && echo SENTINEL-$((40 + 2))\n",
+            )?;
+        } else {
+            c.send("cairn-agent update\n")?;
+        }
         c.wait_for(&format!("staged {version}"), COMMAND)
             .with_context(|| format!("staging {version} under {name}"))?;
         let staged = Instant::now();
-        c.wait_for(line, COMMAND)
-            .with_context(|| format!("the reboot under {name}"))?;
+        if name == "kured" {
+            c.wait_for("SENTINEL-42", COMMAND)
+        } else {
+            c.wait_for_any(&REBOOTING, COMMAND).map(|(_, line)| line)
+        }
+        .with_context(|| format!("the reboot under {name}"))?;
         let secs = staged.elapsed().as_secs_f64();
         tracing::info!(strategy = name, secs, "staged → rebooting");
         strategies.push(StrategyTime {
