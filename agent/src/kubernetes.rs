@@ -325,12 +325,14 @@ pub fn parse_kubeconfig(text: &str, read: &dyn Fn(&str) -> Result<Vec<u8>, Strin
     })
 }
 
-/// The host's HTTPS client for the cluster: the kubeconfig's CA, and its
-/// client certificate (a PKCS#8 key: OpenSSL's reader through reqwest).
+/// The host's HTTPS client for the cluster: the kubeconfig's CA (only it,
+/// as kubectl: the system's roots when the kubeconfig names none), and its
+/// client certificate (a PKCS#8, PKCS#1 or SEC1 key).
 pub fn host_client(c: &Credentials) -> Result<crate::metadata::host::HostHttp, String> {
     let mut builder = reqwest::Client::builder();
     if let Some(pem) = &c.ca_pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("the cluster's CA: {e}"))?;
+        builder = builder.tls_built_in_root_certs(false);
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
@@ -339,14 +341,10 @@ pub fn host_client(c: &Credentials) -> Result<crate::metadata::host::HostHttp, S
         builder = builder.danger_accept_invalid_certs(true);
     }
     if let Auth::Certificate { cert_pem, key_pem } = &c.auth {
-        if !String::from_utf8_lossy(key_pem).contains("BEGIN PRIVATE KEY") {
-            return Err(
-                "the client key is not PKCS#8 (`BEGIN PRIVATE KEY`): convert it with `openssl pkcs8 -topk8 -nocrypt`"
-                    .into(),
-            );
-        }
-        let identity =
-            reqwest::Identity::from_pkcs8_pem(cert_pem, key_pem).map_err(|e| format!("the client certificate: {e}"))?;
+        let mut pem = cert_pem.clone();
+        pem.push(b'\n');
+        pem.extend_from_slice(key_pem);
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| format!("the client certificate: {e}"))?;
         builder = builder.identity(identity);
     }
     crate::metadata::host::HostHttp::with_client(builder)

@@ -19,6 +19,9 @@ impl HostHttp {
 
     /// A client made by `builder` (a cluster's CA and credentials, say).
     pub fn with_client(builder: reqwest::ClientBuilder) -> Result<HostHttp, String> {
+        // TLS is rustls with the aws-lc-rs provider (tough's too), chosen
+        // once per process.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
