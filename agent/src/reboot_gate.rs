@@ -616,6 +616,52 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_that_times_out_is_asked_again_after_a_backoff_from_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            "clusters: [{name: k, cluster: {server: 'http://k'}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\ncurrent-context: c\nusers: [{name: u, user: {token: t}}]\n",
+        )
+        .unwrap();
+        let settings = kubernetes::Settings {
+            kubeconfig,
+            node_name: Some("n1".into()),
+            drain_timeout: Duration::from_secs(20),
+            ..kubernetes::Settings::default()
+        };
+        let node = r#"{"metadata": {"name": "n1", "resourceVersion": "1"}, "spec": {}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}"#;
+        let lease = r#"{"metadata": {"name": "cairn-reboot-default-0", "namespace": "kube-system", "resourceVersion": "5"}, "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 3600, "renewTime": "2096-01-01T00:00:00.000000Z"}}"#;
+        let lease_url = "http://k/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/cairn-reboot-default-0";
+        // A pod whose disruption budget never allows its eviction.
+        let cluster = Fake::default()
+            .answer("GET", "http://k/api/v1/nodes/n1", 200, node)
+            .answer("PATCH", "http://k/api/v1/nodes/n1", 200, "{}")
+            .answer("GET", "http://k/api/v1/nodes", 200, &format!(r#"{{"items": [{node}, {{"metadata": {{"name": "n2"}}}}]}}"#))
+            .answer("GET", lease_url, 200, lease)
+            .answer("PUT", lease_url, 200, "{}")
+            .answer(
+                "GET",
+                "http://k/api/v1/pods?fieldSelector=spec.nodeName%3Dn1",
+                200,
+                r#"{"items": [{"metadata": {"name": "db-0", "namespace": "apps", "ownerReferences": [{"kind": "StatefulSet"}]}, "status": {"phase": "Running"}}]}"#,
+            )
+            .answer("POST", "http://k/api/v1/namespaces/apps/pods/db-0/eviction", 429, "{}");
+        let mut gate = DaemonGate::start(&RebootStrategy::Kubernetes(settings), MACHINE_ID, dir.path(), 1000).unwrap();
+        assert_eq!(gate.pass(&cluster, 1000, &|| None), Pass::Held);
+        let held = gate.record.held.clone().unwrap();
+        assert!(held.reason.contains("timed out after 20s"), "{held:?}");
+        assert_eq!(gate.record.blocked_by, ["apps/db-0"]);
+        // The drain took 20 s (four rounds of 5 s): the first backoff, 30 s,
+        // counts from its end.
+        assert_eq!(held.next_attempt_at, 1000 + 20 + 30, "{held:?}");
+        assert!(
+            cluster.requests().contains(&format!("PUT {lease_url}")),
+            "the slot was given back"
+        );
+    }
+
+    #[test]
     fn under_kured_the_sentinel_is_written_and_the_reboot_is_kured_s() {
         let dir = tempfile::tempdir().unwrap();
         let mut gate = DaemonGate::start(&RebootStrategy::Kured, MACHINE_ID, dir.path(), 0).unwrap();
