@@ -6,6 +6,14 @@ use std::time::{Duration, Instant};
 use super::{Budget, Http, Metadata, Method, Request, Response, BUDGET};
 use crate::platform::Platform;
 
+/// The one way the agent makes an HTTP client: `builder` built with TLS by
+/// rustls and the aws-lc-rs provider (tough's too), installed for the
+/// process on first use (reqwest is built without a provider of its own).
+pub fn http_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    builder.build().map_err(|e| format!("starting the HTTP client: {e}"))
+}
+
 pub struct HostHttp {
     runtime: tokio::runtime::Runtime,
     client: reqwest::Client,
@@ -19,19 +27,13 @@ impl HostHttp {
 
     /// A client made by `builder` (a cluster's CA and credentials, say).
     pub fn with_client(builder: reqwest::ClientBuilder) -> Result<HostHttp, String> {
-        // TLS is rustls with the aws-lc-rs provider (tough's too), chosen
-        // once per process.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("starting the HTTP client: {e}"))?;
         // Metadata services are link-local, FleetLock servers and clusters
         // are the site's own: never through a proxy.
-        let client = builder
-            .no_proxy()
-            .build()
-            .map_err(|e| format!("starting the HTTP client: {e}"))?;
+        let client = http_client(builder.no_proxy())?;
         Ok(HostHttp {
             runtime,
             client,

@@ -309,10 +309,7 @@ impl Fetch for HttpFetch {
             .enable_all()
             .build()
             .map_err(|e| format!("starting the HTTP client: {e}"))?;
-        let client = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .build()
-            .map_err(|e| format!("starting the HTTP client: {e}"))?;
+        let client = crate::metadata::host::http_client(reqwest::Client::builder().timeout(self.timeout))?;
         let mut last = String::new();
         for attempt in 1..=self.attempts {
             let mut req = client.get(url);
