@@ -90,16 +90,22 @@ impl Default for Settings {
     }
 }
 
-/// Whether `name` can be part of a Lease's name (lowercase RFC 1123).
-pub fn check_group(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
+/// Whether `name` is a lowercase RFC 1123 name of at most `max` characters:
+/// letters, digits, `-` (and `.` when `dots`), starting and ending with a
+/// letter or digit.
+fn is_rfc1123(name: &str, max: usize, dots: bool) -> bool {
+    !name.is_empty()
+        && name.len() <= max
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.'))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Whether `name` can be part of a Lease's name (lowercase RFC 1123).
+pub fn check_group(name: &str) -> Result<(), String> {
+    if is_rfc1123(name, 200, true) {
         Ok(())
     } else {
         Err(format!(
@@ -110,14 +116,7 @@ pub fn check_group(name: &str) -> Result<(), String> {
 
 /// Whether `name` can be a namespace (an RFC 1123 label).
 pub fn check_namespace(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
+    if is_rfc1123(name, 63, false) {
         Ok(())
     } else {
         Err(format!(
@@ -627,7 +626,7 @@ fn api_error(r: &Request, resp: &Response) -> String {
         Ok(s) if !s.message.is_empty() => format!("{} {}", s.reason, s.message).trim().to_owned(),
         _ => resp.text().chars().take(200).collect(),
     };
-    let method = format!("{:?}", r.method).to_uppercase();
+    let method = r.method.name();
     if why.is_empty() {
         format!("{method} {}: HTTP {}", r.url, resp.status)
     } else {
@@ -651,7 +650,7 @@ impl Api<'_> {
     }
 
     fn send(&self, r: &Request) -> Result<Response, String> {
-        let method = format!("{:?}", r.method).to_uppercase();
+        let method = r.method.name();
         self.http
             .send(r, REQUEST_TIMEOUT)
             .map_err(|e| format!("{method} {}: {e}", r.url))
@@ -1111,19 +1110,15 @@ mod tests {
 
     impl Http for Script {
         fn send(&self, r: &Request, _: Duration) -> Result<Response, String> {
-            let method = format!("{:?}", r.method).to_uppercase();
+            let method = r.method.name();
             let path = r.url.strip_prefix(SERVER).expect("a request to the server");
             let (m, p, status, body) = self
                 .steps
                 .borrow_mut()
                 .pop_front()
                 .unwrap_or_else(|| panic!("unexpected request {method} {path}"));
-            assert_eq!(
-                (method.as_str(), path),
-                (m.as_str(), p.as_str()),
-                "the request sequence"
-            );
-            self.seen.borrow_mut().push((method.clone(), path.to_owned()));
+            assert_eq!((method, path), (m.as_str(), p.as_str()), "the request sequence");
+            self.seen.borrow_mut().push((method.to_owned(), path.to_owned()));
             assert!(r.headers.contains(&("Authorization".into(), "Bearer t0ken".into())));
             if matches!(r.method, Method::Put | Method::Post) && p.contains("/leases") {
                 let lease: Lease = serde_json::from_slice(&r.body).expect("a Lease");

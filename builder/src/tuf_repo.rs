@@ -658,13 +658,9 @@ pub fn sign_metadata(keys: &Path, targets_dir: &Path, tuf_dir: &Path, expiry: Ex
     Ok(plan.releases)
 }
 
-/// A release's fields as the target's signed `custom` metadata.
-pub fn release_custom(release: &Release) -> Result<HashMap<String, serde_json::Value>> {
-    custom_of(release)
-}
-
-/// A record's fields as its target's signed `custom` metadata.
-fn custom_of(record: &impl serde::Serialize) -> Result<HashMap<String, serde_json::Value>> {
+/// A record's fields (a release's, a rollout's) as its target's signed
+/// `custom` metadata.
+pub fn custom_of(record: &impl serde::Serialize) -> Result<HashMap<String, serde_json::Value>> {
     match serde_json::to_value(record)? {
         serde_json::Value::Object(map) => Ok(map.into_iter().collect()),
         _ => bail!("a record is not a JSON object"),

@@ -195,6 +195,17 @@ impl KubeApi {
         });
     }
 
+    /// A kubeconfig for this API at `server` (as its clients reach it),
+    /// trusting only `ca_pem`, with the token it accepts.
+    pub fn kubeconfig(&self, server: &str, ca_pem: &[u8]) -> String {
+        use base64::Engine as _;
+        let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+        let token = self.with(|c| c.token.clone());
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: cairn\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\ncontexts:\n- name: cairn\n  context: {{cluster: test, user: agent}}\nusers:\n- name: agent\n  user:\n    token: {token}\n"
+        )
+    }
+
     /// Every request so far: `METHOD path status`.
     pub fn requests(&self) -> Vec<String> {
         self.with(|c| c.log.clone())

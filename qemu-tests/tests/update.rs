@@ -665,10 +665,7 @@ fn a_kubernetes_node_takes_a_phased_release_in_its_turn_and_reboots_only_once_dr
     let (_server, vm) =
         boot_image_with_update_server(&a.dev, &releases, "[update]\\nauto = false\\n", &[(KUBE_API, tls.port)]);
     let c = &vm.console;
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\ncurrent-context: cairn\nclusters:\n- name: test\n  cluster:\n    server: https://{KUBE_API}\n    certificate-authority-data: {}\ncontexts:\n- name: cairn\n  context: {{cluster: test, user: agent}}\nusers:\n- name: agent\n  user:\n    token: {KUBE_TOKEN}\n",
-        base64(&ca)
-    );
+    let kubeconfig = kube.kubeconfig(&format!("https://{KUBE_API}"), &ca);
     let settings = format!(
         "[update]\nauto = true\n[reboot]\nstrategy = \"kubernetes\"\nkubernetes-node-name = \"{NODE}\"\ndrain-timeout = \"20s\"\n"
     );

@@ -99,10 +99,7 @@ pub fn fleet(target: &crate::Target) -> Result<()> {
     opts.forward_to_loopback(&relay, KUBE_API, tls.port);
     let vm = Vm::boot(&opts, BOOT)?;
     let c = &vm.console;
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster:\n    server: https://{KUBE_API}\n    certificate-authority-data: {}\ncontexts:\n- name: c\n  context: {{cluster: k, user: u}}\nusers:\n- name: u\n  user:\n    token: {KUBE_TOKEN}\n",
-        base64(&ca)
-    );
+    let kubeconfig = kube.kubeconfig(&format!("https://{KUBE_API}"), &ca);
     c.run_ok(
         &format!(
             "mkdir -p /etc/cairn/agent.d && echo {} | base64 -d > /etc/cairn/kubeconfig",

@@ -90,6 +90,18 @@ pub enum Method {
     Patch,
 }
 
+impl Method {
+    /// The method as HTTP names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+            Method::Patch => "PATCH",
+        }
+    }
+}
+
 /// One HTTP request to a metadata service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -292,7 +304,7 @@ pub(crate) mod fake {
 
     impl Http for Service {
         fn send(&self, r: &Request, timeout: Duration) -> Result<Response, String> {
-            let method = format!("{:?}", r.method).to_uppercase();
+            let method = r.method.name();
             self.log.borrow_mut().push(format!("{method} {}", r.url));
             if self.silent {
                 self.clock.set(self.clock.get() + timeout);
@@ -311,7 +323,7 @@ pub(crate) mod fake {
                     });
                 }
             }
-            match self.answers.get(&(method, r.url.clone())) {
+            match self.answers.get(&(method.to_owned(), r.url.clone())) {
                 Some((status, body)) => Ok(Response {
                     status: *status,
                     body: body.clone(),

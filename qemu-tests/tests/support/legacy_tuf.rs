@@ -68,7 +68,7 @@ pub fn publish(keys: &Path, repo: &Path, releases: &[Release]) {
             let path = targets.join(r.target_name());
             std::fs::write(&path, serde_json::to_vec(r).unwrap()).unwrap();
             let (name, mut target) = RepositoryEditor::build_target(&path).await.unwrap();
-            target.custom = tuf_repo::release_custom(r).unwrap();
+            target.custom = tuf_repo::custom_of(r).unwrap();
             editor.add_target(name, target).unwrap();
         }
         let one = std::num::NonZeroU64::MIN;
