@@ -42,13 +42,34 @@ pub fn inrelease_url(mirror: &str, suite: &str) -> String {
     format!("{}/dists/{suite}/InRelease", mirror.trim_end_matches('/'))
 }
 
-/// The state of `suite` from the bytes of its `InRelease` (pure). The file
-/// must be the one of `suite` (its `Codename:` or `Suite:`).
-pub fn parse_inrelease(suite: &str, bytes: &[u8]) -> Result<SuiteRelease> {
+/// A release file (`InRelease`, or `Release`) read: its state and the
+/// distribution it says it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedRelease {
+    pub state: SuiteRelease,
+    pub suite: String,
+    pub codename: String,
+}
+
+impl ParsedRelease {
+    /// Does the file say it is `suite` (its `Codename:` or `Suite:`)?
+    pub fn names(&self, suite: &str) -> bool {
+        self.codename == suite || self.suite == suite
+    }
+}
+
+/// Read a release file (pure). A file without a `Date:` (some third-party
+/// repositories) has an empty date.
+pub fn parse_release(bytes: &[u8]) -> Result<ParsedRelease> {
     let text = String::from_utf8_lossy(bytes);
     let mut fields = BTreeMap::new();
-    // The signed part: after the armour header's blank line, up to the signature.
-    let body = text.split_once("\n\n").map_or(text.as_ref(), |(_, b)| b);
+    // A clearsigned file's signed part comes after the armour header's
+    // blank line and ends at the signature; a plain `Release` is all fields.
+    let body = if text.starts_with("-----BEGIN PGP SIGNED MESSAGE") {
+        text.split_once("\n\n").map_or(text.as_ref(), |(_, b)| b)
+    } else {
+        text.as_ref()
+    };
     for line in body.lines() {
         if line.starts_with("-----BEGIN PGP SIGNATURE") || line.is_empty() {
             break;
@@ -60,19 +81,36 @@ pub fn parse_inrelease(suite: &str, bytes: &[u8]) -> Result<SuiteRelease> {
             fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
         }
     }
-    let names = ["codename", "suite"].map(|k| fields.get(k).map(String::as_str).unwrap_or(""));
-    if !names.contains(&suite) {
+    let field = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    let date = match fields.get("date") {
+        Some(d) => parse_date(d)?,
+        None => String::new(),
+    };
+    Ok(ParsedRelease {
+        state: SuiteRelease {
+            inrelease_sha256: hex::encode(Sha256::digest(bytes)),
+            date,
+        },
+        suite: field("suite"),
+        codename: field("codename"),
+    })
+}
+
+/// The state of `suite` from the bytes of its `InRelease` (pure). The file
+/// must be the one of `suite` (its `Codename:` or `Suite:`) and dated.
+pub fn parse_inrelease(suite: &str, bytes: &[u8]) -> Result<SuiteRelease> {
+    let parsed = parse_release(bytes)?;
+    if !parsed.names(suite) {
         bail!(
             "it is not the InRelease of `{suite}` (Codename: `{}`, Suite: `{}`)",
-            names[0],
-            names[1]
+            parsed.codename,
+            parsed.suite
         );
     }
-    let date = fields.get("date").context("it has no `Date:` field")?;
-    Ok(SuiteRelease {
-        inrelease_sha256: hex::encode(Sha256::digest(bytes)),
-        date: parse_date(date)?,
-    })
+    if parsed.state.date.is_empty() {
+        bail!("it has no `Date:` field");
+    }
+    Ok(parsed.state)
 }
 
 /// An `InRelease` `Date:` (RFC 2822, `Sat, 10 May 2025 09:12:37 UTC`) as
@@ -113,27 +151,32 @@ pub fn fetch(suites: &[String], mirrors: &Mirrors, dir: &Path) -> Result<Archive
 }
 
 /// The state apt used, from the `InRelease` files of its lists folder
-/// (`/var/lib/apt/lists`, named `<mirror>_dists_<suite>_InRelease`).
-pub fn from_apt_lists(lists: &Path, suites: &[String]) -> Result<ArchiveState> {
-    let names: Vec<String> = fs::read_dir(lists)
-        .with_context(|| format!("listing {}", lists.display()))?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect();
+/// (`/var/lib/apt/lists`), each under the name apt gives the file of the
+/// mirror that serves its suite.
+pub fn from_apt_lists(lists: &Path, suites: &[String], mirrors: &Mirrors) -> Result<ArchiveState> {
     let mut state = ArchiveState::new();
     for suite in suites {
-        let suffix = format!("_dists_{suite}_InRelease");
-        let name = names
-            .iter()
-            .find(|n| n.ends_with(&suffix))
-            .with_context(|| format!("apt left no InRelease of `{suite}` in {}", lists.display()))?;
-        let path = lists.join(name);
-        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let name = crate::apt_repos::apt_list_name(&inrelease_url(mirrors.for_suite(suite), suite));
+        let (path, bytes) = read_list(lists, &name, &format!("`{suite}`"))?;
         state.insert(
             suite.clone(),
             parse_inrelease(suite, &bytes).with_context(|| format!("reading {}", path.display()))?,
         );
     }
     Ok(state)
+}
+
+/// The file `name` of apt's lists folder `lists`, holding the release file
+/// of `what`.
+pub fn read_list(lists: &Path, name: &str, what: &str) -> Result<(std::path::PathBuf, Vec<u8>)> {
+    let path = lists.join(name);
+    match fs::read(&path) {
+        Ok(bytes) => Ok((path, bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("apt left no InRelease of {what} in {} (no {name})", lists.display())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// Suite → SHA-256 of its `InRelease`: what a package layer is keyed by.
@@ -261,7 +304,11 @@ iQIzBAEBCAAdFiEE
         )
         .unwrap();
         let suites = vec!["bookworm-security".to_owned()];
-        let used = from_apt_lists(d.path(), &suites).unwrap();
+        let mirrors = Mirrors {
+            main: "http://m.example/debian".into(),
+            security: "http://m.example/debian-security/".into(),
+        };
+        let used = from_apt_lists(d.path(), &suites, &mirrors).unwrap();
         let fetched: ArchiveState = [(
             "bookworm-security".to_owned(),
             parse_inrelease("bookworm-security", SECURITY.as_bytes()).unwrap(),
@@ -273,7 +320,7 @@ iQIzBAEBCAAdFiEE
         newer.insert("bookworm-security".into(), "00".into());
         assert_eq!(changed(&newer, &hashes(&used)), ["bookworm-security"]);
 
-        let e = from_apt_lists(d.path(), &["bookworm".to_owned()])
+        let e = from_apt_lists(d.path(), &["bookworm".to_owned()], &mirrors)
             .unwrap_err()
             .to_string();
         assert!(e.contains("apt left no InRelease of `bookworm`"), "{e}");

@@ -27,6 +27,7 @@ use cairn_common::process::Cmd;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::apt_repos::{self, RepositoryRecipe};
 use crate::apt_sources::{self, Mirrors};
 use crate::archive::{self, ArchiveState};
 use crate::kernel_check::{self, Fragment, KernelFacts};
@@ -174,19 +175,29 @@ pub struct BaseRecipe {
     /// existed) when every module ships.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_modules: Option<AllowKey>,
+    /// The manifest's own apt repositories (absent when there are none, so
+    /// the key of a layer without any is what it was before they existed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<RepositoryRecipe>,
+    /// Their state: `<repository> <suite>` → SHA-256 of its release file.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub repository_archive: BTreeMap<String, String>,
 }
 
 impl BaseRecipe {
-    /// `initramfs`: the modules the initramfs holds ([`initramfs_modules`]).
+    /// `initramfs`: the modules the initramfs holds ([`initramfs_modules`]);
+    /// `repositories`: the manifest's own repositories' state
+    /// ([`apt_repos::fetch_verified`]).
     pub fn new(
         spec: &ImageSpec,
         mirrors: &Mirrors,
         archive: &ArchiveState,
+        repositories: &ArchiveState,
         initramfs: &[String],
         modules: Option<&AllowList>,
-    ) -> BaseRecipe {
+    ) -> Result<BaseRecipe> {
         let components = spec.components.join(" ");
-        BaseRecipe {
+        Ok(BaseRecipe {
             recipe: BASE_RECIPE_VERSION,
             arch: spec.arch,
             release: spec.release.clone(),
@@ -202,7 +213,13 @@ impl BaseRecipe {
             prepare_root_conf: PREPARE_ROOT_CONF.to_owned(),
             archive: archive::hashes(archive),
             kernel_modules: modules.map(AllowList::key),
-        }
+            repositories: spec
+                .repositories
+                .iter()
+                .map(RepositoryRecipe::of)
+                .collect::<Result<_>>()?,
+            repository_archive: archive::hashes(repositories),
+        })
     }
 
     /// Content key: the first 128 bits of the SHA-256 of the recipe.
@@ -221,6 +238,10 @@ pub struct Base {
     pub packages: BTreeMap<String, String>,
     /// The archive's state the packages were installed from.
     pub archive: ArchiveState,
+    /// The state of the manifest's own repositories they were installed
+    /// from (`<repository> <suite>`).
+    #[serde(default)]
+    pub repositories: ArchiveState,
 }
 
 /// Inputs of `compose`.
@@ -324,10 +345,16 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed> {
                 (meta::KERNEL, base.kernel_release.clone()),
                 (meta::DEBIAN_RELEASE, spec.release.clone()),
             ],
-            variants: vec![
+            variants: [
                 (meta::PACKAGES, packages),
                 (meta::DEBIAN_ARCHIVE, archive::to_gvariant(&base.archive)),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                (!base.repositories.is_empty())
+                    .then(|| (meta::APT_REPOSITORIES, archive::to_gvariant(&base.repositories))),
+            )
+            .collect(),
             sign: Some(&key),
             consume: false,
         },
@@ -582,13 +609,16 @@ impl Cache {
     /// The package layer for `spec` from the Debian archive as it is now,
     /// built unless cached.
     pub fn base(&self, spec: &ImageSpec, mirrors: &Mirrors) -> Result<Base> {
-        let fetched = {
+        let (fetched, repositories) = {
             let dir = scratch::WorkDir::new(&self.tmp(), "archive-")?;
-            archive::fetch(&spec.suites, mirrors, dir.path())?
+            // The manifest's own repositories first: a bad signature is
+            // refused before anything else is fetched.
+            let repositories = apt_repos::fetch_verified(&spec.repositories, dir.path())?;
+            (archive::fetch(&spec.suites, mirrors, dir.path())?, repositories)
         };
         let modules = module_allow_list(spec)?;
         let initramfs = initramfs_modules(spec)?;
-        let recipe = BaseRecipe::new(spec, mirrors, &fetched, &initramfs, modules.as_ref());
+        let recipe = BaseRecipe::new(spec, mirrors, &fetched, &repositories, &initramfs, modules.as_ref())?;
         let key = recipe.key();
         let record = self.record(&key);
         if let Ok(text) = fs::read_to_string(&record) {
@@ -599,7 +629,7 @@ impl Cache {
             }
         }
         tracing::info!(%key, packages = recipe.packages.len(), "building package layer");
-        let base = self.build_base(spec, recipe, modules.as_ref())?;
+        let base = self.build_base(spec, mirrors, recipe, modules.as_ref())?;
         // Recorded only now that it is committed, under the key of the
         // archive state it was really built from.
         let record = self.record(&base.key);
@@ -612,7 +642,13 @@ impl Cache {
     /// Build the package layer of `recipe`. Its key comes from the
     /// `InRelease` files apt used: if the archive changed since `recipe`
     /// was made, the layer is keyed by the newer state it was built from.
-    fn build_base(&self, spec: &ImageSpec, mut recipe: BaseRecipe, modules: Option<&AllowList>) -> Result<Base> {
+    fn build_base(
+        &self,
+        spec: &ImageSpec,
+        mirrors: &Mirrors,
+        mut recipe: BaseRecipe,
+        modules: Option<&AllowList>,
+    ) -> Result<Base> {
         let started = Instant::now();
         // Removed whole, mmdebstrap's mounts first, however this ends; the
         // layer is recorded only once committed.
@@ -628,6 +664,7 @@ impl Cache {
         let prepare_root = work.path().join("prepare-root.conf");
         fs::write(&prepare_root, &recipe.prepare_root_conf)?;
         let prune = modules.map(|allow| PruneHook::write(work.path(), allow)).transpose()?;
+        let repositories = RepositoryFiles::write(&spec.repositories, work.path())?;
         let installed = run_mmdebstrap(
             spec,
             &recipe,
@@ -638,6 +675,7 @@ impl Cache {
                 lists: &lists,
                 prepare_root: &prepare_root,
                 prune: prune.as_ref(),
+                repositories: &repositories,
             },
         );
         if let Some(prune) = &prune {
@@ -645,12 +683,16 @@ impl Cache {
         }
         installed?;
         tracing::info!(elapsed = ?started.elapsed(), "packages installed");
-        let used = archive::from_apt_lists(&lists, &spec.suites)?;
+        let used = archive::from_apt_lists(&lists, &spec.suites, mirrors)?;
+        let used_repositories = apt_repos::from_apt_lists(&lists, &spec.repositories)?;
         // Keyed by what apt used: if the archive moved since the recipe was
         // made, the layer is the newer state's.
         let fetched = std::mem::replace(&mut recipe.archive, archive::hashes(&used));
+        let fetched_repositories =
+            std::mem::replace(&mut recipe.repository_archive, archive::hashes(&used_repositories));
         let key = recipe.key();
-        let changed = archive::changed(&fetched, &recipe.archive);
+        let mut changed = archive::changed(&fetched, &recipe.archive);
+        changed.extend(archive::changed(&fetched_repositories, &recipe.repository_archive));
         if !changed.is_empty() {
             tracing::warn!(?changed, %key, "the archive changed while the package layer was built: keyed by the state apt used");
         }
@@ -680,6 +722,7 @@ impl Cache {
             kernel_release: converted.kernel_release,
             packages,
             archive: used,
+            repositories: used_repositories,
         })
     }
 }
@@ -832,6 +875,40 @@ struct LayerWork<'a> {
     prepare_root: &'a Path,
     /// The module-pruning hook, for a platform that prunes.
     prune: Option<&'a PruneHook>,
+    /// The manifest's own repositories' sources and pins.
+    repositories: &'a RepositoryFiles,
+}
+
+/// What apt needs of the manifest's own repositories in one build: `deb`
+/// lines trusting each one's own key, and the pins of those that set a
+/// priority (files uploaded into the tree's `/etc/apt/preferences.d/`
+/// before apt reads its lists).
+struct RepositoryFiles {
+    deb_lines: Vec<String>,
+    /// (file on the build host, name in `preferences.d`).
+    pins: Vec<(PathBuf, String)>,
+}
+
+impl RepositoryFiles {
+    fn write(repositories: &[apt_repos::Repository], work: &Path) -> Result<RepositoryFiles> {
+        let dir = work.join("repositories");
+        fs::create_dir_all(&dir)?;
+        let mut files = RepositoryFiles {
+            deb_lines: Vec::new(),
+            pins: Vec::new(),
+        };
+        for repo in repositories {
+            let keyring = apt_repos::write_keyring(repo, &dir)?;
+            files.deb_lines.extend(repo.deb_lines(&keyring));
+            if let Some(text) = repo.preferences() {
+                let name = format!("cairn-repository-{}.pref", repo.name);
+                let path = dir.join(&name);
+                fs::write(&path, text)?;
+                files.pins.push((path, name));
+            }
+        }
+        Ok(files)
+    }
 }
 
 fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, work: &LayerWork) -> Result<()> {
@@ -842,6 +919,7 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, work: &LayerWork) -> Re
         lists,
         prepare_root,
         prune,
+        repositories,
     } = *work;
     let q = |p: &Path| shell_quote(&p.display().to_string());
     let dracut = format!(
@@ -872,6 +950,10 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, work: &LayerWork) -> Re
         .args(["--skip=download/empty", "--skip=essential/unlink"])
         .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
         .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", q(debs)))
+        // The manifest's repositories' pins, before apt reads its lists.
+        .args(repositories.pins.iter().map(|(file, name)| {
+            format!("--setup-hook=upload {} /etc/apt/preferences.d/{name}", q(file))
+        }))
         .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", q(debs)))
         // GRUB's EFI modules and tools, fetched with the image's own apt
         // state (outside the chroot, which has no resolver), never installed.
@@ -899,9 +981,10 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, work: &LayerWork) -> Re
         // Then the tree's modules (kmod reads .ko.zst, and unpacks zstd
         // several times faster than xz): a third of their size.
         .arg(format!("--customize-hook={COMPRESS_MODULES}"))
-        // The InRelease files apt used: the archive state the layer is keyed by.
+        // The release files apt used: the archive state the layer is keyed
+        // by (a repository without InRelease has Release and Release.gpg).
         .arg(format!(
-            "--customize-hook=cp \"$1\"/var/lib/apt/lists/*_InRelease {}/",
+            "--customize-hook=for f in \"$1\"/var/lib/apt/lists/*_InRelease \"$1\"/var/lib/apt/lists/*_Release; do if [ -e \"$f\" ]; then cp \"$f\" {}/ || exit 1; fi; done",
             q(lists)
         ))
         .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/*")
@@ -912,7 +995,7 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, work: &LayerWork) -> Re
         .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
         .arg(&spec.release)
         .arg(root);
-    for line in &recipe.sources {
+    for line in recipe.sources.iter().chain(&repositories.deb_lines) {
         cmd = cmd.arg(line);
     }
     cmd.progress().run().map_err(|e| explain_apt_failure(e, spec))
@@ -928,8 +1011,18 @@ fn explain_apt_failure(e: anyhow::Error, spec: &ImageSpec) -> anyhow::Error {
             format!("Couldn't find any package by glob '{}'", p.name),
         ];
         if patterns.iter().any(|pat| text.contains(pat)) {
+            let repositories = if spec.repositories.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<String> = spec
+                    .repositories
+                    .iter()
+                    .map(|r| format!("`{}` ({})", r.name, r.url))
+                    .collect();
+                format!(" nor in the manifest's repositories {}", names.join(", "))
+            };
             return anyhow!(
-                "{}:{}:{}: package `{}` is not in the configured Debian suites ({}) for {}",
+                "{}:{}:{}: package `{}` is not in the configured Debian suites ({}){repositories} for {}",
                 spec.manifest_path.display(),
                 p.line,
                 p.column,
@@ -1083,6 +1176,92 @@ mod tests {
     }
 
     #[test]
+    fn a_repository_is_keyed_by_what_it_serves_and_how_it_is_trusted_not_by_where() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("image.toml");
+        let key = include_str!("../../qemu-tests/fixtures/apt-repo/repository-key.asc");
+        fs::write(d.path().join("repo.asc"), key).unwrap();
+        fs::write(
+            d.path().join("other.asc"),
+            include_str!("../../qemu-tests/fixtures/apt-repo/other-key.asc"),
+        )
+        .unwrap();
+        let text = r#"
+[image]
+name = "cairn"
+version = "1.0.0"
+stream = "stable"
+[debian]
+release = "bookworm"
+suites = ["bookworm"]
+components = ["main"]
+[packages]
+base = ["systemd"]
+[kernel]
+kind = "cloud"
+[disk]
+esp-size = "64MiB"
+root-size = "1GiB"
+[update]
+url = "http://127.0.0.1/repo"
+[flavors.dev]
+package-sets = ["base"]
+[[repositories]]
+name = "own"
+url = "http://127.0.0.1:8080/repo"
+suites = ["stable"]
+components = ["main"]
+key = "repo.asc"
+"#;
+        let resolve = |t: &str| {
+            Manifest::parse(&path, t)
+                .unwrap()
+                .resolve("dev", Arch::X86_64, Platform::Generic)
+                .unwrap()
+        };
+        let m = Mirrors {
+            main: "http://a.example/debian".into(),
+            security: "http://s.example/ds".into(),
+        };
+        let debian = ArchiveState::new();
+        let served = |sha: &str| -> ArchiveState {
+            [(
+                "own stable".to_owned(),
+                archive::SuiteRelease {
+                    inrelease_sha256: sha.into(),
+                    date: String::new(),
+                },
+            )]
+            .into()
+        };
+        let key_of = |t: &str, state: &ArchiveState| {
+            BaseRecipe::new(&resolve(t), &m, &debian, state, &[], None)
+                .unwrap()
+                .key()
+        };
+        let k = key_of(text, &served("aa"));
+        assert_eq!(
+            key_of(&text.replace("127.0.0.1:8080", "mirror.example"), &served("aa")),
+            k,
+            "another URL serving the same release is the same layer"
+        );
+        assert_ne!(key_of(text, &served("bb")), k, "what it serves changed");
+        assert_ne!(
+            key_of(&text.replace("repo.asc", "other.asc"), &served("aa")),
+            k,
+            "another key"
+        );
+        assert_ne!(key_of(&format!("{text}priority = 990\n"), &served("aa")), k, "a pin");
+        let none = text.split("[[repositories]]").next().unwrap();
+        let json =
+            serde_json::to_string(&BaseRecipe::new(&resolve(none), &m, &debian, &debian, &[], None).unwrap()).unwrap();
+        assert!(
+            !json.contains("repositor"),
+            "a layer without repositories keeps its old key: {json}"
+        );
+    }
+
+    #[test]
     fn recipe_key_changes_with_packages_mirror_and_archive_state_only() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("image.toml");
@@ -1126,13 +1305,17 @@ package-sets = ["base"]
             .into()
         };
         let a = state("aa");
-        let k1 = BaseRecipe::new(&spec, &m, &a, &[], None).key();
+        let k1 = BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], None)
+            .unwrap()
+            .key();
         let v2 = Manifest::parse(&path, &text.replace("1.0.0", "1.0.1"))
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
         assert_eq!(
-            BaseRecipe::new(&v2, &m, &a, &[], None).key(),
+            BaseRecipe::new(&v2, &m, &a, &ArchiveState::new(), &[], None)
+                .unwrap()
+                .key(),
             k1,
             "the version is not part of the package layer"
         );
@@ -1140,21 +1323,35 @@ package-sets = ["base"]
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
-        assert_ne!(BaseRecipe::new(&p2, &m, &a, &[], None).key(), k1);
+        assert_ne!(
+            BaseRecipe::new(&p2, &m, &a, &ArchiveState::new(), &[], None)
+                .unwrap()
+                .key(),
+            k1
+        );
         let m2 = Mirrors {
             main: "http://b.example/debian".into(),
             ..m.clone()
         };
-        assert_ne!(BaseRecipe::new(&spec, &m2, &a, &[], None).key(), k1);
         assert_ne!(
-            BaseRecipe::new(&spec, &m, &state("bb"), &[], None).key(),
+            BaseRecipe::new(&spec, &m2, &a, &ArchiveState::new(), &[], None)
+                .unwrap()
+                .key(),
+            k1
+        );
+        assert_ne!(
+            BaseRecipe::new(&spec, &m, &state("bb"), &ArchiveState::new(), &[], None)
+                .unwrap()
+                .key(),
             k1,
             "a new InRelease (a security update) is a new layer"
         );
         let mut later = a.clone();
         later.get_mut("bookworm").unwrap().date = "2026-07-12T00:00:00Z".into();
         assert_eq!(
-            BaseRecipe::new(&spec, &m, &later, &[], None).key(),
+            BaseRecipe::new(&spec, &m, &later, &ArchiveState::new(), &[], None)
+                .unwrap()
+                .key(),
             k1,
             "the key is what the archive served, not a time"
         );
@@ -1163,7 +1360,8 @@ package-sets = ["base"]
         // Pruned kernel modules: the allow-list's names and needs are part
         // of the key, where the fragments name them is not; a layer that
         // keeps every module has the key it had before pruning existed.
-        let json = serde_json::to_string(&BaseRecipe::new(&spec, &m, &a, &[], None)).unwrap();
+        let json =
+            serde_json::to_string(&BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], None).unwrap()).unwrap();
         assert!(!json.contains("kernel_modules"), "{json}");
         let fragment = |text: &str| kernel_check::Fragment::parse(text, "kc/x.config").unwrap();
         let allow = |text: &str, drivers: &[&str]| {
@@ -1171,21 +1369,50 @@ package-sets = ["base"]
             AllowList::derive(&[fragment(text)], Arch::X86_64, &drivers, "image.toml")
         };
         let veth = "# why\n# cairn: module=veth\nCONFIG_VETH=m\n";
-        let pruned = BaseRecipe::new(&spec, &m, &a, &[], Some(&allow(veth, &["nvme"]))).key();
+        let pruned = BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], Some(&allow(veth, &["nvme"])))
+            .unwrap()
+            .key();
         assert_ne!(pruned, k1, "pruning makes another layer");
         let moved = format!("# a longer\n# comment\n{veth}");
         assert_eq!(
-            BaseRecipe::new(&spec, &m, &a, &[], Some(&allow(&moved, &["nvme"]))).key(),
+            BaseRecipe::new(
+                &spec,
+                &m,
+                &a,
+                &ArchiveState::new(),
+                &[],
+                Some(&allow(&moved, &["nvme"]))
+            )
+            .unwrap()
+            .key(),
             pruned
         );
         assert_ne!(
-            BaseRecipe::new(&spec, &m, &a, &[], Some(&allow(veth, &["nvme", "ahci"]))).key(),
+            BaseRecipe::new(
+                &spec,
+                &m,
+                &a,
+                &ArchiveState::new(),
+                &[],
+                Some(&allow(veth, &["nvme", "ahci"]))
+            )
+            .unwrap()
+            .key(),
             pruned,
             "another module kept is another layer"
         );
         let wanted = "# why\n# cairn-wanted: CONFIG_VETH=m module=veth\n";
         assert_ne!(
-            BaseRecipe::new(&spec, &m, &a, &[], Some(&allow(wanted, &["nvme"]))).key(),
+            BaseRecipe::new(
+                &spec,
+                &m,
+                &a,
+                &ArchiveState::new(),
+                &[],
+                Some(&allow(wanted, &["nvme"]))
+            )
+            .unwrap()
+            .key(),
             pruned,
             "a module's need is part of the key"
         );

@@ -1,5 +1,6 @@
 //! Cairn's image builder. `cairn-build` is a thin shim over [`cli::run`].
 
+pub mod apt_repos;
 pub mod apt_sources;
 pub mod archive;
 pub mod cli;

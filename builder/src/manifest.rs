@@ -9,6 +9,8 @@ use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
 use cairn_common::fsutil::line_col;
+
+pub use crate::apt_repos::Repository;
 use cairn_common::identity::{ImageId, Variant};
 use cairn_common::layout::{Arch, Platform};
 use serde::Deserialize;
@@ -55,6 +57,24 @@ struct RawManifest {
     /// name (`ec2`, `gce`, …).
     #[serde(default)]
     clouds: BTreeMap<String, Spanned<RawCloud>>,
+    /// The user's own apt repositories, besides Debian's suites.
+    #[serde(default)]
+    repositories: Vec<Spanned<RawRepository>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRepository {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    /// Distributions, or a flat repository's folder (`/`).
+    suites: Vec<Spanned<String>>,
+    #[serde(default)]
+    components: Vec<Spanned<String>>,
+    /// The repository's signing key, relative to the manifest.
+    key: Spanned<String>,
+    /// apt pin priority of the repository's packages.
+    priority: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +273,8 @@ pub struct ImageSpec {
     pub esp_size: u64,
     pub root_size: u64,
     pub update_url: String,
+    /// The user's own apt repositories (`[[repositories]]`), in order.
+    pub repositories: Vec<Repository>,
 }
 
 impl ImageSpec {
@@ -600,7 +622,100 @@ impl Manifest {
             esp_size,
             root_size,
             update_url,
+            repositories: self.repositories()?,
         })
+    }
+
+    /// `[[repositories]]`, checked: names unique, suites either all
+    /// distributions (with components) or flat folders (without), the key
+    /// an OpenPGP public key, the priority one apt takes.
+    fn repositories(&self) -> Result<Vec<Repository>, ManifestError> {
+        let mut out: Vec<Repository> = Vec::new();
+        for table in &self.raw.repositories {
+            let r = table.get_ref();
+            let name = self.identifier(&r.name, "repository name")?;
+            if out.iter().any(|o| o.name == name) {
+                return Err(self.err(r.name.span(), format!("a repository named `{name}` is already defined")));
+            }
+            let url = self.url(&r.url)?;
+            if r.suites.is_empty() {
+                return Err(self.err(table.span(), format!("repository `{name}`: `suites` is empty")));
+            }
+            let mut suites = Vec::new();
+            for s in &r.suites {
+                let v = s.get_ref();
+                let ok = !v.is_empty()
+                    && !v.contains("..")
+                    && !v.contains(char::is_whitespace)
+                    && (v == "/" || !v.starts_with('/'));
+                if !ok {
+                    return Err(self.err(
+                        s.span(),
+                        format!("repository `{name}`: suite `{v}` must be a distribution (`stable`) or a flat repository's folder ending in `/` (`/`)"),
+                    ));
+                }
+                suites.push(v.clone());
+            }
+            let flat = suites.iter().filter(|s| crate::apt_repos::is_flat(s)).count();
+            if flat != 0 && flat != suites.len() {
+                return Err(self.err(
+                    table.span(),
+                    format!("repository `{name}` mixes flat folders (ending in `/`) and distributions in `suites`"),
+                ));
+            }
+            let components = r
+                .components
+                .iter()
+                .map(|c| self.identifier(c, "component"))
+                .collect::<Result<Vec<_>, _>>()?;
+            if flat == 0 && components.is_empty() {
+                return Err(self.err(
+                    table.span(),
+                    format!("repository `{name}` names distributions but no `components` (for example `[\"main\"]`)"),
+                ));
+            }
+            if flat != 0 && !components.is_empty() {
+                return Err(self.err(
+                    r.components[0].span(),
+                    format!("repository `{name}` is flat (its suites end in `/`), so it has no components"),
+                ));
+            }
+            let key = self.input_file(&r.key)?;
+            let bytes = std::fs::read(&key)
+                .map_err(|e| self.err(r.key.span(), format!("`{}` cannot be read: {e}", key.display())))?;
+            crate::apt_repos::keyring_bytes(&bytes).map_err(|e| {
+                self.err(
+                    r.key.span(),
+                    format!("repository `{name}`: key `{}`: {e:#}", key.display()),
+                )
+            })?;
+            let priority = match &r.priority {
+                None => None,
+                Some(p) => match i32::try_from(*p.get_ref()) {
+                    Ok(v) if v != 0 => Some(v),
+                    _ => {
+                        return Err(self.err(
+                            p.span(),
+                            format!(
+                                "repository `{name}`: priority {} is not an apt pin priority (a non-zero integer: 100 to prefer Debian, 990 to prefer this repository, 1001 to take its versions even as downgrades)",
+                                p.get_ref()
+                            ),
+                        ))
+                    }
+                },
+            };
+            let (line, column) = line_col(&self.text, table.span().start);
+            out.push(Repository {
+                name,
+                url,
+                suites,
+                components,
+                key,
+                priority,
+                at: format!("{}:{line}:{column}", self.path.display()),
+            });
+        }
+        Ok(out)
     }
 
     /// The manifest's table for `platform`, checked against `arch`. A
@@ -880,6 +995,75 @@ package-sets = ["base"]
         );
         let e = parse_err(&format!("{GOOD}\n[clouds.gce]\nntp = [\"a b\"]\n"));
         assert_eq!(e.message, "ntp: `a b` is not a host name or address");
+    }
+
+    #[test]
+    fn repositories_are_resolved_and_each_mistake_is_located() {
+        let (d, path) = fixture();
+        std::fs::write(
+            d.path().join("k8s.asc"),
+            include_str!("../../qemu-tests/fixtures/apt-repo/repository-key.asc"),
+        )
+        .unwrap();
+        std::fs::write(d.path().join("notakey.asc"), "hello\n").unwrap();
+        let parse_err = |text: &str| match Manifest::parse(&path, text) {
+            Err(e) => e,
+            Ok(m) => m.resolve("dev", Arch::X86_64, Platform::Generic).unwrap_err(),
+        };
+        let repo = |body: &str| format!("{GOOD}\n[[repositories]]\nname = \"k8s\"\nkey = \"k8s.asc\"\n{body}\n");
+        let text = repo("url = \"https://pkgs.k8s.io/core:/stable:/v1.32/deb/\"\nsuites = [\"/\"]\npriority = 990");
+        let spec = Manifest::parse(&path, &text)
+            .unwrap()
+            .resolve("dev", Arch::X86_64, Platform::Generic)
+            .unwrap();
+        let r = &spec.repositories[0];
+        assert_eq!(r.url, "https://pkgs.k8s.io/core:/stable:/v1.32/deb");
+        assert_eq!((r.suites.as_slice(), r.priority), (&["/".to_owned()][..], Some(990)));
+        let line = GOOD.lines().count() + 2;
+        assert_eq!(r.at, format!("{}:{line}:1", path.display()));
+
+        for (body, message) in [
+            (
+                "url = \"http://r\"\nsuites = [\"stable\"]",
+                "repository `k8s` names distributions but no `components`",
+            ),
+            (
+                "url = \"http://r\"\nsuites = [\"/\"]\ncomponents = [\"main\"]",
+                "repository `k8s` is flat (its suites end in `/`), so it has no components",
+            ),
+            (
+                "url = \"http://r\"\nsuites = [\"/\", \"stable\"]\ncomponents = [\"main\"]",
+                "mixes flat folders",
+            ),
+            (
+                "url = \"http://r\"\nsuites = [\"../x\"]",
+                "suite `../x` must be a distribution",
+            ),
+            (
+                "url = \"ftp://r\"\nsuites = [\"/\"]",
+                "is not an http://, https:// or file:/// URL",
+            ),
+            (
+                "url = \"http://r\"\nsuites = [\"/\"]\npriority = 0",
+                "priority 0 is not an apt pin priority",
+            ),
+            ("url = \"http://r\"\nsuites = []", "`suites` is empty"),
+        ] {
+            let e = parse_err(&repo(body));
+            assert!(e.message.contains(message), "{body}: {e}");
+            assert!(e.line > GOOD.lines().count(), "{body}: {e}");
+        }
+        let e = parse_err(&repo("url = \"http://r\"\nsuites = [\"/\"]").replace("k8s.asc", "notakey.asc"));
+        assert!(e.message.contains("is not an OpenPGP public key"), "{e}");
+        let e = parse_err(&repo("url = \"http://r\"\nsuites = [\"/\"]").replace("k8s.asc", "missing.asc"));
+        assert!(e.message.contains("cannot be read"), "{e}");
+        let twice = format!(
+            "{}\n[[repositories]]\nname = \"k8s\"\nkey = \"k8s.asc\"\nurl = \"http://s\"\nsuites = [\"/\"]\n",
+            repo("url = \"http://r\"\nsuites = [\"/\"]")
+        );
+        assert!(parse_err(&twice)
+            .message
+            .contains("a repository named `k8s` is already defined"));
     }
 
     #[test]

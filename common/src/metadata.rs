@@ -27,3 +27,6 @@ pub const DEBIAN_RELEASE: &str = "cairn.debian-release";
 /// suite → `{'inrelease-sha256': …, 'date': …}` (`a{sa{ss}}`), the SHA-256
 /// of each suite's `InRelease` as apt used it and its `Date:` (RFC 3339).
 pub const DEBIAN_ARCHIVE: &str = "cairn.debian-archive";
+/// The same for the manifest's own apt repositories (`[[repositories]]`),
+/// keyed `<repository> <suite>`; absent when the image has none.
+pub const APT_REPOSITORIES: &str = "cairn.apt-repositories";

@@ -362,7 +362,7 @@ pub fn ensure(arch: Arch, platform: Platform) -> Result<Baseline> {
         return Ok(cached);
     }
     tracing::info!(%key, packages = recipe.packages.len(), "building the plain-Debian baseline");
-    build(&spec, recipe, &out, &tmp, &debs)
+    build(&spec, &mirrors, recipe, &out, &tmp, &debs)
 }
 
 /// The record of image `name` in `out`, if it and its image exist.
@@ -377,7 +377,14 @@ fn read_record(out: &Path, name: &str) -> Result<Option<Baseline>> {
 
 /// Make the image of `recipe` in `out` (work in `tmp`, packages cached in
 /// `debs`). It is named by the archive state apt really used.
-fn build(spec: &ImageSpec, mut recipe: Recipe, out: &Path, tmp: &Path, debs: &Path) -> Result<Baseline> {
+fn build(
+    spec: &ImageSpec,
+    mirrors: &Mirrors,
+    mut recipe: Recipe,
+    out: &Path,
+    tmp: &Path,
+    debs: &Path,
+) -> Result<Baseline> {
     let started = Instant::now();
     // Removed whole, mmdebstrap's mounts first, however this ends.
     let work = scratch::WorkDir::new(tmp, "baseline-")?;
@@ -395,7 +402,7 @@ fn build(spec: &ImageSpec, mut recipe: Recipe, out: &Path, tmp: &Path, debs: &Pa
 
     run_mmdebstrap(spec, &recipe, &root, debs, &lists, &uploads)?;
     tracing::info!(elapsed = ?started.elapsed(), "baseline packages installed");
-    let used = archive::from_apt_lists(&lists, &spec.suites)?;
+    let used = archive::from_apt_lists(&lists, &spec.suites, mirrors)?;
     recipe.archive = archive::hashes(&used);
     let key = recipe.key()?;
 
