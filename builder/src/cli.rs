@@ -201,6 +201,37 @@ enum Command {
         #[arg(long)]
         cloud: Option<String>,
     },
+    /// Make a systemd system extension (sysext) for Cairn hosts from a
+    /// folder and/or Debian packages: placed in /var/lib/extensions, it is
+    /// merged over /usr at boot and on `systemd-sysext refresh`. It fits
+    /// every Cairn release on the manifest's Debian release
+    /// (`SYSEXT_LEVEL`), or with --os-version only that release.
+    Sysext {
+        #[command(flatten)]
+        image: Image,
+        /// The extension's name (its file is `<name>.raw`).
+        #[arg(long)]
+        name: String,
+        /// A root tree whose /usr goes in (`usr/bin/…`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// A Debian package unpacked into it (repeatable; dependencies are
+        /// not resolved and maintainer scripts do not run).
+        #[arg(long = "deb")]
+        debs: Vec<PathBuf>,
+        /// Fit only hosts of this Cairn version (`VERSION_ID`) instead of
+        /// every release on the same Debian release.
+        #[arg(long)]
+        os_version: Option<String>,
+        /// Folder the extension is written to.
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "squashfs")]
+        format: crate::sysext::Format,
+        /// Leave out files outside /usr (listed) instead of refusing them.
+        #[arg(long)]
+        drop_outside_usr: bool,
+    },
     /// A step of `compose`, run by it inside mmdebstrap: prune the kernel
     /// modules of the root tree ROOT to an allow-list and re-index them
     /// with the tree's depmod (see `module_prune`).
@@ -361,6 +392,33 @@ pub fn run(cli: Cli) -> Result<()> {
                 output,
                 formats: format,
                 cloud,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&built)?);
+        }
+        Command::Sysext {
+            image,
+            name,
+            dir,
+            debs,
+            os_version,
+            output,
+            format,
+            drop_outside_usr,
+        } => {
+            let spec = image.resolve()?;
+            let fits = match os_version {
+                Some(v) => crate::sysext::Fits::OsVersion(v),
+                None => crate::sysext::Fits::Level(crate::sysext::sysext_level(&spec.release)),
+            };
+            let built = crate::sysext::build(&crate::sysext::SysextOptions {
+                name,
+                arch: spec.arch,
+                fits,
+                dir,
+                debs,
+                output,
+                format,
+                drop_outside_usr,
             })?;
             println!("{}", serde_json::to_string_pretty(&built)?);
         }

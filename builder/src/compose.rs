@@ -502,11 +502,13 @@ pub fn agent_dropin(spec: &ImageSpec) -> String {
 pub fn os_release(spec: &ImageSpec) -> String {
     let name = "Cairn";
     format!(
-        "NAME=\"{name}\"\nPRETTY_NAME=\"{name} {v} ({f})\"\nID=cairn\nID_LIKE=debian\nVERSION=\"{v} ({f})\"\nVERSION_ID={v}\nVARIANT_ID={f}\nIMAGE_ID={id}\nIMAGE_VERSION={v}\nVERSION_CODENAME={rel}\nDEFAULT_HOSTNAME={id}\n",
+        "NAME=\"{name}\"\nPRETTY_NAME=\"{name} {v} ({f})\"\nID={os_id}\nID_LIKE=debian\nVERSION=\"{v} ({f})\"\nVERSION_ID={v}\nVARIANT_ID={f}\nIMAGE_ID={id}\nIMAGE_VERSION={v}\nVERSION_CODENAME={rel}\nSYSEXT_LEVEL={level}\nDEFAULT_HOSTNAME={id}\n",
         v = spec.version,
         f = spec.variant(),
         id = spec.name,
         rel = spec.release,
+        level = crate::sysext::sysext_level(&spec.release),
+        os_id = crate::sysext::OS_ID,
     )
 }
 

@@ -17,4 +17,5 @@ pub mod ostree;
 pub mod ostree_layout;
 pub mod publish;
 pub mod scratch;
+pub mod sysext;
 pub mod tuf_repo;

@@ -24,6 +24,8 @@ const BUILD: &[&str] = &[
     // Decompresses the kernel's .ko.xz modules (Debian 13) in the build.
     "xz-utils",
     "curl",
+    // `cairn-build sysext` writes system extensions as squashfs images.
+    "squashfs-tools",
 ];
 /// Debian release the host tools come from.
 const RELEASE: &str = "bookworm";
@@ -109,6 +111,8 @@ pub fn setup(task: Task, arch: Arch, host: Option<Arch>) -> Setup {
         // The Kubernetes API stand-in is reached over HTTPS: its CA and
         // certificate made by openssl, TLS by socat (`kube_api::serve_tls`).
         add(&mut s.packages, &["openssl", "socat"]);
+        // The node image's test repository is made with apt-ftparchive.
+        add(&mut s.packages, &["apt-utils"]);
         // Firmware packages are architecture-independent: the main suite
         // is fine; the emulators come from backports.
         let (firmware, emulators): (Vec<&str>, Vec<&str>) = qemu_packages(arch)
