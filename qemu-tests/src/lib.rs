@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod boot_timing;
 pub mod cloud_stand_ins;
 pub mod console;
+pub mod cri;
 pub mod fleet_lock;
 pub mod guest_checks;
 pub mod http;
