@@ -30,6 +30,16 @@ pub trait System {
 const UNIT_DIR: &str = "etc/systemd/system";
 const NETWORK_DIR: &str = "etc/systemd/network";
 const SUDOERS_DIR: &str = "etc/sudoers.d";
+/// Where systemd-sysext looks for system extensions that provisioning can
+/// place (state lives under /etc and /var), relative to the root.
+const EXTENSION_DIRS: &[&str] = &["etc/extensions", "var/lib/extensions"];
+
+/// Is `path` (relative to the root) an extension systemd-sysext would merge?
+fn is_extension(path: &Path) -> bool {
+    EXTENSION_DIRS
+        .iter()
+        .any(|d| path.starts_with(d) && path != Path::new(d))
+}
 
 /// What applying did, one line per effect, for the console and `status`.
 pub type Log = Vec<String>;
@@ -127,6 +137,10 @@ impl Applier<'_> {
             .map_err(|e| format!("/{} -> {}: {e}", l.path.display(), l.target))?;
             self.log.push(format!("link /{} -> {}", l.path.display(), l.target));
         }
+        // Extensions are merged before units are enabled: a unit a config
+        // enables may come in one (kubelet.service in a kubelet extension).
+        let placed_early = plan.files.iter().filter(|f| !f.defer).map(|f| f.path.as_path());
+        self.merge_extensions(placed_early.chain(plan.links.iter().map(|l| l.path.as_path())))?;
         self.units(plan)?;
         // Network files come from a NoCloud seed, read by the local stage,
         // before networkd starts: it reads them when it does.
@@ -137,6 +151,7 @@ impl Applier<'_> {
         for f in plan.files.iter().filter(|f| f.defer) {
             self.file(f)?;
         }
+        self.merge_extensions(plan.files.iter().filter(|f| f.defer).map(|f| f.path.as_path()))?;
         // `/etc/hostname`, written by `hostname` or as a file, names the
         // host in this boot.
         sync_hostname(self.root, &mut *self.sys)?;
@@ -348,6 +363,22 @@ impl Applier<'_> {
         set_mode(&file, 0o600)?;
         self.sys.chown(&file, entry.uid, entry.gid)?;
         self.log.push(format!("{added} SSH key(s) for {name}"));
+        Ok(())
+    }
+
+    /// systemd-sysext merged the extensions present at boot before
+    /// provisioning ran: if `placed` put any in its folders, merge again.
+    fn merge_extensions<'p>(&mut self, placed: impl Iterator<Item = &'p Path>) -> Result<(), String> {
+        let extensions: Vec<&Path> = placed.filter(|p| is_extension(p)).collect();
+        if extensions.is_empty() {
+            return Ok(());
+        }
+        self.sys
+            .run(&argv(&["systemd-sysext", "refresh"]))
+            .map_err(|e| format!("merging the system extensions it placed (systemd-sysext refresh): {e}"))?;
+        for e in extensions {
+            self.log.push(format!("system extension /{} merged", e.display()));
+        }
         Ok(())
     }
 
@@ -654,6 +685,71 @@ mod tests {
             overwrite,
             defer: false,
         }
+    }
+
+    #[test]
+    fn extensions_it_places_are_merged_before_units_are_enabled() {
+        let (dir, mut rec) = host();
+        let plan = Plan {
+            files: vec![
+                file("/var/lib/extensions/kubelet.raw", b"image", false),
+                file("/var/lib/extensionsX/not-one", b"x", false),
+            ],
+            links: vec![Link {
+                path: host_path("/etc/extensions/tools.raw").unwrap(),
+                target: "/var/lib/store/tools.raw".into(),
+                hard: false,
+                overwrite: false,
+                owner: Owner::default(),
+            }],
+            units: vec![Unit {
+                name: "kubelet.service".into(),
+                enabled: Some(true),
+                ..Unit::default()
+            }],
+            ..Plan::default()
+        };
+        let log = apply(&plan, dir.path(), "cairn", &mut rec).unwrap();
+        assert_eq!(
+            rec.ran,
+            [
+                "systemd-sysext refresh",
+                "systemctl daemon-reload",
+                "systemctl enable --no-reload kubelet.service",
+                "systemctl daemon-reload",
+                "systemctl start --no-block default.target",
+            ]
+        );
+        assert!(
+            log.contains(&"system extension /var/lib/extensions/kubelet.raw merged".to_owned()),
+            "{log:?}"
+        );
+        assert!(
+            log.contains(&"system extension /etc/extensions/tools.raw merged".to_owned()),
+            "{log:?}"
+        );
+
+        let (dir, mut rec) = host();
+        let late = Plan {
+            files: vec![File {
+                defer: true,
+                ..file("/etc/extensions/debug.raw", b"image", false)
+            }],
+            ..Plan::default()
+        };
+        apply(&late, dir.path(), "cairn", &mut rec).unwrap();
+        assert_eq!(
+            rec.ran,
+            ["systemd-sysext refresh"],
+            "a deferred one is merged once written"
+        );
+        let (dir, mut rec) = host();
+        let none = Plan {
+            files: vec![file("/etc/motd", b"hi", false)],
+            ..Plan::default()
+        };
+        apply(&none, dir.path(), "cairn", &mut rec).unwrap();
+        assert!(rec.ran.is_empty(), "{:?}", rec.ran);
     }
 
     #[test]

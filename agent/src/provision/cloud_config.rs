@@ -11,7 +11,7 @@ use serde_yaml_ng::{Mapping, Value};
 
 use super::ignition::{gunzip, looks_like_ignition};
 use super::plan::{
-    check_account_name, check_hostname, host_path, Command, Content, File, Group, Id, Owner, Plan, User,
+    check_account_name, check_hostname, host_path, Command, Content, File, Group, Hash, Id, Owner, Plan, Remote, User,
 };
 use super::yaml::{boolean, kind, string, strings};
 
@@ -369,9 +369,12 @@ fn read_write_files(v: &Value, plan: &mut Plan) -> Result<(), String> {
                     .push(format!("{at}: key `{key}` is not supported by Cairn and was ignored"));
             }
         }
-        if get(m, "source").is_some() {
-            return Err(format!(
-                "{at}.source: fetching write_files from a URL is not supported; use content"
+        let source = get(m, "source")
+            .map(|v| read_source(v, &format!("{at}.source"), &mut plan.warnings))
+            .transpose()?;
+        if source.is_some() && (get(m, "content").is_some() || get(m, "encoding").is_some()) {
+            plan.warnings.push(format!(
+                "{at}: content and encoding are cloud-init's fallback when source cannot be fetched; Cairn fails naming the URL instead, and ignored them"
             ));
         }
         let encoding = get(m, "encoding")
@@ -399,10 +402,14 @@ fn read_write_files(v: &Value, plan: &mut Plan) -> Result<(), String> {
             .map(|d| boolean(d, &format!("{at}.defer")))
             .transpose()?
             .unwrap_or(false);
+        let content = match source {
+            Some(remote) => Content::Remote(remote),
+            None => Content::Inline(data),
+        };
         let (contents, append_list) = if append {
-            (None, vec![Content::Inline(data)])
+            (None, vec![content])
         } else {
-            (Some(Content::Inline(data)), vec![])
+            (Some(content), vec![])
         };
         plan.files.push(File {
             path: host_path(&path).map_err(|e| format!("{at}: {e}"))?,
@@ -415,6 +422,50 @@ fn read_write_files(v: &Value, plan: &mut Plan) -> Result<(), String> {
         });
     }
     Ok(())
+}
+
+/// A `write_files` entry's `source` (cloud-init 23.1): `uri` (http or
+/// https) and `headers`; and, a Cairn addition cloud-init does not read,
+/// `hash` in Ignition's form (`sha256-<hex>`), checked before anything is
+/// applied.
+fn read_source(v: &Value, at: &str, warnings: &mut Vec<String>) -> Result<Remote, String> {
+    let Value::Mapping(m) = v else {
+        return Err(format!("{at}: expected a mapping with uri, found {}", kind(v)));
+    };
+    for (k, _) in m {
+        let key = k.as_str().unwrap_or_default();
+        if !["uri", "headers", "hash"].contains(&key) {
+            warnings.push(format!("{at}: key `{key}` is not supported by Cairn and was ignored"));
+        }
+    }
+    let url = string(
+        get(m, "uri").ok_or_else(|| format!("{at}: no uri"))?,
+        &format!("{at}.uri"),
+    )?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{at}.uri: {url:?} is not an http:// or https:// URL"));
+    }
+    let mut headers = Vec::new();
+    if let Some(h) = get(m, "headers") {
+        let Value::Mapping(h) = h else {
+            return Err(format!("{at}.headers: expected a mapping, found {}", kind(h)));
+        };
+        for (k, v) in h {
+            let name = k
+                .as_str()
+                .ok_or_else(|| format!("{at}.headers: a header name is not a string"))?;
+            headers.push((name.to_owned(), string(v, &format!("{at}.headers.{name}"))?));
+        }
+    }
+    let hash = get(m, "hash")
+        .map(|h| string(h, &format!("{at}.hash")).and_then(|h| Hash::parse(&h).map_err(|e| format!("{at}.hash: {e}"))))
+        .transpose()?;
+    Ok(Remote {
+        url,
+        headers,
+        hash,
+        gzip: false,
+    })
 }
 
 #[cfg(test)]
@@ -523,6 +574,54 @@ packages:
             "{:?}",
             p.warnings
         );
+    }
+
+    #[test]
+    fn write_files_from_a_url_are_remote_contents_checked_by_their_hash() {
+        let hex = "ab".repeat(32);
+        let p = read(
+            &format!(
+                "#cloud-config\nwrite_files:\n  - path: /var/lib/extensions/kubelet.raw\n    permissions: '0644'\n    source:\n      uri: https://ext.example/kubelet.raw\n      headers:\n        Authorization: Bearer t\n      hash: sha256-{hex}\n  - path: /etc/x\n    source: {{uri: 'http://h/x'}}\n    content: fallback\n"
+            ),
+            "cairn",
+        )
+        .unwrap();
+        let Some(Content::Remote(r)) = &p.files[0].contents else {
+            panic!("{:?}", p.files[0]);
+        };
+        assert_eq!(r.url, "https://ext.example/kubelet.raw");
+        assert_eq!(r.headers, [("Authorization".to_owned(), "Bearer t".to_owned())]);
+        assert_eq!(r.hash.as_ref().unwrap().hex, hex);
+        assert!(matches!(&p.files[1].contents, Some(Content::Remote(r)) if r.hash.is_none()));
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.contains("write_files[1] (/etc/x): content and encoding are cloud-init's fallback")),
+            "{:?}",
+            p.warnings
+        );
+        for (source, says) in [
+            (
+                "{uri: 'ftp://h/x'}",
+                "write_files[0] (/etc/x).source.uri: \"ftp://h/x\" is not an http:// or https:// URL",
+            ),
+            ("{headers: {}}", "write_files[0] (/etc/x).source: no uri"),
+            (
+                "{uri: 'http://h/x', hash: 'md5-00'}",
+                "write_files[0] (/etc/x).source.hash: hash type \"md5\"",
+            ),
+            (
+                "'http://h/x'",
+                "write_files[0] (/etc/x).source: expected a mapping with uri",
+            ),
+        ] {
+            let e = read(
+                &format!("#cloud-config\nwrite_files:\n  - path: /etc/x\n    source: {source}\n"),
+                "cairn",
+            )
+            .unwrap_err();
+            assert!(e.contains(says), "{source}: {e}");
+        }
     }
 
     #[test]
