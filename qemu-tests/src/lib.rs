@@ -7,6 +7,7 @@
 //! `#[ignore]`d and only that command runs them (with `--ignored`).
 
 pub mod agent_status;
+pub mod apt_repo;
 pub mod artifacts;
 pub mod boot_timing;
 pub mod cloud_stand_ins;

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cairn_qemu_tests::Artifacts;
+use cairn_qemu_tests::http::Server;
+use cairn_qemu_tests::{apt_repo, Artifacts};
 
 struct Run {
     ok: bool,
@@ -121,22 +122,86 @@ fn overlay_escaping_the_tree_is_refused() {
     );
 }
 
+/// The test apt repository (see `apt_repo`), served on loopback.
+fn served_apt_repo(a: &Artifacts, signing: apt_repo::Signing) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    apt_repo::write(dir.path(), a.arch, signing).unwrap();
+    let server = Server::start(dir.path()).unwrap();
+    (dir, server)
+}
+
 #[test]
 #[ignore = "runs mmdebstrap against the Debian mirror; run by `cargo xtask test`"]
 fn unknown_package_is_refused_where_the_manifest_names_it() {
     let a = Artifacts::load().unwrap();
+    // With one of the user's own repositories, pinned: apt takes its
+    // source line and pin, reads it, and the package is in neither.
+    let (_repo, server) = served_apt_repo(&a, apt_repo::Signing::Signed);
+    let entry = apt_repo::manifest_entry(&format!("http://127.0.0.1:{}", server.port), &apt_repo::public_key());
     let (_d, m) = manifest_copy(&a, |t| {
         t.replacen(
             "debug = [\"procps\"",
             "debug = [\"cairn-no-such-package\", \"procps\"",
             1,
-        )
+        ) + &entry
+            + "priority = 500\n"
     });
     assert_compose_refused(
         &a,
         &m,
         line_of(&m, "cairn-no-such-package"),
         "package `cairn-no-such-package` is not in the configured Debian suites",
+    );
+    let run = compose(&a, &m, &tempfile::tempdir().unwrap().path().join("repo"), &a.keys);
+    assert!(
+        run.stderr
+            .contains("nor in the manifest's repositories `cairn-test` (http://127.0.0.1:"),
+        "{}",
+        run.stderr
+    );
+    let asked: Vec<String> = server.requests().into_iter().map(|(path, _, _)| path).collect();
+    assert!(
+        asked.iter().any(|p| p.contains("binary-") && p.contains("Packages")),
+        "apt did not read the repository's package list: {asked:?}"
+    );
+}
+
+#[test]
+#[ignore = "runs the builder against a loopback apt repository; run by `cargo xtask test`"]
+fn a_repository_unsigned_or_signed_by_another_key_is_refused_before_any_download() {
+    let a = Artifacts::load().unwrap();
+    let (_unsigned, server) = served_apt_repo(&a, apt_repo::Signing::Unsigned);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let (_d, m) = manifest_copy(&a, |t| {
+        t.to_owned() + &apt_repo::manifest_entry(&url, &apt_repo::public_key())
+    });
+    assert_compose_refused(
+        &a,
+        &m,
+        // The entry's table header, the line above its name.
+        line_of(&m, "name = \"cairn-test\"") - 1,
+        "repository `cairn-test` (http://127.0.0.1:",
+    );
+    let run = compose(&a, &m, &tempfile::tempdir().unwrap().path().join("repo"), &a.keys);
+    assert!(run.stderr.contains("the repository is unsigned"), "{}", run.stderr);
+
+    let (_signed, server) = served_apt_repo(&a, apt_repo::Signing::Signed);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let (_d, m) = manifest_copy(&a, |t| {
+        t.to_owned() + &apt_repo::manifest_entry(&url, &apt_repo::other_key())
+    });
+    assert_compose_refused(
+        &a,
+        &m,
+        // The entry's table header, the line above its name.
+        line_of(&m, "name = \"cairn-test\"") - 1,
+        &format!("{url}/dists/stable/InRelease is not signed by the key"),
+    );
+    let asked: Vec<String> = server.requests().into_iter().map(|(path, _, _)| path).collect();
+    assert_eq!(
+        asked,
+        ["/dists/stable/InRelease"],
+        "nothing but the release file was fetched"
     );
 }
 

@@ -1,0 +1,424 @@
+//! The Kubernetes node image, end to end, in one boot and one reboot:
+//!
+//! - built from the manifest's `node` flavor with a package from the
+//!   user's own apt repository (signed, served on loopback), which it runs;
+//! - provisioned by Ignition, which places a system extension fetched by
+//!   URL and checked by its hash;
+//! - containerd's CRI answers a CRI client (`Version`, `Status`) on its
+//!   socket, forwarded to the host by OpenSSH, and runs a pod sandbox whose
+//!   network the bridge CNI plugin makes, in a systemd-managed cgroup;
+//! - kubelet's preflight facts hold (modules, sysctls, no swap, tools);
+//! - extensions made by `cairn-build sysext` merge on `systemd-sysext
+//!   refresh`, survive a reboot, and those built for another OS version or
+//!   Debian release are refused by systemd's own check.
+//!
+//! No kubelet runs: none is installable here (see the README).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cairn_builder::image::BuiltImage;
+use cairn_common::process::Cmd;
+use cairn_qemu_tests::cri::{Cri, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, SandboxState};
+use cairn_qemu_tests::http::Server;
+use cairn_qemu_tests::ssh::{free_port, Ssh};
+use cairn_qemu_tests::vm::{Vm, VmOptions};
+use cairn_qemu_tests::{apt_repo, artifacts, oci, Artifacts};
+use serde_json::{json, Value};
+
+const RELAY: &str = env!("CARGO_BIN_EXE_cairn-test-relay");
+const BOOT: Duration = Duration::from_secs(600);
+const FW_CFG: &str = "opt/com.coreos/config";
+const USER: &str = "core";
+
+fn cairn_build(a: &Artifacts, args: &[&str]) -> Value {
+    let out = Cmd::new(&a.builder)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cairn-build {}: {e:#}", args.first().unwrap_or(&"")));
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("cairn-build printed no JSON ({e}):\n{}", out.stdout))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// `cairn-build sysext` of a folder holding `usr/lib/<name>/marker` and a
+/// static busybox, with `more` arguments; returns its JSON report.
+fn sysext(a: &Artifacts, manifest: &Path, out: &Path, name: &str, more: &[&str]) -> Value {
+    let dir = out.join(format!("{name}-input"));
+    let lib = dir.join("usr/lib").join(name);
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::write(lib.join("marker"), format!("{name}\n")).unwrap();
+    std::fs::copy(&a.busybox, lib.join("busybox")).unwrap();
+    let mut args = vec![
+        "sysext",
+        "--manifest",
+        s(manifest),
+        "--arch",
+        a.arch.as_str(),
+        "--name",
+        name,
+        "--dir",
+        s(&dir),
+        "--output",
+        s(out),
+    ];
+    args.extend(more);
+    cairn_build(a, &args)
+}
+
+/// Run `command` as root in the guest; it must succeed.
+fn root(ssh: &Ssh, command: &str) -> String {
+    ssh.ok(USER, &format!("sudo -n sh -c '{}'", command.replace('\'', "'\\''")))
+        .unwrap()
+}
+
+/// Which extensions systemd-sysext has merged over /usr now.
+fn merged(ssh: &Ssh) -> String {
+    root(ssh, "systemd-sysext status --no-pager")
+}
+
+#[test]
+#[ignore = "builds the node image and boots it; run by `cargo xtask test`"]
+fn a_node_image_with_the_users_own_package_runs_pod_sandboxes_through_cri_and_merges_system_extensions() {
+    let a = Artifacts::load().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+
+    // The user's own apt repository, and the node image built with a
+    // package from it.
+    let apt = scratch.path().join("apt");
+    apt_repo::write(&apt, a.arch, apt_repo::Signing::Signed).unwrap();
+    let apt_server = Server::start(&apt).unwrap();
+    let manifest = artifacts::copy_image_definition(&a.manifest, &scratch.path().join("definition")).unwrap();
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let set = "kubernetes-node = [";
+    assert!(text.contains(set), "the manifest has no `kubernetes-node` package set");
+    let edited = text.replacen(set, &format!("{set}\"{}\", ", apt_repo::HELLO), 1)
+        + &apt_repo::manifest_entry(
+            &format!("http://127.0.0.1:{}", apt_server.port),
+            &apt_repo::public_key(),
+        );
+    std::fs::write(&manifest, edited).unwrap();
+    let build_repo = scratch.path().join("build");
+    let image_args = |verb: &'static str| -> Vec<String> {
+        [
+            verb,
+            "--manifest",
+            s(&manifest),
+            "--flavor",
+            "node",
+            "--arch",
+            a.arch.as_str(),
+            "--platform",
+            a.platform.as_str(),
+            "--repo",
+            s(&build_repo),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let mut compose = image_args("compose");
+    compose.extend(
+        [
+            "--cache",
+            s(&a.cache),
+            "--keys",
+            s(&a.keys),
+            "--agent-dir",
+            s(&a.agent_dir),
+        ]
+        .map(str::to_owned),
+    );
+    let composed = cairn_build(&a, &compose.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut image = image_args("image");
+    image.extend(["--output".to_owned(), s(&scratch.path().join("images")).to_owned()]);
+    let built: BuiltImage =
+        serde_json::from_value(cairn_build(&a, &image.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+    // Its packages' versions and the repository's state are in the commit.
+    let commit = composed["commit"].as_str().unwrap();
+    let metadata = |key: &str| {
+        Cmd::new("ostree")
+            .arg(format!("--repo={}", build_repo.display()))
+            .args(["show", "--print-metadata-key", key, commit])
+            .output()
+            .unwrap()
+            .stdout
+    };
+    assert!(
+        metadata("cairn.packages").contains(&format!("'{}': '1.0'", apt_repo::HELLO)),
+        "the repository's package is not among the commit's packages"
+    );
+    assert!(
+        metadata("cairn.apt-repositories").contains("'cairn-test stable'"),
+        "{}",
+        metadata("cairn.apt-repositories")
+    );
+
+    // System extensions: one placed by provisioning, one by hand, and two
+    // systemd must refuse (another OS version; another Debian release).
+    let ext = scratch.path().join("ext");
+    let provisioned = sysext(&a, &manifest, &ext, "cairn-test-provisioned", &[]);
+    let tools = sysext(&a, &manifest, &ext, "cairn-test-tools", &[]);
+    let pinned = sysext(&a, &manifest, &ext, "cairn-test-pinned", &["--os-version", "9.9.9"]);
+    let bookworm = sysext(
+        &a,
+        &manifest,
+        &ext,
+        "cairn-test-bookworm",
+        &["--debian-release", "bookworm"],
+    );
+    assert_eq!(tools["fits"], json!({"level": "trixie"}), "{tools}");
+    let www = scratch.path().join("www");
+    std::fs::create_dir_all(www.join("ext")).unwrap();
+    std::fs::copy(
+        ext.join("cairn-test-provisioned.raw"),
+        www.join("ext/cairn-test-provisioned.raw"),
+    )
+    .unwrap();
+    let server = Server::start(&www).unwrap();
+
+    let ssh = Ssh::new(scratch.path(), free_port().unwrap()).unwrap();
+    let config = json!({
+        "ignition": {"version": "3.4.0"},
+        "passwd": {"users": [
+            {"name": USER, "groups": ["sudo"], "sshAuthorizedKeys": [ssh.public_key().unwrap()]}
+        ]},
+        "storage": {"files": [
+            {"path": "/var/lib/extensions/cairn-test-provisioned.raw", "mode": 420,
+             "contents": {"source": "http://10.0.2.100/ext/cairn-test-provisioned.raw",
+                          "verification": {"hash": provisioned["hash"]}}}
+        ]}
+    });
+    let config_file = scratch.path().join("config.ign");
+    std::fs::write(&config_file, serde_json::to_vec(&config).unwrap()).unwrap();
+    let pause = scratch.path().join("pause.tar");
+    oci::write_pause_archive(&pause, a.arch, &a.busybox).unwrap();
+
+    let mut opts = VmOptions::of(&built);
+    opts.fw_cfg.push((FW_CFG.into(), config_file));
+    opts.forward_update_server(Path::new(RELAY), server.port);
+    opts.forwards.push(ssh.forward(None));
+    for (file, serial) in [
+        (pause.clone(), "cairn-pause"),
+        (PathBuf::from(tools["path"].as_str().unwrap()), "cairn-tools"),
+        (PathBuf::from(pinned["path"].as_str().unwrap()), "cairn-pinned"),
+        (PathBuf::from(bookworm["path"].as_str().unwrap()), "cairn-bookworm"),
+    ] {
+        opts.extra_disks.push((file, serial.into()));
+    }
+    let mut vm = Vm::start_until(&opts, |vm| {
+        vm.console
+            .wait_for("cairn-provision: provisioned (ignition 3.4.0)", BOOT)
+            .map(drop)
+    })
+    .unwrap();
+    ssh.wait_ready(USER, BOOT).unwrap();
+    let running = ssh
+        .run(
+            USER,
+            "systemctl is-system-running --wait; systemctl --failed --no-legend",
+        )
+        .unwrap();
+    assert!(
+        running.stdout.starts_with("running"),
+        "{}{}",
+        running.stdout,
+        running.stderr
+    );
+
+    // The user's package runs.
+    assert_eq!(ssh.ok(USER, apt_repo::HELLO).unwrap(), apt_repo::HELLO_SAYS);
+
+    // The extension provisioning placed is merged, in the first boot.
+    assert_eq!(
+        root(&ssh, "cat /usr/lib/cairn-test-provisioned/marker"),
+        "cairn-test-provisioned"
+    );
+
+    // kubelet's preflight facts.
+    assert_eq!(
+        root(
+            &ssh,
+            "test -d /sys/module/br_netfilter && test -d /sys/module/overlay && echo loaded"
+        ),
+        "loaded"
+    );
+    assert_eq!(
+        root(
+            &ssh,
+            "sysctl -n net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables vm.overcommit_memory kernel.panic_on_oops"
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>(),
+        ["1", "1", "1", "1", "1"]
+    );
+    assert_eq!(root(&ssh, "tail -n +2 /proc/swaps | wc -l"), "0", "swap is on");
+    assert_eq!(root(&ssh, "stat -fc %T /sys/fs/cgroup"), "cgroup2fs");
+    root(&ssh, "command -v conntrack ethtool socat iptables nft ctr runc");
+    assert!(root(&ssh, "iptables --version").contains("nf_tables"));
+    assert_eq!(root(&ssh, "readlink -f /opt/cni/bin/bridge"), "/usr/lib/cni/bridge");
+    root(&ssh, "touch /opt/cni/bin/.writable && rm /opt/cni/bin/.writable");
+    let dump = root(&ssh, "containerd config dump");
+    assert!(dump.contains("SystemdCgroup = true"), "{dump}");
+    assert!(dump.contains("bin_dir = \"/opt/cni/bin\""), "{dump}");
+
+    // CRI, from a CRI client on the host: containerd's socket relayed to
+    // one the login user may open, forwarded by OpenSSH.
+    root(
+        &ssh,
+        &format!("systemd-run --unit cairn-test-cri-relay socat UNIX-LISTEN:/run/cairn-test-cri.sock,fork,user={USER},mode=0600 UNIX-CONNECT:/run/containerd/containerd.sock"),
+    );
+    let forward = ssh
+        .forward_socket(USER, &scratch.path().join("cri.sock"), "/run/cairn-test-cri.sock")
+        .unwrap();
+    let cri = Cri::connect(&forward.local).unwrap();
+    let version = cri.version().unwrap();
+    assert_eq!(version.runtime_name, "containerd", "{version:?}");
+    assert_eq!(version.runtime_api_version, "v1", "{version:?}");
+    let condition = |name: &str| {
+        cri.status()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.r#type == name)
+            .unwrap_or_else(|| panic!("CRI Status has no {name} condition"))
+    };
+    assert!(condition("RuntimeReady").status, "{:?}", condition("RuntimeReady"));
+    let no_network = condition("NetworkReady");
+    assert!(
+        !no_network.status,
+        "NetworkReady before any CNI configuration: {no_network:?}"
+    );
+
+    // A pod sandbox on the bridge CNI plugin, as a network add-on would
+    // configure it.
+    root(&ssh, "ctr -n k8s.io images import /dev/disk/by-id/virtio-cairn-pause");
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": "cairn-test",
+        "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    root(
+        &ssh,
+        &format!("printf %s '{conflist}' > /etc/cni/net.d/10-cairn-test.conflist"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition("NetworkReady").status {
+        assert!(
+            Instant::now() < deadline,
+            "NetworkReady stayed false with a CNI configuration: {:?}",
+            condition("NetworkReady")
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let id = cri
+        .run_pod_sandbox(&PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "cairn-test".into(),
+                uid: "cairn-test-uid".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: "cairn-test-pod".into(),
+            log_directory: "/var/log/pods/default_cairn-test_cairn-test-uid".into(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: "kubepods-besteffort.slice".into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| {
+            let journal = root(&ssh, "journalctl --no-pager -b -u containerd | tail -n 40");
+            panic!("RunPodSandbox: {e:#}\n{journal}")
+        });
+    let sandbox = cri.pod_sandbox_status(&id).unwrap();
+    assert_eq!(sandbox.state, SandboxState::Ready, "{sandbox:?}");
+    assert!(
+        sandbox.ip.starts_with("10.88."),
+        "the bridge plugin's address: {sandbox:?}"
+    );
+    assert!(
+        root(&ssh, "ip -4 -o addr show cni0").contains("10.88.0.1/16"),
+        "the bridge is the pods' gateway"
+    );
+    assert_eq!(
+        root(
+            &ssh,
+            &format!("test -d /sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/cri-containerd-{id}.scope && echo systemd")
+        ),
+        "systemd",
+        "the sandbox's cgroup is a systemd scope under its slice"
+    );
+    cri.stop_pod_sandbox(&id).unwrap();
+    cri.remove_pod_sandbox(&id).unwrap();
+    assert!(cri.list_pod_sandbox().unwrap().iter().all(|s| s.id != id));
+    drop(cri);
+    drop(forward);
+
+    // Extensions placed by hand: one merged on refresh, two refused.
+    for (serial, name) in [
+        ("cairn-tools", "cairn-test-tools"),
+        ("cairn-pinned", "cairn-test-pinned"),
+        ("cairn-bookworm", "cairn-test-bookworm"),
+    ] {
+        root(
+            &ssh,
+            &format!("cat /dev/disk/by-id/virtio-{serial} > /var/lib/extensions/{name}.raw"),
+        );
+    }
+    let refresh = ssh.run(USER, "sudo -n systemd-sysext refresh 2>&1").unwrap();
+    let status = merged(&ssh);
+    assert!(
+        status.contains("cairn-test-tools") && status.contains("cairn-test-provisioned"),
+        "refresh: {}\nstatus: {status}",
+        refresh.stdout
+    );
+    assert!(
+        !status.contains("cairn-test-pinned") && !status.contains("cairn-test-bookworm"),
+        "an extension of another OS version or Debian release was merged:\n{status}"
+    );
+    assert_eq!(
+        root(
+            &ssh,
+            "/usr/lib/cairn-test-tools/busybox cat /usr/lib/cairn-test-tools/marker"
+        ),
+        "cairn-test-tools"
+    );
+    assert_eq!(
+        root(
+            &ssh,
+            "ls /usr/lib/cairn-test-pinned /usr/lib/cairn-test-bookworm 2>/dev/null | wc -l"
+        ),
+        "0"
+    );
+
+    // Merged again at boot.
+    let before = vm.console.transcript().matches("Linux version").count();
+    let _ = ssh.run(USER, "sudo -n systemctl reboot");
+    let deadline = Instant::now() + BOOT;
+    while vm.console.transcript().matches("Linux version").count() == before {
+        assert!(Instant::now() < deadline, "no reboot:\n{}", vm.console.tail(3000));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    ssh.wait_ready(USER, BOOT).unwrap();
+    assert_eq!(root(&ssh, "systemctl is-active systemd-sysext.service"), "active");
+    let status = merged(&ssh);
+    assert!(
+        status.contains("cairn-test-tools")
+            && status.contains("cairn-test-provisioned")
+            && !status.contains("cairn-test-pinned")
+            && !status.contains("cairn-test-bookworm"),
+        "after the reboot: {status}"
+    );
+    assert_eq!(
+        root(
+            &ssh,
+            "cat /usr/lib/cairn-test-tools/marker /usr/lib/cairn-test-provisioned/marker"
+        ),
+        "cairn-test-tools\ncairn-test-provisioned"
+    );
+    vm.kill();
+}
