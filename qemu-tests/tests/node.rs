@@ -80,6 +80,116 @@ fn merged(ssh: &Ssh) -> String {
 }
 
 #[test]
+#[ignore = "runs cairn-build sysext (dpkg-deb, mksquashfs); run by `cargo xtask test`"]
+fn a_system_extension_made_from_a_package_holds_its_usr_files_and_says_what_it_fits() {
+    let a = Artifacts::load().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let apt = scratch.path().join("apt");
+    apt_repo::write(&apt, a.arch, apt_repo::Signing::Signed).unwrap();
+    let deb = std::fs::read_dir(apt.join("pool").join(apt_repo::COMPONENT))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("the test repository's package");
+    // A package that also puts a file in /etc (as many do): refused by
+    // name, then left out and listed when asked.
+    let root = scratch.path().join("with-etc");
+    std::fs::create_dir_all(root.join("etc/cairn-hello")).unwrap();
+    std::fs::write(root.join("etc/cairn-hello/config"), "x\n").unwrap();
+    let out = scratch.path().join("ext");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "sysext",
+            "--manifest",
+            s(&a.manifest),
+            "--arch",
+            a.arch.as_str(),
+            "--name",
+            "hello",
+            "--deb",
+            s(&deb),
+            "--dir",
+            s(&root),
+            "--output",
+            s(&out),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        v.extend(extra.iter().map(|e| e.to_string()));
+        v
+    };
+    let refused = Cmd::new(&a.builder).args(args(&[])).output();
+    let Err(e) = refused else {
+        panic!("a file outside /usr was taken");
+    };
+    let e = format!("{e:#}");
+    assert!(e.contains("holds /etc outside /usr"), "{e}");
+    assert!(!out.join("hello.raw").exists(), "a refused extension was written");
+    let built = cairn_build(
+        &a,
+        &args(&["--drop-outside-usr"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        built["dropped"],
+        json!([format!("--dir {}: /etc", root.display())]),
+        "{built}"
+    );
+    let image = out.join("hello.raw");
+    let hash = format!(
+        "sha256-{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&image).unwrap()))
+    );
+    assert_eq!(built["hash"], json!(hash), "the printed hash is the image's");
+    // An independent reader of the image: squashfs-tools' unsquashfs.
+    let listing = Cmd::new("unsquashfs")
+        .args(["-lc"])
+        .arg(&image)
+        .output()
+        .unwrap()
+        .stdout;
+    let files: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("squashfs-root/"))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            format!("usr/bin/{}", apt_repo::HELLO).as_str(),
+            "usr/lib/extension-release.d/extension-release.hello"
+        ],
+        "{listing}"
+    );
+    let release = Cmd::new("unsquashfs")
+        .args(["-cat"])
+        .arg(&image)
+        .arg("usr/lib/extension-release.d/extension-release.hello")
+        .output()
+        .unwrap()
+        .stdout;
+    let arch = if a.arch == cairn_common::layout::Arch::X86_64 {
+        "x86-64"
+    } else {
+        "arm64"
+    };
+    assert_eq!(
+        release,
+        format!("# Written by cairn-build sysext.\nID=cairn\nSYSEXT_LEVEL=trixie\nARCHITECTURE={arch}\n")
+    );
+    // The same inputs make the same image.
+    let again = cairn_build(
+        &a,
+        &args(&["--drop-outside-usr"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(again["hash"], built["hash"], "the image is reproducible");
+}
+
+#[test]
 #[ignore = "builds the node image and boots it; run by `cargo xtask test`"]
 fn a_node_image_with_the_users_own_package_runs_pod_sandboxes_through_cri_and_merges_system_extensions() {
     let a = Artifacts::load().unwrap();
