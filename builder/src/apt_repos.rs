@@ -40,8 +40,11 @@ pub struct Repository {
     pub suites: Vec<String>,
     /// Components of each distribution; none for a flat repository.
     pub components: Vec<String>,
-    /// The repository's signing key (ASCII-armoured or binary OpenPGP).
+    /// The repository's signing key file (ASCII-armoured or binary OpenPGP).
     pub key: PathBuf,
+    /// That key, binary, as read once when the manifest was resolved: the
+    /// bytes gpgv checks with, apt trusts and the layer's key hashes.
+    pub keyring: Vec<u8>,
     /// apt pin priority of every package of the repository, if set.
     pub priority: Option<i32>,
     /// Where the manifest defines it: `file:line:column`.
@@ -81,13 +84,7 @@ impl Repository {
 
     /// The host apt pins by (`Pin: origin`): the URL's host name.
     pub fn host(&self) -> &str {
-        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r);
-        let authority = rest.split('/').next().unwrap_or_default();
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        match host.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or_default(),
-            None => host.split(':').next().unwrap_or_default(),
-        }
+        url_host(&self.url)
     }
 
     /// apt preferences giving every package of the repository its
@@ -103,14 +100,10 @@ impl Repository {
         })
     }
 
-    /// Name of `suite`'s `InRelease` in apt's lists folder.
-    pub fn list_name(&self, suite: &str) -> String {
-        let path = if is_flat(suite) {
-            format!("{}/{}InRelease", self.url, suite.trim_start_matches('/'))
-        } else {
-            format!("{}/dists/{suite}/InRelease", self.url)
-        };
-        apt_list_name(&path)
+    /// Name of `suite`'s `file` (`InRelease`, `Release`) in apt's lists
+    /// folder.
+    pub fn list_name(&self, suite: &str, file: &str) -> String {
+        apt_list_name(&self.release_url(suite, file))
     }
 
     /// The key of one of its suites in the archive state.
@@ -119,13 +112,34 @@ impl Repository {
     }
 }
 
+/// The host name of `url` (without port, credentials or an IPv6
+/// address's brackets).
+pub fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    }
+}
+
 /// The name apt gives a downloaded index file of `uri` (its
-/// `URItoFileName`): the URI without scheme and credentials, a few
+/// `URItoFileName`): the URI without scheme and credentials (an IPv6
+/// address without its brackets, as apt's URI parser keeps it), a few
 /// characters percent-quoted, `/` as `_`.
 pub fn apt_list_name(uri: &str) -> String {
     let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let unbracketed;
+    let host = match host.strip_prefix('[').and_then(|h| h.split_once(']')) {
+        Some((address, port)) => {
+            unbracketed = format!("{address}{port}");
+            unbracketed.as_str()
+        }
+        None => host,
+    };
     let joined = if path.is_empty() {
         host.to_owned()
     } else {
@@ -227,34 +241,41 @@ pub struct RepositoryRecipe {
 }
 
 impl RepositoryRecipe {
-    pub fn of(repo: &Repository) -> Result<RepositoryRecipe> {
-        Ok(RepositoryRecipe {
+    pub fn of(repo: &Repository) -> RepositoryRecipe {
+        RepositoryRecipe {
             name: repo.name.clone(),
             suites: repo.suites.clone(),
             components: repo.components.clone(),
-            key_sha256: hex::encode(Sha256::digest(read_keyring(repo)?)),
+            key_sha256: hex::encode(Sha256::digest(&repo.keyring)),
             priority: repo.priority,
-        })
+        }
     }
 }
 
-fn read_keyring(repo: &Repository) -> Result<Vec<u8>> {
-    let bytes = fs::read(&repo.key).with_context(|| {
-        format!(
-            "{}: repository `{}`: reading its key {}",
-            repo.at,
-            repo.name,
-            repo.key.display()
-        )
-    })?;
-    keyring_bytes(&bytes).with_context(|| {
-        format!(
-            "{}: repository `{}`: its key {}",
-            repo.at,
-            repo.name,
-            repo.key.display()
-        )
-    })
+/// A pin is by host (apt's `Pin: origin` has nothing finer): a pinned
+/// repository's host must serve nothing else the build reads, or the pin
+/// would apply to that too.
+pub fn check_pins(repos: &[Repository], debian_mirrors: &[&str]) -> Result<()> {
+    for r in repos.iter().filter(|r| r.priority.is_some()) {
+        let host = r.host();
+        if let Some(m) = debian_mirrors.iter().find(|m| url_host(m) == host) {
+            bail!(
+                "{}: repository `{}` sets a priority, which apt applies by host (`Pin: origin \"{host}\"`), and {host} also serves the Debian mirror {m}: the pin would apply to Debian's packages too; serve the repository from a host of its own, or drop `priority`",
+                r.at,
+                r.name
+            );
+        }
+        if let Some(o) = repos.iter().find(|o| o.name != r.name && o.host() == host) {
+            bail!(
+                "{}: repository `{}` sets a priority, which apt applies by host (`Pin: origin \"{host}\"`), and repository `{}` ({}) is on the same host: the pin would apply to both",
+                r.at,
+                r.name,
+                o.name,
+                o.at
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Write `repo`'s key, binary, into `dir` for apt's `signed-by` and gpgv.
@@ -266,16 +287,16 @@ pub fn write_keyring(repo: &Repository, dir: &Path) -> Result<PathBuf> {
             dir.display()
         );
     }
-    fs::write(&path, read_keyring(repo)?).with_context(|| format!("writing {}", path.display()))?;
+    fs::write(&path, &repo.keyring).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
 /// How long fetching one release file may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Fetch `url` into `out`: `Ok(false)` when the server says it has no such
-/// file (404, 410).
-fn fetch(url: &str, out: &Path) -> Result<bool> {
+/// Fetch `url` into `out`; returns the HTTP status (a connection that
+/// fails is an error).
+fn fetch(url: &str, out: &Path) -> Result<u16> {
     let printed = Cmd::new("curl")
         .args(["--silent", "--show-error", "--location", "--retry", "2"])
         .args(["--write-out", "%{http_code}", "--output"])
@@ -284,11 +305,16 @@ fn fetch(url: &str, out: &Path) -> Result<bool> {
         .timeout(FETCH_TIMEOUT)
         .output()
         .with_context(|| format!("cannot fetch {url}"))?;
-    match printed.stdout.trim() {
-        "200" => Ok(true),
-        "404" | "410" => Ok(false),
-        code => bail!("cannot fetch {url}: the server answered HTTP {code}"),
-    }
+    printed
+        .stdout
+        .trim()
+        .parse()
+        .with_context(|| format!("cannot fetch {url}: curl printed no HTTP status"))
+}
+
+/// Is `code` the server saying it has no such file?
+fn absent(code: u16) -> bool {
+    matches!(code, 404 | 410)
 }
 
 /// Fetch each suite's release file of each repository into `dir` and
@@ -300,39 +326,42 @@ pub fn fetch_verified(repos: &[Repository], dir: &Path) -> Result<BTreeMap<Strin
         let keyring = write_keyring(repo, dir)?;
         let gnupg_home = dir.join(format!("gnupg-{}", repo.name));
         fs::create_dir_all(&gnupg_home)?;
-        for suite in &repo.suites {
+        for (i, suite) in repo.suites.iter().enumerate() {
             let what = format!("{}: repository `{}` ({})", repo.at, repo.name, repo.url);
-            let base = dir.join(format!("{}-{}", repo.name, apt_list_name(suite)));
-            let inrelease = base.with_extension("InRelease");
-            let signed = if fetch(&repo.release_url(suite, "InRelease"), &inrelease).context(what.clone())? {
-                let verified = gpgv(&keyring, &gnupg_home, &[&inrelease]);
-                verified.with_context(|| {
+            let file = |name: &str| dir.join(format!("{}-{i}-{name}", repo.name));
+            let inrelease_url = repo.release_url(suite, "InRelease");
+            // As apt: an InRelease that cannot be had (404, or 403 from an
+            // object store) sends it to Release and Release.gpg.
+            let signed = if fetch(&inrelease_url, &file("InRelease")).context(what.clone())? == 200 {
+                gpgv(&keyring, &gnupg_home, &[&file("InRelease")]).with_context(|| {
                     format!(
-                        "{what}: {} is not signed by the key {}",
-                        repo.release_url(suite, "InRelease"),
+                        "{what}: {inrelease_url} is not signed by the key {}",
                         repo.key.display()
                     )
                 })?;
-                inrelease
+                file("InRelease")
             } else {
-                let release = base.with_extension("Release");
-                let signature = base.with_extension("Release.gpg");
                 let release_url = repo.release_url(suite, "Release");
-                if !fetch(&release_url, &release).context(what.clone())? {
-                    bail!(
+                match fetch(&release_url, &file("Release")).context(what.clone())? {
+                    200 => {}
+                    code if absent(code) => bail!(
                         "{what}: suite `{suite}` has neither InRelease nor Release at {}",
                         repo.release_url(suite, "")
-                    );
+                    ),
+                    code => bail!("{what}: {release_url}: the server answered HTTP {code}"),
                 }
-                if !fetch(&repo.release_url(suite, "Release.gpg"), &signature).context(what.clone())? {
-                    bail!(
+                let signature_url = repo.release_url(suite, "Release.gpg");
+                match fetch(&signature_url, &file("Release.gpg")).context(what.clone())? {
+                    200 => {}
+                    code if absent(code) => bail!(
                         "{what}: the repository is unsigned: {release_url} has no InRelease or Release.gpg beside it; apt refuses unsigned repositories and so does Cairn"
-                    );
+                    ),
+                    code => bail!("{what}: {signature_url}: the server answered HTTP {code}"),
                 }
-                gpgv(&keyring, &gnupg_home, &[&signature, &release]).with_context(|| {
+                gpgv(&keyring, &gnupg_home, &[&file("Release.gpg"), &file("Release")]).with_context(|| {
                     format!("{what}: {release_url} is not signed by the key {}", repo.key.display())
                 })?;
-                release
+                file("Release")
             };
             let bytes = fs::read(&signed)?;
             let release = archive::parse_release(&bytes).with_context(|| format!("{what}: reading suite `{suite}`"))?;
@@ -353,11 +382,11 @@ pub fn from_apt_lists(lists: &Path, repos: &[Repository]) -> Result<BTreeMap<Str
     let mut state = BTreeMap::new();
     for repo in repos {
         for suite in &repo.suites {
-            let inrelease = repo.list_name(suite);
+            let inrelease = repo.list_name(suite, "InRelease");
             let name = if lists.join(&inrelease).exists() {
                 inrelease
             } else {
-                format!("{}Release", inrelease.trim_end_matches("InRelease"))
+                repo.list_name(suite, "Release")
             };
             let what = format!("repository `{}` suite `{suite}`", repo.name);
             let (path, bytes) = archive::read_list(lists, &name, &what)?;
@@ -369,18 +398,52 @@ pub fn from_apt_lists(lists: &Path, repos: &[Repository]) -> Result<BTreeMap<Str
 }
 
 /// Verify `files` (an `InRelease`, or a detached signature and its file)
-/// against `keyring` only.
+/// against `keyring` only, as apt judges a signature ([`judge_gpgv`]).
 fn gpgv(keyring: &Path, home: &Path, files: &[&Path]) -> Result<()> {
-    Cmd::new("gpgv")
+    let (status, out) = Cmd::new("gpgv")
         .arg("--homedir")
         .arg(home)
-        .arg("--keyring")
+        .args(["--status-fd", "1", "--keyring"])
         .arg(keyring)
         .args(files)
         .timeout(Duration::from_secs(60))
-        .output()
-        .map(drop)
-        .context("gpgv refused its signature")
+        .status_output()
+        .context("running gpgv")?;
+    judge_gpgv(&out.stdout, status.success())
+}
+
+/// gpgv's verdict as apt takes it, from its `--status-fd` lines: a good
+/// signature (`VALIDSIG`) by an unexpired, unrevoked key, over a digest
+/// apt still trusts (not MD5, SHA-1 or RIPEMD-160).
+pub fn judge_gpgv(status: &str, exited_ok: bool) -> Result<()> {
+    let mut valid = None;
+    for line in status.lines() {
+        let Some(rest) = line.strip_prefix("[GNUPG:] ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        match words.next() {
+            Some("VALIDSIG") => valid = Some(words.collect::<Vec<_>>()),
+            Some("EXPKEYSIG") => bail!("the key that made the signature has expired"),
+            Some("REVKEYSIG") => bail!("the key that made the signature is revoked"),
+            Some("BADSIG") => bail!("the signature does not match the file (tampered?)"),
+            Some("ERRSIG") => bail!("the signature cannot be checked with this key (signed by another key?): {rest}"),
+            Some("NO_PUBKEY") => bail!("it is signed by another key"),
+            _ => {}
+        }
+    }
+    let Some(fields) = valid.filter(|_| exited_ok) else {
+        bail!("gpgv found no good signature");
+    };
+    // VALIDSIG <fpr> <date> <timestamp> <expires> <version> <reserved>
+    // <pubkey-algo> <hash-algo> …
+    match fields.get(7).copied() {
+        Some("1") | Some("2") | Some("3") => {
+            bail!("it is signed over a digest apt no longer trusts (MD5, SHA-1 or RIPEMD-160)")
+        }
+        Some(_) => Ok(()),
+        None => bail!("gpgv's VALIDSIG line is short: {}", fields.join(" ")),
+    }
 }
 
 #[cfg(test)]
@@ -394,6 +457,7 @@ mod tests {
             suites: suites.iter().map(|s| s.to_string()).collect(),
             components: components.iter().map(|s| s.to_string()).collect(),
             key: PathBuf::from("/keys/k8s.asc"),
+            keyring: vec![0x98],
             priority: Some(900),
             at: "image.toml:3:1".into(),
         }
@@ -407,16 +471,26 @@ mod tests {
         );
         // A flat repository, as apt names pkgs.k8s.io's.
         let flat = repo("https://pkgs.k8s.io/core:/stable:/v1.32/deb", &["/"], &[]);
-        assert_eq!(flat.list_name("/"), "pkgs.k8s.io_core:_stable:_v1.32_deb_InRelease");
+        assert_eq!(
+            flat.list_name("/", "InRelease"),
+            "pkgs.k8s.io_core:_stable:_v1.32_deb_InRelease"
+        );
+        assert_eq!(
+            flat.list_name("/", "Release"),
+            "pkgs.k8s.io_core:_stable:_v1.32_deb_Release"
+        );
         assert_eq!(
             flat.release_url("/", "InRelease"),
             "https://pkgs.k8s.io/core:/stable:/v1.32/deb/InRelease"
         );
         let dist = repo("http://user:pw@127.0.0.1:8080/my_repo", &["stable"], &["main"]);
         assert_eq!(
-            dist.list_name("stable"),
+            dist.list_name("stable", "InRelease"),
             "127.0.0.1:8080_my%5frepo_dists_stable_InRelease"
         );
+        // apt's URI parser drops an IPv6 address's brackets.
+        let v6 = repo("http://[::1]:8080/r", &["stable"], &["main"]);
+        assert_eq!(v6.list_name("stable", "InRelease"), "::1:8080_r_dists_stable_InRelease");
         assert_eq!(
             dist.release_url("stable", "Release.gpg"),
             "http://user:pw@127.0.0.1:8080/my_repo/dists/stable/Release.gpg"
@@ -426,7 +500,7 @@ mod tests {
             sub.release_url("amd64/", "InRelease"),
             "http://r.example/amd64/InRelease"
         );
-        assert_eq!(sub.list_name("amd64/"), "r.example_amd64_InRelease");
+        assert_eq!(sub.list_name("amd64/", "InRelease"), "r.example_amd64_InRelease");
     }
 
     #[test]
@@ -483,6 +557,46 @@ OvJwvb4zY6FjUHE3qnb4QtkoNUYN
         assert!(format!("{e:#}").contains("not an OpenPGP public key"), "{e:#}");
         let secret = ARMOURED.replace("PUBLIC KEY", "PRIVATE KEY");
         assert!(keyring_bytes(secret.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_pin_is_refused_where_its_host_serves_something_else() {
+        let mut own = repo("http://apt.example:3142/own", &["stable"], &["main"]);
+        check_pins(std::slice::from_ref(&own), &["http://deb.example/debian"]).unwrap();
+        let e = check_pins(std::slice::from_ref(&own), &["http://apt.example:3142/debian"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("image.toml:3:1: repository `k8s` sets a priority, which apt applies by host"),
+            "{e}"
+        );
+        let mut other = own.clone();
+        other.name = "vendor".into();
+        other.priority = None;
+        let e = check_pins(&[own.clone(), other], &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("repository `vendor` (image.toml:3:1) is on the same host"),
+            "{e}"
+        );
+        own.priority = None;
+        check_pins(&[own], &["http://apt.example:3142/debian"]).unwrap();
+    }
+
+    #[test]
+    fn gpgv_is_judged_as_apt_judges_a_signature() {
+        let valid = "[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG D289386B6A38F323 Cairn test\n[GNUPG:] VALIDSIG C51646FBEC43142266FAA7BFD289386B6A38F323 2026-12-01 1764547500 0 4 0 22 8 01 C51646FBEC43142266FAA7BFD289386B6A38F323\n";
+        judge_gpgv(valid, true).unwrap();
+        let sha1 = valid.replace(" 22 8 01 ", " 22 2 01 ");
+        assert!(judge_gpgv(&sha1, true).unwrap_err().to_string().contains("SHA-1"));
+        let expired = format!("{valid}[GNUPG:] EXPKEYSIG D289386B6A38F323 Cairn test\n");
+        assert!(judge_gpgv(&expired, true).unwrap_err().to_string().contains("expired"));
+        let other = "[GNUPG:] NEWSIG\n[GNUPG:] ERRSIG E8C017CE4EB14EB2 22 8 01 1764547500 9 -\n[GNUPG:] NO_PUBKEY E8C017CE4EB14EB2\n";
+        assert!(judge_gpgv(other, false)
+            .unwrap_err()
+            .to_string()
+            .contains("signed by another key"));
+        assert!(judge_gpgv("", false).is_err());
+        assert!(judge_gpgv(valid, false).is_err(), "gpgv's own failure stands");
     }
 
     #[test]

@@ -82,7 +82,7 @@ configfile /boot/loader/grub.cfg
 "#;
 
 /// Timestamp the package layer is built at (Debian 12's release day), for reproducibility.
-const SOURCE_DATE_EPOCH: &str = "1686355200";
+pub const SOURCE_DATE_EPOCH: &str = "1686355200";
 
 /// `dracut` arguments: an initramfs for any machine of the platform (not
 /// only the build host's: `--no-hostonly`) with ostree's module,
@@ -195,9 +195,9 @@ impl BaseRecipe {
         repositories: &ArchiveState,
         initramfs: &[String],
         modules: Option<&AllowList>,
-    ) -> Result<BaseRecipe> {
+    ) -> BaseRecipe {
         let components = spec.components.join(" ");
-        Ok(BaseRecipe {
+        BaseRecipe {
             recipe: BASE_RECIPE_VERSION,
             arch: spec.arch,
             release: spec.release.clone(),
@@ -213,13 +213,9 @@ impl BaseRecipe {
             prepare_root_conf: PREPARE_ROOT_CONF.to_owned(),
             archive: archive::hashes(archive),
             kernel_modules: modules.map(AllowList::key),
-            repositories: spec
-                .repositories
-                .iter()
-                .map(RepositoryRecipe::of)
-                .collect::<Result<_>>()?,
+            repositories: spec.repositories.iter().map(RepositoryRecipe::of).collect(),
             repository_archive: archive::hashes(repositories),
-        })
+        }
     }
 
     /// Content key: the first 128 bits of the SHA-256 of the recipe.
@@ -611,6 +607,7 @@ impl Cache {
     /// The package layer for `spec` from the Debian archive as it is now,
     /// built unless cached.
     pub fn base(&self, spec: &ImageSpec, mirrors: &Mirrors) -> Result<Base> {
+        apt_repos::check_pins(&spec.repositories, &[&mirrors.main, &mirrors.security])?;
         let (fetched, repositories) = {
             let dir = scratch::WorkDir::new(&self.tmp(), "archive-")?;
             // The manifest's own repositories first: a bad signature is
@@ -620,7 +617,7 @@ impl Cache {
         };
         let modules = module_allow_list(spec)?;
         let initramfs = initramfs_modules(spec)?;
-        let recipe = BaseRecipe::new(spec, mirrors, &fetched, &repositories, &initramfs, modules.as_ref())?;
+        let recipe = BaseRecipe::new(spec, mirrors, &fetched, &repositories, &initramfs, modules.as_ref());
         let key = recipe.key();
         let record = self.record(&key);
         if let Ok(text) = fs::read_to_string(&record) {
@@ -990,6 +987,13 @@ fn run_mmdebstrap(spec: &ImageSpec, recipe: &BaseRecipe, work: &LayerWork) -> Re
             q(lists)
         ))
         .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/*")
+        // The manifest's repositories leave no trace in the tree: their
+        // sources name a keyring in this build's work folder, their pins
+        // the manifest's path (a layer without any keeps its hooks, and so
+        // its content, as before).
+        .args((!repositories.deb_lines.is_empty()).then(|| {
+            "--customize-hook=for f in \"$1\"/etc/apt/sources.list \"$1\"/etc/apt/sources.list.d/*.list; do if [ -e \"$f\" ]; then sed -i '/cairn-repository-/d' \"$f\" || exit 1; fi; done; rm -f \"$1\"/etc/apt/preferences.d/cairn-repository-*".to_owned()
+        }))
         .env("INITRD", "No")
         // Reproducible trees (mmdebstrap, dpkg, shadow's dates, dracut's
         // cpio): rebuilding the package layer with one package more changes
@@ -1208,6 +1212,7 @@ root-size = "1GiB"
 url = "http://127.0.0.1/repo"
 [flavors.dev]
 package-sets = ["base"]
+repositories = ["own"]
 [[repositories]]
 name = "own"
 url = "http://127.0.0.1:8080/repo"
@@ -1236,11 +1241,7 @@ key = "repo.asc"
             )]
             .into()
         };
-        let key_of = |t: &str, state: &ArchiveState| {
-            BaseRecipe::new(&resolve(t), &m, &debian, state, &[], None)
-                .unwrap()
-                .key()
-        };
+        let key_of = |t: &str, state: &ArchiveState| BaseRecipe::new(&resolve(t), &m, &debian, state, &[], None).key();
         let k = key_of(text, &served("aa"));
         assert_eq!(
             key_of(&text.replace("127.0.0.1:8080", "mirror.example"), &served("aa")),
@@ -1254,9 +1255,12 @@ key = "repo.asc"
             "another key"
         );
         assert_ne!(key_of(&format!("{text}priority = 990\n"), &served("aa")), k, "a pin");
-        let none = text.split("[[repositories]]").next().unwrap();
-        let json =
-            serde_json::to_string(&BaseRecipe::new(&resolve(none), &m, &debian, &debian, &[], None).unwrap()).unwrap();
+        let none = &text
+            .split("[[repositories]]")
+            .next()
+            .unwrap()
+            .replace("repositories = [\"own\"]\n", "");
+        let json = serde_json::to_string(&BaseRecipe::new(&resolve(none), &m, &debian, &debian, &[], None)).unwrap();
         assert!(
             !json.contains("repositor"),
             "a layer without repositories keeps its old key: {json}"
@@ -1307,17 +1311,13 @@ package-sets = ["base"]
             .into()
         };
         let a = state("aa");
-        let k1 = BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], None)
-            .unwrap()
-            .key();
+        let k1 = BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], None).key();
         let v2 = Manifest::parse(&path, &text.replace("1.0.0", "1.0.1"))
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
         assert_eq!(
-            BaseRecipe::new(&v2, &m, &a, &ArchiveState::new(), &[], None)
-                .unwrap()
-                .key(),
+            BaseRecipe::new(&v2, &m, &a, &ArchiveState::new(), &[], None).key(),
             k1,
             "the version is not part of the package layer"
         );
@@ -1325,35 +1325,24 @@ package-sets = ["base"]
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
-        assert_ne!(
-            BaseRecipe::new(&p2, &m, &a, &ArchiveState::new(), &[], None)
-                .unwrap()
-                .key(),
-            k1
-        );
+        assert_ne!(BaseRecipe::new(&p2, &m, &a, &ArchiveState::new(), &[], None).key(), k1);
         let m2 = Mirrors {
             main: "http://b.example/debian".into(),
             ..m.clone()
         };
         assert_ne!(
-            BaseRecipe::new(&spec, &m2, &a, &ArchiveState::new(), &[], None)
-                .unwrap()
-                .key(),
+            BaseRecipe::new(&spec, &m2, &a, &ArchiveState::new(), &[], None).key(),
             k1
         );
         assert_ne!(
-            BaseRecipe::new(&spec, &m, &state("bb"), &ArchiveState::new(), &[], None)
-                .unwrap()
-                .key(),
+            BaseRecipe::new(&spec, &m, &state("bb"), &ArchiveState::new(), &[], None).key(),
             k1,
             "a new InRelease (a security update) is a new layer"
         );
         let mut later = a.clone();
         later.get_mut("bookworm").unwrap().date = "2026-07-12T00:00:00Z".into();
         assert_eq!(
-            BaseRecipe::new(&spec, &m, &later, &ArchiveState::new(), &[], None)
-                .unwrap()
-                .key(),
+            BaseRecipe::new(&spec, &m, &later, &ArchiveState::new(), &[], None).key(),
             k1,
             "the key is what the archive served, not a time"
         );
@@ -1362,8 +1351,7 @@ package-sets = ["base"]
         // Pruned kernel modules: the allow-list's names and needs are part
         // of the key, where the fragments name them is not; a layer that
         // keeps every module has the key it had before pruning existed.
-        let json =
-            serde_json::to_string(&BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], None).unwrap()).unwrap();
+        let json = serde_json::to_string(&BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], None)).unwrap();
         assert!(!json.contains("kernel_modules"), "{json}");
         let fragment = |text: &str| kernel_check::Fragment::parse(text, "kc/x.config").unwrap();
         let allow = |text: &str, drivers: &[&str]| {
@@ -1371,9 +1359,7 @@ package-sets = ["base"]
             AllowList::derive(&[fragment(text)], Arch::X86_64, &drivers, "image.toml")
         };
         let veth = "# why\n# cairn: module=veth\nCONFIG_VETH=m\n";
-        let pruned = BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], Some(&allow(veth, &["nvme"])))
-            .unwrap()
-            .key();
+        let pruned = BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], Some(&allow(veth, &["nvme"]))).key();
         assert_ne!(pruned, k1, "pruning makes another layer");
         let moved = format!("# a longer\n# comment\n{veth}");
         assert_eq!(
@@ -1385,7 +1371,6 @@ package-sets = ["base"]
                 &[],
                 Some(&allow(&moved, &["nvme"]))
             )
-            .unwrap()
             .key(),
             pruned
         );
@@ -1398,7 +1383,6 @@ package-sets = ["base"]
                 &[],
                 Some(&allow(veth, &["nvme", "ahci"]))
             )
-            .unwrap()
             .key(),
             pruned,
             "another module kept is another layer"
@@ -1413,7 +1397,6 @@ package-sets = ["base"]
                 &[],
                 Some(&allow(wanted, &["nvme"]))
             )
-            .unwrap()
             .key(),
             pruned,
             "a module's need is part of the key"

@@ -147,6 +147,9 @@ struct RawUpdate {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawFlavor {
     package_sets: Vec<Spanned<String>>,
+    /// `[[repositories]]` this flavor installs from, by name.
+    #[serde(default)]
+    repositories: Vec<Spanned<String>>,
     #[serde(default)]
     overlays: Vec<Spanned<String>>,
     #[serde(default)]
@@ -622,8 +625,31 @@ impl Manifest {
             esp_size,
             root_size,
             update_url,
-            repositories: self.repositories()?,
+            repositories: self.flavor_repositories(flavor, flav.get_ref())?,
         })
+    }
+
+    /// The repositories `flavor` names, in the order `[[repositories]]`
+    /// defines them; every definition is checked whichever flavor is built.
+    fn flavor_repositories(&self, flavor: &str, flav: &RawFlavor) -> Result<Vec<Repository>, ManifestError> {
+        let defined = self.repositories()?;
+        for name in &flav.repositories {
+            if !defined.iter().any(|r| &r.name == name.get_ref()) {
+                let names: Vec<&str> = defined.iter().map(|r| r.name.as_str()).collect();
+                return Err(self.err(
+                    name.span(),
+                    format!(
+                        "flavor `{flavor}` names repository `{}`, which no [[repositories]] entry defines (defined: {})",
+                        name.get_ref(),
+                        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                    ),
+                ));
+            }
+        }
+        Ok(defined
+            .into_iter()
+            .filter(|r| flav.repositories.iter().any(|n| n.get_ref() == &r.name))
+            .collect())
     }
 
     /// `[[repositories]]`, checked: names unique, suites either all
@@ -638,6 +664,21 @@ impl Manifest {
                 return Err(self.err(r.name.span(), format!("a repository named `{name}` is already defined")));
             }
             let url = self.url(&r.url)?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(self.err(
+                    r.url.span(),
+                    format!("repository `{name}`: `{url}` is not an http:// or https:// URL (a local folder can be served on loopback)"),
+                ));
+            }
+            let authority = url
+                .split_once("://")
+                .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+            if authority.contains('@') {
+                return Err(self.err(
+                    r.url.span(),
+                    format!("repository `{name}`: credentials in the URL would be written into the image's apt sources and the build's logs; serve it without them (a mirror or proxy on a private network)"),
+                ));
+            }
             if r.suites.is_empty() {
                 return Err(self.err(table.span(), format!("repository `{name}`: `suites` is empty")));
             }
@@ -683,7 +724,7 @@ impl Manifest {
             let key = self.input_file(&r.key)?;
             let bytes = std::fs::read(&key)
                 .map_err(|e| self.err(r.key.span(), format!("`{}` cannot be read: {e}", key.display())))?;
-            crate::apt_repos::keyring_bytes(&bytes).map_err(|e| {
+            let keyring = crate::apt_repos::keyring_bytes(&bytes).map_err(|e| {
                 self.err(
                     r.key.span(),
                     format!("repository `{name}`: key `{}`: {e:#}", key.display()),
@@ -711,6 +752,7 @@ impl Manifest {
                 suites,
                 components,
                 key,
+                keyring,
                 priority,
                 at: format!("{}:{line}:{column}", self.path.display()),
             });
@@ -1010,7 +1052,8 @@ package-sets = ["base"]
             Err(e) => e,
             Ok(m) => m.resolve("dev", Arch::X86_64, Platform::Generic).unwrap_err(),
         };
-        let repo = |body: &str| format!("{GOOD}\n[[repositories]]\nname = \"k8s\"\nkey = \"k8s.asc\"\n{body}\n");
+        let with_dev = GOOD.replace("[flavors.dev]\n", "[flavors.dev]\nrepositories = [\"k8s\"]\n");
+        let repo = |body: &str| format!("{with_dev}\n[[repositories]]\nname = \"k8s\"\nkey = \"k8s.asc\"\n{body}\n");
         let text = repo("url = \"https://pkgs.k8s.io/core:/stable:/v1.32/deb/\"\nsuites = [\"/\"]\npriority = 990");
         let spec = Manifest::parse(&path, &text)
             .unwrap()
@@ -1019,7 +1062,7 @@ package-sets = ["base"]
         let r = &spec.repositories[0];
         assert_eq!(r.url, "https://pkgs.k8s.io/core:/stable:/v1.32/deb");
         assert_eq!((r.suites.as_slice(), r.priority), (&["/".to_owned()][..], Some(990)));
-        let line = GOOD.lines().count() + 2;
+        let line = with_dev.lines().count() + 2;
         assert_eq!(r.at, format!("{}:{line}:1", path.display()));
 
         for (body, message) in [
@@ -1048,10 +1091,18 @@ package-sets = ["base"]
                 "priority 0 is not an apt pin priority",
             ),
             ("url = \"http://r\"\nsuites = []", "`suites` is empty"),
+            (
+                "url = \"file:///srv/apt\"\nsuites = [\"/\"]",
+                "is not an http:// or https:// URL",
+            ),
+            (
+                "url = \"https://u:pw@r.example/apt\"\nsuites = [\"/\"]",
+                "credentials in the URL would be written into the image",
+            ),
         ] {
             let e = parse_err(&repo(body));
             assert!(e.message.contains(message), "{body}: {e}");
-            assert!(e.line > GOOD.lines().count(), "{body}: {e}");
+            assert!(e.line > with_dev.lines().count(), "{body}: {e}");
         }
         let e = parse_err(&repo("url = \"http://r\"\nsuites = [\"/\"]").replace("k8s.asc", "notakey.asc"));
         assert!(e.message.contains("is not an OpenPGP public key"), "{e}");
@@ -1064,6 +1115,20 @@ package-sets = ["base"]
         assert!(parse_err(&twice)
             .message
             .contains("a repository named `k8s` is already defined"));
+
+        // Only the flavors that name a repository install from it.
+        let prod = Manifest::parse(&path, &text)
+            .unwrap()
+            .resolve("prod", Arch::X86_64, Platform::Generic)
+            .unwrap();
+        assert!(prod.repositories.is_empty());
+        let e = parse_err(&text.replace("repositories = [\"k8s\"]", "repositories = [\"k9s\"]"));
+        assert!(
+            e.message.starts_with(
+                "flavor `dev` names repository `k9s`, which no [[repositories]] entry defines (defined: k8s)"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -68,17 +68,24 @@ pub enum Fits {
     OsVersion(String),
 }
 
-/// `extension-release.<name>`: what systemd checks before merging.
-pub fn extension_release(fits: &Fits, arch: Arch) -> String {
+/// `extension-release.<name>`: what systemd checks before merging. An
+/// extension that carries units (`has_units`) asks systemd-sysext to
+/// reload the service manager once merged (`EXTENSION_RELOAD_MANAGER`),
+/// so they are known without a `daemon-reload`.
+pub fn extension_release(fits: &Fits, arch: Arch, has_units: bool) -> String {
     let fit = match fits {
         Fits::Level(l) => format!("SYSEXT_LEVEL={l}"),
         Fits::OsVersion(v) => format!("VERSION_ID={v}"),
     };
     format!(
-        "# Written by cairn-build sysext.\nID={OS_ID}\n{fit}\nARCHITECTURE={}\n",
-        systemd_architecture(arch)
+        "# Written by cairn-build sysext.\nID={OS_ID}\n{fit}\nARCHITECTURE={}\n{}",
+        systemd_architecture(arch),
+        if has_units { "EXTENSION_RELOAD_MANAGER=1\n" } else { "" }
     )
 }
+
+/// Where an extension's units are, relative to its root.
+const UNIT_DIR: &str = "usr/lib/systemd/system";
 
 /// An extension's name: its image's file name without `.raw`, which
 /// systemd requires to match its release file's.
@@ -160,9 +167,6 @@ pub struct Built {
     pub dropped: Vec<String>,
 }
 
-/// The same date every build writes (see `compose`'s `SOURCE_DATE_EPOCH`).
-const SOURCE_DATE_EPOCH: &str = "1686355200";
-
 pub fn build(opts: &SysextOptions) -> Result<Built> {
     check_name(&opts.name)?;
     match &opts.fits {
@@ -174,6 +178,17 @@ pub fn build(opts: &SysextOptions) -> Result<Built> {
             "nothing to put in extension `{}`: give --dir, --deb, or both",
             opts.name
         );
+    }
+    let output = std::path::absolute(&opts.output).with_context(|| format!("--output {}", opts.output.display()))?;
+    if let Some(dir) = &opts.dir {
+        let input = dir.canonicalize().with_context(|| format!("--dir {}", dir.display()))?;
+        if output.starts_with(&input) || input.starts_with(output.join(&opts.name)) {
+            bail!(
+                "--output {} and --dir {} overlap: the extension would be written over its own input",
+                opts.output.display(),
+                dir.display()
+            );
+        }
     }
     fs::create_dir_all(&opts.output).with_context(|| format!("creating {}", opts.output.display()))?;
     let work = tempfile::Builder::new()
@@ -211,9 +226,10 @@ pub fn build(opts: &SysextOptions) -> Result<Built> {
         );
     }
     fs::create_dir_all(&release_dir)?;
+    let has_units = fs::read_dir(tree.join(UNIT_DIR)).is_ok_and(|mut d| d.next().is_some());
     fs::write(
         release_dir.join(format!("extension-release.{}", opts.name)),
-        extension_release(&opts.fits, opts.arch),
+        extension_release(&opts.fits, opts.arch, has_units),
     )?;
 
     let (path, hash, bytes) = match opts.format {
@@ -224,7 +240,7 @@ pub fn build(opts: &SysextOptions) -> Result<Built> {
                 .arg(&tree)
                 .arg(&partial)
                 .args(["-noappend", "-comp", "zstd", "-all-root", "-no-progress"])
-                .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
+                .env("SOURCE_DATE_EPOCH", crate::compose::SOURCE_DATE_EPOCH)
                 .run()
                 .context("writing the squashfs image with mksquashfs")?;
             let data = fs::read(&partial)?;
@@ -235,7 +251,19 @@ pub fn build(opts: &SysextOptions) -> Result<Built> {
         Format::Dir => {
             let path = opts.output.join(&opts.name);
             if path.symlink_metadata().is_ok() {
-                fs::remove_dir_all(&path).with_context(|| format!("replacing {}", path.display()))?;
+                // Only an extension of this name is replaced, never a
+                // folder that merely has its name.
+                let ours = path.join(RELEASE_DIR).join(format!("extension-release.{}", opts.name));
+                if !path.is_dir() || path.is_symlink() || !ours.is_file() {
+                    bail!(
+                        "{} exists and is not an extension named `{}` (no {}): not replacing it",
+                        path.display(),
+                        opts.name,
+                        ours.display()
+                    );
+                }
+                let old = work.path().join("replaced");
+                fs::rename(&path, &old).with_context(|| format!("moving {} aside", path.display()))?;
             }
             fs::rename(&tree, &path).with_context(|| format!("writing {}", path.display()))?;
             let bytes = Cmd::new("du")
@@ -311,12 +339,12 @@ mod tests {
     #[test]
     fn the_release_file_says_what_systemd_checks() {
         assert_eq!(
-            extension_release(&Fits::Level("trixie".into()), Arch::X86_64),
+            extension_release(&Fits::Level("trixie".into()), Arch::X86_64, false),
             "# Written by cairn-build sysext.\nID=cairn\nSYSEXT_LEVEL=trixie\nARCHITECTURE=x86-64\n"
         );
         assert_eq!(
-            extension_release(&Fits::OsVersion("1.2.3".into()), Arch::Aarch64),
-            "# Written by cairn-build sysext.\nID=cairn\nVERSION_ID=1.2.3\nARCHITECTURE=arm64\n"
+            extension_release(&Fits::OsVersion("1.2.3".into()), Arch::Aarch64, true),
+            "# Written by cairn-build sysext.\nID=cairn\nVERSION_ID=1.2.3\nARCHITECTURE=arm64\nEXTENSION_RELOAD_MANAGER=1\n"
         );
     }
 
@@ -370,12 +398,33 @@ mod tests {
         assert!(out.join("usr/lib/systemd/system/hello.service").is_file(), "merged-usr");
         assert_eq!(
             fs::read_to_string(out.join("usr/lib/extension-release.d/extension-release.hello")).unwrap(),
-            extension_release(&Fits::Level("trixie".into()), Arch::X86_64)
+            extension_release(&Fits::Level("trixie".into()), Arch::X86_64, true),
+            "it carries a unit"
         );
         let leftovers: Vec<_> = fs::read_dir(d.path().join("out"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, ["hello"], "no work folder left behind");
+        // Built again, the extension is replaced; a folder that is not one
+        // is not, and an output inside the input is refused.
+        build(&opts(true)).unwrap();
+        fs::create_dir_all(d.path().join("elsewhere/hello/data")).unwrap();
+        let other = SysextOptions {
+            output: d.path().join("elsewhere"),
+            ..opts(true)
+        };
+        let e = build(&other).unwrap_err();
+        assert!(format!("{e:#}").contains("is not an extension named `hello`"), "{e:#}");
+        assert!(
+            d.path().join("elsewhere/hello/data").is_dir(),
+            "the folder is left as it was"
+        );
+        let inside = SysextOptions {
+            output: input.join("out"),
+            ..opts(true)
+        };
+        let e = build(&inside).unwrap_err();
+        assert!(format!("{e:#}").contains("overlap"), "{e:#}");
     }
 }

@@ -32,10 +32,16 @@ pub fn other_key() -> PathBuf {
     fixtures().join("other-key.asc")
 }
 
-/// The repository's package: `cairn-hello`, whose `/usr/bin/cairn-hello`
-/// prints [`HELLO_SAYS`].
+/// The repository's own package: `cairn-hello`, whose
+/// `/usr/bin/cairn-hello` prints [`HELLO_SAYS`].
 pub const HELLO: &str = "cairn-hello";
 pub const HELLO_SAYS: &str = "hello from the user's own apt repository";
+/// A package Debian has too (`hello` 2.10), at a lower version here: apt
+/// takes this one only under a pin of 1001 (a downgrade). Its
+/// `/usr/bin/hello` prints [`PINNED_SAYS`].
+pub const PINNED: &str = "hello";
+pub const PINNED_VERSION: &str = "1.0~cairn";
+pub const PINNED_SAYS: &str = "hello from the pinned repository";
 
 /// The `Date:` of the repository's `Release`, and the time it is signed
 /// at: fixed, so the signature is the same bytes every time (Ed25519 is
@@ -47,6 +53,9 @@ const RELEASE_DATE: &str = "Tue, 01 Dec 2026 00:05:00 UTC";
 pub enum Signing {
     /// `InRelease` and `Release.gpg`, by the fixture key.
     Signed,
+    /// `Release` and its detached `Release.gpg` only, as older
+    /// repositories are.
+    Detached,
     /// `Release` only.
     Unsigned,
 }
@@ -55,7 +64,8 @@ pub enum Signing {
 pub fn write(root: &Path, arch: Arch, signing: Signing) -> Result<()> {
     let pool = root.join("pool").join(COMPONENT);
     fs::create_dir_all(&pool)?;
-    build_hello(&pool, arch)?;
+    build_package(&pool, arch, HELLO, "1.0", HELLO_SAYS)?;
+    build_package(&pool, arch, PINNED, PINNED_VERSION, PINNED_SAYS)?;
     let dist = root.join("dists").join(SUITE);
     let binary = dist.join(COMPONENT).join(format!("binary-{}", arch.debian()));
     fs::create_dir_all(&binary)?;
@@ -83,8 +93,10 @@ pub fn write(root: &Path, arch: Arch, signing: Signing) -> Result<()> {
         .context("apt-ftparchive release")?
         .stdout;
     fs::write(dist.join("Release"), with_date(&release, RELEASE_DATE))?;
-    if signing == Signing::Signed {
-        sign(&dist)?;
+    match signing {
+        Signing::Signed => sign(&dist, true)?,
+        Signing::Detached => sign(&dist, false)?,
+        Signing::Unsigned => {}
     }
     Ok(())
 }
@@ -105,9 +117,9 @@ pub fn with_date(release: &str, date: &str) -> String {
         + "\n"
 }
 
-/// The package, built reproducibly (root-owned, files dated
-/// `SOURCE_DATE_EPOCH`).
-fn build_hello(pool: &Path, arch: Arch) -> Result<PathBuf> {
+/// Package `name` at `version`, whose `/usr/bin/<name>` prints `says`,
+/// built reproducibly (root-owned, files dated `SOURCE_DATE_EPOCH`).
+fn build_package(pool: &Path, arch: Arch, name: &str, version: &str, says: &str) -> Result<PathBuf> {
     let work = tempfile::tempdir()?;
     let tree = work.path().join("tree");
     fs::create_dir_all(tree.join("DEBIAN"))?;
@@ -115,15 +127,15 @@ fn build_hello(pool: &Path, arch: Arch) -> Result<PathBuf> {
     fs::write(
         tree.join("DEBIAN/control"),
         format!(
-            "Package: {HELLO}\nVersion: 1.0\nArchitecture: {}\nMaintainer: Cairn tests <test@cairn.invalid>\nDescription: a package from the user's own repository\n",
+            "Package: {name}\nVersion: {version}\nArchitecture: {}\nMaintainer: Cairn tests <test@cairn.invalid>\nDescription: a package from the user's own repository\n",
             arch.debian()
         ),
     )?;
-    let bin = tree.join("usr/bin").join(HELLO);
-    fs::write(&bin, format!("#!/bin/sh\necho \"{HELLO_SAYS}\"\n"))?;
+    let bin = tree.join("usr/bin").join(name);
+    fs::write(&bin, format!("#!/bin/sh\necho \"{says}\"\n"))?;
     Cmd::new("chmod").args(["0755"]).arg(&bin).run()?;
     Cmd::new("chmod").args(["0755"]).arg(tree.join("usr/bin")).run()?;
-    let deb = pool.join(format!("{HELLO}_1.0_{}.deb", arch.debian()));
+    let deb = pool.join(format!("{name}_{version}_{}.deb", arch.debian()));
     Cmd::new("dpkg-deb")
         .args(["--root-owner-group", "-Zxz", "--build"])
         .arg(&tree)
@@ -134,9 +146,9 @@ fn build_hello(pool: &Path, arch: Arch) -> Result<PathBuf> {
     Ok(deb)
 }
 
-/// `InRelease` and `Release.gpg` beside `dist/Release`, by the fixture key
-/// at [`RELEASE_DATE`].
-fn sign(dist: &Path) -> Result<()> {
+/// `Release.gpg` beside `dist/Release`, and `InRelease` if `inline`, by
+/// the fixture key at [`RELEASE_DATE`].
+fn sign(dist: &Path, inline: bool) -> Result<()> {
     let home = tempfile::tempdir()?;
     let gpg = |args: &[&str]| {
         Cmd::new("gpg")
@@ -160,12 +172,14 @@ fn sign(dist: &Path) -> Result<()> {
     // Just after the key was made (2026-12-01 00:04:02 UTC): gpg signs only
     // with a key older than the signature.
     let at = ["--faked-system-time", "20261201T000500!", "--digest-algo", "SHA256"];
-    gpg(&at)
-        .args(["--clearsign", "--output"])
-        .arg(dist.join("InRelease"))
-        .arg(dist.join("Release"))
-        .run()
-        .context("signing InRelease")?;
+    if inline {
+        gpg(&at)
+            .args(["--clearsign", "--output"])
+            .arg(dist.join("InRelease"))
+            .arg(dist.join("Release"))
+            .run()
+            .context("signing InRelease")?;
+    }
     gpg(&at)
         .args(["--armor", "--detach-sign", "--output"])
         .arg(dist.join("Release.gpg"))
@@ -175,18 +189,40 @@ fn sign(dist: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The manifest's `[[repositories]]` entry for the repository served at
-/// `url`, trusting `key`.
-pub fn manifest_entry(url: &str, key: &Path) -> String {
-    format!(
-        "\n[[repositories]]\nname = \"cairn-test\"\nurl = \"{url}\"\nsuites = [\"{SUITE}\"]\ncomponents = [\"{COMPONENT}\"]\nkey = \"{}\"\n",
+/// The repository's name in a manifest.
+pub const NAME: &str = "cairn-test";
+
+/// `manifest` (a manifest's text) with the repository served at `url`
+/// defined (trusting `key`, pinned at `priority` if given) and named by
+/// `flavor`.
+pub fn in_manifest(manifest: &str, flavor: &str, url: &str, key: &Path, priority: Option<i32>) -> String {
+    let header = format!("[flavors.{flavor}]\n");
+    assert!(manifest.contains(&header), "the manifest has no {header}");
+    let mut text = manifest.replacen(&header, &format!("{header}repositories = [\"{NAME}\"]\n"), 1);
+    text.push_str(&format!(
+        "\n[[repositories]]\nname = \"{NAME}\"\nurl = \"{url}\"\nsuites = [\"{SUITE}\"]\ncomponents = [\"{COMPONENT}\"]\nkey = \"{}\"\n",
         key.display()
-    )
+    ));
+    if let Some(p) = priority {
+        text.push_str(&format!("priority = {p}\n"));
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_repository_is_defined_and_named_by_one_flavor() {
+        let m = "[flavors.dev]\npackage-sets = []\n\n[flavors.node]\npackage-sets = []\n";
+        let text = in_manifest(m, "node", "http://127.0.0.1:1", Path::new("/k.asc"), Some(1001));
+        assert!(
+            text.starts_with("[flavors.dev]\npackage-sets = []\n\n[flavors.node]\nrepositories = [\"cairn-test\"]\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("key = \"/k.asc\"\npriority = 1001\n"), "{text}");
+    }
 
     #[test]
     fn the_release_date_is_fixed() {

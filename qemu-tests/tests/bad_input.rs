@@ -137,14 +137,14 @@ fn unknown_package_is_refused_where_the_manifest_names_it() {
     // With one of the user's own repositories, pinned: apt takes its
     // source line and pin, reads it, and the package is in neither.
     let (_repo, server) = served_apt_repo(&a, apt_repo::Signing::Signed);
-    let entry = apt_repo::manifest_entry(&format!("http://127.0.0.1:{}", server.port), &apt_repo::public_key());
+    let url = format!("http://127.0.0.1:{}", server.port);
     let (_d, m) = manifest_copy(&a, |t| {
-        t.replacen(
+        let t = t.replacen(
             "debug = [\"procps\"",
             "debug = [\"cairn-no-such-package\", \"procps\"",
             1,
-        ) + &entry
-            + "priority = 500\n"
+        );
+        apt_repo::in_manifest(&t, "dev", &url, &apt_repo::public_key(), Some(100))
     });
     assert_compose_refused(
         &a,
@@ -173,7 +173,7 @@ fn a_repository_unsigned_or_signed_by_another_key_is_refused_before_any_download
     let (_unsigned, server) = served_apt_repo(&a, apt_repo::Signing::Unsigned);
     let url = format!("http://127.0.0.1:{}", server.port);
     let (_d, m) = manifest_copy(&a, |t| {
-        t.to_owned() + &apt_repo::manifest_entry(&url, &apt_repo::public_key())
+        apt_repo::in_manifest(t, "dev", &url, &apt_repo::public_key(), None)
     });
     assert_compose_refused(
         &a,
@@ -188,7 +188,7 @@ fn a_repository_unsigned_or_signed_by_another_key_is_refused_before_any_download
     let (_signed, server) = served_apt_repo(&a, apt_repo::Signing::Signed);
     let url = format!("http://127.0.0.1:{}", server.port);
     let (_d, m) = manifest_copy(&a, |t| {
-        t.to_owned() + &apt_repo::manifest_entry(&url, &apt_repo::other_key())
+        apt_repo::in_manifest(t, "dev", &url, &apt_repo::other_key(), None)
     });
     assert_compose_refused(
         &a,
@@ -202,6 +202,19 @@ fn a_repository_unsigned_or_signed_by_another_key_is_refused_before_any_download
         asked,
         ["/dists/stable/InRelease"],
         "nothing but the release file was fetched"
+    );
+
+    // A repository with a detached Release.gpg only, by another key.
+    let (_detached, server) = served_apt_repo(&a, apt_repo::Signing::Detached);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let (_d, m) = manifest_copy(&a, |t| {
+        apt_repo::in_manifest(t, "dev", &url, &apt_repo::other_key(), None)
+    });
+    assert_compose_refused(
+        &a,
+        &m,
+        line_of(&m, "name = \"cairn-test\"") - 1,
+        &format!("{url}/dists/stable/Release is not signed by the key"),
     );
 }
 

@@ -43,14 +43,24 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
 
-/// `cairn-build sysext` of a folder holding `usr/lib/<name>/marker` and a
-/// static busybox, with `more` arguments; returns its JSON report.
+/// `cairn-build sysext` of a folder holding `usr/lib/<name>/marker`, a
+/// static busybox and the unit `<name>.service` (which starts and stays
+/// active), with `more` arguments; returns its JSON report.
 fn sysext(a: &Artifacts, manifest: &Path, out: &Path, name: &str, more: &[&str]) -> Value {
-    let dir = out.join(format!("{name}-input"));
+    let dir = scratch_of(out).join(format!("{name}-input"));
     let lib = dir.join("usr/lib").join(name);
     std::fs::create_dir_all(&lib).unwrap();
     std::fs::write(lib.join("marker"), format!("{name}\n")).unwrap();
     std::fs::copy(&a.busybox, lib.join("busybox")).unwrap();
+    let units = dir.join("usr/lib/systemd/system");
+    std::fs::create_dir_all(&units).unwrap();
+    std::fs::write(
+        units.join(format!("{name}.service")),
+        format!(
+            "[Unit]\nDescription=Cairn test: a unit a system extension carries\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/lib/{name}/busybox true\n[Install]\nWantedBy=multi-user.target\n"
+        ),
+    )
+    .unwrap();
     let mut args = vec![
         "sysext",
         "--manifest",
@@ -66,6 +76,12 @@ fn sysext(a: &Artifacts, manifest: &Path, out: &Path, name: &str, more: &[&str])
     ];
     args.extend(more);
     cairn_build(a, &args)
+}
+
+/// The folder beside `out`, for inputs (the extensions' folder holds only
+/// extensions).
+fn scratch_of(out: &Path) -> PathBuf {
+    out.with_extension("inputs")
 }
 
 /// Run `command` as root in the guest; it must succeed.
@@ -89,7 +105,10 @@ fn a_system_extension_made_from_a_package_holds_its_usr_files_and_says_what_it_f
     let deb = std::fs::read_dir(apt.join("pool").join(apt_repo::COMPONENT))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{}_", apt_repo::HELLO)))
+        })
         .expect("the test repository's package");
     // A package that also puts a file in /etc (as many do): refused by
     // name, then left out and listed when asked.
@@ -197,18 +216,22 @@ fn a_node_image_with_the_users_own_package_runs_pod_sandboxes_through_cri_and_me
 
     // The user's own apt repository, and the node image built with a
     // package from it.
+    // A repository signed the older way (Release and Release.gpg), pinned
+    // at 1001: its `hello` 1.0~cairn wins over Debian's 2.10.
     let apt = scratch.path().join("apt");
-    apt_repo::write(&apt, a.arch, apt_repo::Signing::Signed).unwrap();
+    apt_repo::write(&apt, a.arch, apt_repo::Signing::Detached).unwrap();
     let apt_server = Server::start(&apt).unwrap();
     let manifest = artifacts::copy_image_definition(&a.manifest, &scratch.path().join("definition")).unwrap();
     let text = std::fs::read_to_string(&manifest).unwrap();
     let set = "kubernetes-node = [";
     assert!(text.contains(set), "the manifest has no `kubernetes-node` package set");
-    let edited = text.replacen(set, &format!("{set}\"{}\", ", apt_repo::HELLO), 1)
-        + &apt_repo::manifest_entry(
-            &format!("http://127.0.0.1:{}", apt_server.port),
-            &apt_repo::public_key(),
-        );
+    let text = text.replacen(
+        set,
+        &format!("{set}\"{}\", \"{}\", ", apt_repo::HELLO, apt_repo::PINNED),
+        1,
+    );
+    let url = format!("http://127.0.0.1:{}", apt_server.port);
+    let edited = apt_repo::in_manifest(&text, "node", &url, &apt_repo::public_key(), Some(1001));
     std::fs::write(&manifest, edited).unwrap();
     let build_repo = scratch.path().join("build");
     let image_args = |verb: &'static str| -> Vec<String> {
@@ -255,10 +278,36 @@ fn a_node_image_with_the_users_own_package_runs_pod_sandboxes_through_cri_and_me
             .unwrap()
             .stdout
     };
+    let packages = metadata("cairn.packages");
     assert!(
-        metadata("cairn.packages").contains(&format!("'{}': '1.0'", apt_repo::HELLO)),
+        packages.contains(&format!("'{}': '1.0'", apt_repo::HELLO)),
         "the repository's package is not among the commit's packages"
     );
+    assert!(
+        packages.contains(&format!("'{}': '{}'", apt_repo::PINNED, apt_repo::PINNED_VERSION)),
+        "the pin did not take the repository's `hello` over Debian's"
+    );
+    // The repository leaves no trace in the OS: no source naming the
+    // build's keyring, no pin.
+    let ostree = |args: &[&str]| {
+        Cmd::new("ostree")
+            .arg(format!("--repo={}", build_repo.display()))
+            .args(args)
+            .output()
+            .unwrap()
+            .stdout
+    };
+    for line in ostree(&["ls", "-R", commit, "/usr/etc/apt"]).lines() {
+        let path = line.split_whitespace().last().unwrap_or_default();
+        assert!(!path.contains("cairn-repository"), "{path} is in the image");
+        if line.starts_with('-') {
+            let text = ostree(&["cat", commit, path]);
+            assert!(
+                !text.contains("cairn-repository"),
+                "{path} names the repository:\n{text}"
+            );
+        }
+    }
     assert!(
         metadata("cairn.apt-repositories").contains("'cairn-test stable'"),
         "{}",
@@ -289,6 +338,7 @@ fn a_node_image_with_the_users_own_package_runs_pod_sandboxes_through_cri_and_me
     let server = Server::start(&www).unwrap();
 
     let ssh = Ssh::new(scratch.path(), free_port().unwrap()).unwrap();
+    // The extension's own unit, enabled by the same config.
     let config = json!({
         "ignition": {"version": "3.4.0"},
         "passwd": {"users": [
@@ -298,7 +348,8 @@ fn a_node_image_with_the_users_own_package_runs_pod_sandboxes_through_cri_and_me
             {"path": "/var/lib/extensions/cairn-test-provisioned.raw", "mode": 420,
              "contents": {"source": "http://10.0.2.100/ext/cairn-test-provisioned.raw",
                           "verification": {"hash": provisioned["hash"]}}}
-        ]}
+        ]},
+        "systemd": {"units": [{"name": "cairn-test-provisioned.service", "enabled": true}]}
     });
     let config_file = scratch.path().join("config.ign");
     std::fs::write(&config_file, serde_json::to_vec(&config).unwrap()).unwrap();
@@ -337,13 +388,19 @@ fn a_node_image_with_the_users_own_package_runs_pod_sandboxes_through_cri_and_me
         running.stderr
     );
 
-    // The user's package runs.
+    // The user's packages run, the pinned one from the repository.
     assert_eq!(ssh.ok(USER, apt_repo::HELLO).unwrap(), apt_repo::HELLO_SAYS);
+    assert_eq!(ssh.ok(USER, apt_repo::PINNED).unwrap(), apt_repo::PINNED_SAYS);
 
-    // The extension provisioning placed is merged, in the first boot.
+    // The extension provisioning placed is merged, in the first boot, and
+    // its unit, enabled by the config, has run.
     assert_eq!(
         root(&ssh, "cat /usr/lib/cairn-test-provisioned/marker"),
         "cairn-test-provisioned"
+    );
+    assert_eq!(
+        root(&ssh, "systemctl is-active cairn-test-provisioned.service"),
+        "active"
     );
 
     // kubelet's preflight facts.
@@ -369,9 +426,14 @@ fn a_node_image_with_the_users_own_package_runs_pod_sandboxes_through_cri_and_me
     assert!(root(&ssh, "iptables --version").contains("nf_tables"));
     assert_eq!(root(&ssh, "readlink -f /opt/cni/bin/bridge"), "/usr/lib/cni/bridge");
     root(&ssh, "touch /opt/cni/bin/.writable && rm /opt/cni/bin/.writable");
+    // Cairn's containerd configuration, not containerd's defaults (the
+    // systemd cgroup driver; the sandbox image, 3.8 by default).
     let dump = root(&ssh, "containerd config dump");
     assert!(dump.contains("SystemdCgroup = true"), "{dump}");
-    assert!(dump.contains("bin_dir = \"/opt/cni/bin\""), "{dump}");
+    assert!(
+        dump.contains(&format!("sandbox_image = \"{}\"", oci::PAUSE_IMAGE)),
+        "{dump}"
+    );
 
     // CRI, from a CRI client on the host: containerd's socket relayed to
     // one the login user may open, forwarded by OpenSSH.
@@ -505,6 +567,12 @@ fn a_node_image_with_the_users_own_package_runs_pod_sandboxes_through_cri_and_me
         "0"
     );
 
+    // A unit of an extension placed by hand, enabled by hand.
+    root(
+        &ssh,
+        "systemctl daemon-reload && systemctl enable cairn-test-tools.service",
+    );
+
     // Merged again at boot.
     let before = vm.console.transcript().matches("Linux version").count();
     let _ = ssh.run(USER, "sudo -n systemctl reboot");
@@ -529,6 +597,15 @@ fn a_node_image_with_the_users_own_package_runs_pod_sandboxes_through_cri_and_me
             "cat /usr/lib/cairn-test-tools/marker /usr/lib/cairn-test-provisioned/marker"
         ),
         "cairn-test-tools\ncairn-test-provisioned"
+    );
+    // The units extensions carry start at boot too: the one enabled by
+    // provisioning, and one enabled by hand before the reboot.
+    assert_eq!(
+        root(
+            &ssh,
+            "systemctl is-active cairn-test-provisioned.service cairn-test-tools.service"
+        ),
+        "active\nactive"
     );
     vm.kill();
 }
