@@ -1181,18 +1181,8 @@ mod tests {
         assert!(!read.iter().any(|k| k.starts_with("root=")), "{read:?}");
     }
 
-    #[test]
-    fn a_repository_is_keyed_by_what_it_serves_and_how_it_is_trusted_not_by_where() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("image.toml");
-        let key = include_str!("../../qemu-tests/fixtures/apt-repo/repository-key.asc");
-        fs::write(d.path().join("repo.asc"), key).unwrap();
-        fs::write(
-            d.path().join("other.asc"),
-            include_str!("../../qemu-tests/fixtures/apt-repo/other-key.asc"),
-        )
-        .unwrap();
-        let text = r#"
+    /// The smallest manifest a package layer's key is made of.
+    const KEY_TEST_MANIFEST: &str = r#"
 [image]
 name = "cairn"
 version = "1.0.0"
@@ -1212,14 +1202,29 @@ root-size = "1GiB"
 url = "http://127.0.0.1/repo"
 [flavors.dev]
 package-sets = ["base"]
-repositories = ["own"]
+"#;
+
+    #[test]
+    fn a_repository_is_keyed_by_what_it_serves_and_how_it_is_trusted_not_by_where() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("image.toml");
+        let key = include_str!("../../qemu-tests/fixtures/apt-repo/repository-key.asc");
+        fs::write(d.path().join("repo.asc"), key).unwrap();
+        fs::write(
+            d.path().join("other.asc"),
+            include_str!("../../qemu-tests/fixtures/apt-repo/other-key.asc"),
+        )
+        .unwrap();
+        let text = &format!(
+            r#"{KEY_TEST_MANIFEST}repositories = ["own"]
 [[repositories]]
 name = "own"
 url = "http://127.0.0.1:8080/repo"
 suites = ["stable"]
 components = ["main"]
 key = "repo.asc"
-"#;
+"#
+        );
         let resolve = |t: &str| {
             Manifest::parse(&path, t)
                 .unwrap()
@@ -1271,27 +1276,7 @@ key = "repo.asc"
     fn recipe_key_changes_with_packages_mirror_and_archive_state_only() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("image.toml");
-        let text = r#"
-[image]
-name = "cairn"
-version = "1.0.0"
-stream = "stable"
-[debian]
-release = "bookworm"
-suites = ["bookworm"]
-components = ["main"]
-[packages]
-base = ["systemd"]
-[kernel]
-kind = "cloud"
-[disk]
-esp-size = "64MiB"
-root-size = "1GiB"
-[update]
-url = "http://127.0.0.1/repo"
-[flavors.dev]
-package-sets = ["base"]
-"#;
+        let text = KEY_TEST_MANIFEST;
         let spec = Manifest::parse(&path, text)
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
