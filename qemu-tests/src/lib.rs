@@ -13,6 +13,7 @@ pub mod boot_timing;
 pub mod cloud_stand_ins;
 pub mod console;
 pub mod cri;
+pub mod extensions;
 pub mod fleet_lock;
 pub mod guest_checks;
 pub mod http;

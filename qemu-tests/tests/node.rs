@@ -23,7 +23,7 @@ use cairn_qemu_tests::cri::{Cri, LinuxPodSandboxConfig, PodSandboxConfig, PodSan
 use cairn_qemu_tests::http::Server;
 use cairn_qemu_tests::ssh::{free_port, Ssh};
 use cairn_qemu_tests::vm::{Vm, VmOptions};
-use cairn_qemu_tests::{apt_repo, artifacts, oci, Artifacts};
+use cairn_qemu_tests::{apt_repo, artifacts, extensions, oci, Artifacts};
 use serde_json::{json, Value};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_cairn-test-relay");
@@ -32,56 +32,15 @@ const FW_CFG: &str = "opt/com.coreos/config";
 const USER: &str = "core";
 
 fn cairn_build(a: &Artifacts, args: &[&str]) -> Value {
-    let out = Cmd::new(&a.builder)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cairn-build {}: {e:#}", args.first().unwrap_or(&"")));
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("cairn-build printed no JSON ({e}):\n{}", out.stdout))
+    extensions::cairn_build(a, args).unwrap()
 }
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
 
-/// `cairn-build sysext` of a folder holding `usr/lib/<name>/marker`, a
-/// static busybox and the unit `<name>.service` (which starts and stays
-/// active), with `more` arguments; returns its JSON report.
 fn sysext(a: &Artifacts, manifest: &Path, out: &Path, name: &str, more: &[&str]) -> Value {
-    let dir = scratch_of(out).join(format!("{name}-input"));
-    let lib = dir.join("usr/lib").join(name);
-    std::fs::create_dir_all(&lib).unwrap();
-    std::fs::write(lib.join("marker"), format!("{name}\n")).unwrap();
-    std::fs::copy(&a.busybox, lib.join("busybox")).unwrap();
-    let units = dir.join("usr/lib/systemd/system");
-    std::fs::create_dir_all(&units).unwrap();
-    std::fs::write(
-        units.join(format!("{name}.service")),
-        format!(
-            "[Unit]\nDescription=Cairn test: a unit a system extension carries\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/lib/{name}/busybox true\n[Install]\nWantedBy=multi-user.target\n"
-        ),
-    )
-    .unwrap();
-    let mut args = vec![
-        "sysext",
-        "--manifest",
-        s(manifest),
-        "--arch",
-        a.arch.as_str(),
-        "--name",
-        name,
-        "--dir",
-        s(&dir),
-        "--output",
-        s(out),
-    ];
-    args.extend(more);
-    cairn_build(a, &args)
-}
-
-/// The folder beside `out`, for inputs (the extensions' folder holds only
-/// extensions).
-fn scratch_of(out: &Path) -> PathBuf {
-    out.with_extension("inputs")
+    extensions::make(a, manifest, out, name, more).unwrap()
 }
 
 /// Run `command` as root in the guest; it must succeed.

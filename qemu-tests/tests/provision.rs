@@ -12,7 +12,7 @@ use cairn_qemu_tests::oci;
 use cairn_qemu_tests::seed::{Seed, SeedVolume};
 use cairn_qemu_tests::ssh::{free_port, Ssh};
 use cairn_qemu_tests::vm::{Vm, VmOptions};
-use cairn_qemu_tests::Artifacts;
+use cairn_qemu_tests::{extensions, Artifacts};
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
@@ -282,11 +282,18 @@ fn nocloud_seed_with_cloud_config_and_a_static_address_provisions_each_new_insta
     let scratch = tempfile::tempdir().unwrap();
     let ssh = Ssh::new(scratch.path(), free_port().unwrap()).unwrap();
     let key = ssh.public_key().unwrap();
+    // A system extension fetched by URL and checked by its hash
+    // (`write_files` `source`), served on loopback.
+    let www = scratch.path().join("www");
+    let extension = extensions::make(&a, &a.manifest, &www, "cairn-test-seeded", &[]).unwrap();
+    let hash = extension["hash"].as_str().unwrap().to_owned();
+    let server = Server::start(&www).unwrap();
     let user_data = |host: &str, content: &str| {
         format!(
             "#cloud-config\nhostname: {host}\nusers:\n  - default\n  - name: ops\n    groups: sudo\n    shell: /bin/bash\n    ssh_authorized_keys: [\"{key}\"]\n\
              ssh_authorized_keys:\n  - {key}\n\
              write_files:\n  - path: /etc/cairn-seed-test\n    content: {content}\n    permissions: '0640'\n\
+             \x20 - path: /var/lib/extensions/cairn-test-seeded.raw\n    source:\n      uri: http://10.0.2.100/cairn-test-seeded.raw\n      hash: {hash}\n\
              runcmd:\n  - printf '[update]\\nstream = \"seeded\"\\n' > /etc/cairn/agent.d/70-seed.toml\n  - echo ran-$(cat /etc/cairn-seed-test) > /var/lib/cairn-runcmd\n\
              packages: [nginx]\n"
         )
@@ -304,6 +311,7 @@ fn nocloud_seed_with_cloud_config_and_a_static_address_provisions_each_new_insta
     let mut opts = VmOptions::of(&a.dev);
     opts.cdroms.push(seed_iso);
     opts.forwards.push(ssh.forward(Some("10.0.2.20")));
+    opts.forward_update_server(Path::new(RELAY), server.port);
     let mut vm = Vm::boot(&opts, BOOT).unwrap();
     let c = &vm.console;
     let status = c.run_ok("cairn-agent status --json", COMMAND).unwrap();
@@ -328,6 +336,11 @@ fn nocloud_seed_with_cloud_config_and_a_static_address_provisions_each_new_insta
     assert_eq!(ssh.ok("ops", "hostname").unwrap(), "seeded-1");
     assert_eq!(ssh.ok("ops", "sudo -n cat /etc/cairn-seed-test").unwrap(), "one");
     assert_eq!(ssh.ok("ops", "stat -c %a /etc/cairn-seed-test").unwrap(), "640");
+    // The extension it fetched is merged, in the first boot.
+    assert_eq!(
+        ssh.ok("ops", "cat /usr/lib/cairn-test-seeded/marker").unwrap(),
+        "cairn-test-seeded"
+    );
     // The image's default user got the top-level keys, and sudo without a password.
     assert_eq!(ssh.ok("cairn", "sudo -n id -u").unwrap(), "0");
     // runcmd ran once the network was online.

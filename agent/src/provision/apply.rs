@@ -48,6 +48,22 @@ fn argv(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| (*w).to_owned()).collect()
 }
 
+/// Only the systemd-networkd files of `plan`, for a config whose other
+/// parts wait for the network: written before networkd starts, as
+/// cloud-init's local stage writes the network configuration whatever the
+/// rest of the user data needs.
+pub fn apply_network(plan: &Plan, root: &Path, sys: &mut dyn System) -> Result<Log, (String, Log)> {
+    let mut a = Applier {
+        root,
+        sys,
+        log: Vec::new(),
+    };
+    match a.network(plan) {
+        Ok(()) => Ok(a.log),
+        Err(e) => Err((e, a.log)),
+    }
+}
+
 /// Apply `plan` to the host rooted at `root`. `default_user` receives
 /// `plan.default_user_keys`. Every content must be inline already (see
 /// `resolve`). The first failure stops and is returned with what was done
@@ -144,10 +160,7 @@ impl Applier<'_> {
         self.units(plan)?;
         // Network files come from a NoCloud seed, read by the local stage,
         // before networkd starts: it reads them when it does.
-        for n in &plan.network {
-            self.write(&Path::new(NETWORK_DIR).join(&n.name), n.contents.as_bytes(), 0o644)?;
-            self.log.push(format!("network /{NETWORK_DIR}/{}", n.name));
-        }
+        self.network(plan)?;
         for f in plan.files.iter().filter(|f| f.defer) {
             self.file(f)?;
         }
@@ -155,6 +168,14 @@ impl Applier<'_> {
         // `/etc/hostname`, written by `hostname` or as a file, names the
         // host in this boot.
         sync_hostname(self.root, &mut *self.sys)?;
+        Ok(())
+    }
+
+    fn network(&mut self, plan: &Plan) -> Result<(), String> {
+        for n in &plan.network {
+            self.write(&Path::new(NETWORK_DIR).join(&n.name), n.contents.as_bytes(), 0o644)?;
+            self.log.push(format!("network /{NETWORK_DIR}/{}", n.name));
+        }
         Ok(())
     }
 
@@ -750,6 +771,26 @@ mod tests {
         };
         apply(&none, dir.path(), "cairn", &mut rec).unwrap();
         assert!(rec.ran.is_empty(), "{:?}", rec.ran);
+    }
+
+    #[test]
+    fn before_the_network_only_the_network_files_are_written() {
+        let (dir, mut rec) = host();
+        let plan = Plan {
+            hostname: Some("web-1".into()),
+            files: vec![file("/etc/motd", b"hello\n", false)],
+            network: vec![NetworkFile {
+                name: "10-cairn-lan.network".into(),
+                contents: "[Match]\n".into(),
+            }],
+            ..Plan::default()
+        };
+        let log = apply_network(&plan, dir.path(), &mut rec).unwrap();
+        assert_eq!(log, ["network /etc/systemd/network/10-cairn-lan.network"]);
+        assert!(dir.path().join("etc/systemd/network/10-cairn-lan.network").is_file());
+        assert!(!dir.path().join("etc/motd").exists());
+        assert_eq!(fs::read_to_string(dir.path().join("etc/hostname")).unwrap(), "cairn\n");
+        assert!(rec.ran.is_empty() && rec.hostname.is_none());
     }
 
     #[test]

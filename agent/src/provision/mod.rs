@@ -561,6 +561,15 @@ fn provision_from_sources(
             "the config from {} fetches over the network: provisioning after networkd starts",
             found.source
         ));
+        // Its network configuration (a NoCloud seed's) is what brings the
+        // network up: written now, before networkd starts; the network
+        // stage applies the whole config.
+        if let Ok((_, plan)) = plan_for(&found, &host.default_user, fetch) {
+            match apply::apply_network(&plan, root, &mut *host.system) {
+                Ok(log) => log.iter().for_each(|l| (host.say)(l)),
+                Err((e, _)) => (host.say)(&format!("writing its network configuration: {e}")),
+            }
+        }
         flag_network_stage(root)?;
         return Ok(Next::Continue);
     }
