@@ -127,18 +127,44 @@ pub(crate) fn wake(port: u16) {
     let _ = TcpStream::connect(("127.0.0.1", port));
 }
 
-/// The file a request path names under `root`, refusing `..`.
+/// The file a request path names under `root`: its segments
+/// percent-decoded (apt asks for `hello_1.0%7ecairn_amd64.deb`), refusing
+/// `..` and a segment that decodes to a `/`.
 pub fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     let path = url_path.split(['?', '#']).next().unwrap_or("");
     let mut out = root.to_owned();
-    for c in Path::new(path.trim_start_matches('/')).components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        let decoded = percent_decode(segment)?;
+        match Path::new(&decoded).components().collect::<Vec<_>>().as_slice() {
+            [Component::Normal(p)] => out.push(p),
+            [Component::CurDir] => {}
             _ => return None,
         }
     }
     Some(out)
+}
+
+/// `%XX` escapes of one path segment decoded; `None` for a bad escape or
+/// one that makes a `/` or a NUL.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            let b = u8::from_str_radix(hex, 16).ok()?;
+            if b == b'/' || b == 0 {
+                return None;
+            }
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// A request's first line and headers (names in lower case).
@@ -286,6 +312,13 @@ mod tests {
         assert_eq!(get(server.port, "/tuf/timestamp.json").1, b"01234".to_vec());
         assert_eq!(get(server.port, "/tuf/timestamp.json").0, 200);
         assert!(resolve(Path::new("/srv"), "/a/../b").is_none());
+        assert_eq!(
+            resolve(Path::new("/srv"), "/pool/hello_1.0%7ecairn_amd64.deb"),
+            Some(PathBuf::from("/srv/pool/hello_1.0~cairn_amd64.deb"))
+        );
+        assert!(resolve(Path::new("/srv"), "/a/%2e%2e/b").is_none());
+        assert!(resolve(Path::new("/srv"), "/a%2fb").is_none());
+        assert!(resolve(Path::new("/srv"), "/a%zz").is_none());
         assert_eq!(server.requests().len(), 6);
     }
 }
