@@ -1296,13 +1296,18 @@ key = "repo.asc"
             .into()
         };
         let a = state("aa");
-        let k1 = BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], None).key();
+        // A layer without repositories of its own: only Debian's archive.
+        let no_repositories = ArchiveState::new();
+        let key = |spec: &ImageSpec, m: &Mirrors, archive: &ArchiveState, modules: Option<&AllowList>| {
+            BaseRecipe::new(spec, m, archive, &no_repositories, &[], modules).key()
+        };
+        let k1 = key(&spec, &m, &a, None);
         let v2 = Manifest::parse(&path, &text.replace("1.0.0", "1.0.1"))
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
         assert_eq!(
-            BaseRecipe::new(&v2, &m, &a, &ArchiveState::new(), &[], None).key(),
+            key(&v2, &m, &a, None),
             k1,
             "the version is not part of the package layer"
         );
@@ -1310,24 +1315,21 @@ key = "repo.asc"
             .unwrap()
             .resolve("dev", Arch::X86_64, Platform::Generic)
             .unwrap();
-        assert_ne!(BaseRecipe::new(&p2, &m, &a, &ArchiveState::new(), &[], None).key(), k1);
+        assert_ne!(key(&p2, &m, &a, None), k1);
         let m2 = Mirrors {
             main: "http://b.example/debian".into(),
             ..m.clone()
         };
+        assert_ne!(key(&spec, &m2, &a, None), k1);
         assert_ne!(
-            BaseRecipe::new(&spec, &m2, &a, &ArchiveState::new(), &[], None).key(),
-            k1
-        );
-        assert_ne!(
-            BaseRecipe::new(&spec, &m, &state("bb"), &ArchiveState::new(), &[], None).key(),
+            key(&spec, &m, &state("bb"), None),
             k1,
             "a new InRelease (a security update) is a new layer"
         );
         let mut later = a.clone();
         later.get_mut("bookworm").unwrap().date = "2026-07-12T00:00:00Z".into();
         assert_eq!(
-            BaseRecipe::new(&spec, &m, &later, &ArchiveState::new(), &[], None).key(),
+            key(&spec, &m, &later, None),
             k1,
             "the key is what the archive served, not a time"
         );
@@ -1336,7 +1338,7 @@ key = "repo.asc"
         // Pruned kernel modules: the allow-list's names and needs are part
         // of the key, where the fragments name them is not; a layer that
         // keeps every module has the key it had before pruning existed.
-        let json = serde_json::to_string(&BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], None)).unwrap();
+        let json = serde_json::to_string(&BaseRecipe::new(&spec, &m, &a, &no_repositories, &[], None)).unwrap();
         assert!(!json.contains("kernel_modules"), "{json}");
         let fragment = |text: &str| kernel_check::Fragment::parse(text, "kc/x.config").unwrap();
         let allow = |text: &str, drivers: &[&str]| {
@@ -1344,45 +1346,18 @@ key = "repo.asc"
             AllowList::derive(&[fragment(text)], Arch::X86_64, &drivers, "image.toml")
         };
         let veth = "# why\n# cairn: module=veth\nCONFIG_VETH=m\n";
-        let pruned = BaseRecipe::new(&spec, &m, &a, &ArchiveState::new(), &[], Some(&allow(veth, &["nvme"]))).key();
+        let pruned = key(&spec, &m, &a, Some(&allow(veth, &["nvme"])));
         assert_ne!(pruned, k1, "pruning makes another layer");
         let moved = format!("# a longer\n# comment\n{veth}");
-        assert_eq!(
-            BaseRecipe::new(
-                &spec,
-                &m,
-                &a,
-                &ArchiveState::new(),
-                &[],
-                Some(&allow(&moved, &["nvme"]))
-            )
-            .key(),
-            pruned
-        );
+        assert_eq!(key(&spec, &m, &a, Some(&allow(&moved, &["nvme"]))), pruned);
         assert_ne!(
-            BaseRecipe::new(
-                &spec,
-                &m,
-                &a,
-                &ArchiveState::new(),
-                &[],
-                Some(&allow(veth, &["nvme", "ahci"]))
-            )
-            .key(),
+            key(&spec, &m, &a, Some(&allow(veth, &["nvme", "ahci"]))),
             pruned,
             "another module kept is another layer"
         );
         let wanted = "# why\n# cairn-wanted: CONFIG_VETH=m module=veth\n";
         assert_ne!(
-            BaseRecipe::new(
-                &spec,
-                &m,
-                &a,
-                &ArchiveState::new(),
-                &[],
-                Some(&allow(wanted, &["nvme"]))
-            )
-            .key(),
+            key(&spec, &m, &a, Some(&allow(wanted, &["nvme"]))),
             pruned,
             "a module's need is part of the key"
         );

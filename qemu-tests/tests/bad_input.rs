@@ -166,56 +166,42 @@ fn unknown_package_is_refused_where_the_manifest_names_it() {
     );
 }
 
+/// Compose with the test repository served signed as `signing` and
+/// trusted through `key` must be refused at the entry's table header
+/// (the line above its name) with `says(url)`; returns the paths the
+/// repository's server was asked for.
+fn assert_repository_refused(
+    a: &Artifacts,
+    signing: apt_repo::Signing,
+    key: &Path,
+    says: impl Fn(&str) -> String,
+) -> Vec<String> {
+    let (_repo, server) = served_apt_repo(a, signing);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let (_d, m) = manifest_copy(a, |t| apt_repo::in_manifest(t, "dev", &url, key, None));
+    assert_compose_refused(a, &m, line_of(&m, "name = \"cairn-test\"") - 1, &says(&url));
+    server.requests().into_iter().map(|(path, _, _)| path).collect()
+}
+
 #[test]
 #[ignore = "runs the builder against a loopback apt repository; run by `cargo xtask test`"]
 fn a_repository_unsigned_or_signed_by_another_key_is_refused_before_any_download() {
     let a = Artifacts::load().unwrap();
-    let (_unsigned, server) = served_apt_repo(&a, apt_repo::Signing::Unsigned);
-    let url = format!("http://127.0.0.1:{}", server.port);
-    let (_d, m) = manifest_copy(&a, |t| {
-        apt_repo::in_manifest(t, "dev", &url, &apt_repo::public_key(), None)
+    assert_repository_refused(&a, apt_repo::Signing::Unsigned, &apt_repo::public_key(), |url| {
+        format!("repository `cairn-test` ({url}): the repository is unsigned")
     });
-    assert_compose_refused(
-        &a,
-        &m,
-        // The entry's table header, the line above its name.
-        line_of(&m, "name = \"cairn-test\"") - 1,
-        "repository `cairn-test` (http://127.0.0.1:",
-    );
-    let run = compose(&a, &m, &tempfile::tempdir().unwrap().path().join("repo"), &a.keys);
-    assert!(run.stderr.contains("the repository is unsigned"), "{}", run.stderr);
-
-    let (_signed, server) = served_apt_repo(&a, apt_repo::Signing::Signed);
-    let url = format!("http://127.0.0.1:{}", server.port);
-    let (_d, m) = manifest_copy(&a, |t| {
-        apt_repo::in_manifest(t, "dev", &url, &apt_repo::other_key(), None)
+    let asked = assert_repository_refused(&a, apt_repo::Signing::Signed, &apt_repo::other_key(), |url| {
+        format!("{url}/dists/stable/InRelease is not signed by the key")
     });
-    assert_compose_refused(
-        &a,
-        &m,
-        // The entry's table header, the line above its name.
-        line_of(&m, "name = \"cairn-test\"") - 1,
-        &format!("{url}/dists/stable/InRelease is not signed by the key"),
-    );
-    let asked: Vec<String> = server.requests().into_iter().map(|(path, _, _)| path).collect();
     assert_eq!(
         asked,
         ["/dists/stable/InRelease"],
         "nothing but the release file was fetched"
     );
-
     // A repository with a detached Release.gpg only, by another key.
-    let (_detached, server) = served_apt_repo(&a, apt_repo::Signing::Detached);
-    let url = format!("http://127.0.0.1:{}", server.port);
-    let (_d, m) = manifest_copy(&a, |t| {
-        apt_repo::in_manifest(t, "dev", &url, &apt_repo::other_key(), None)
+    assert_repository_refused(&a, apt_repo::Signing::Detached, &apt_repo::other_key(), |url| {
+        format!("{url}/dists/stable/Release is not signed by the key")
     });
-    assert_compose_refused(
-        &a,
-        &m,
-        line_of(&m, "name = \"cairn-test\"") - 1,
-        &format!("{url}/dists/stable/Release is not signed by the key"),
-    );
 }
 
 #[test]
